@@ -1,0 +1,34 @@
+"""What every input adapter is given, and the contract it keeps with the spine.
+
+An adapter module (`gateway/adapters/<protocol>.py`) exposes
+
+    async def run(ctx: AdapterContext, cameras: Sequence[<Protocol>CameraConfig]) -> None
+
+which serves all configured cameras of its protocol until cancelled (the
+gateway cancels it at shutdown, after `ctx.stopping` is set). It hands every
+read to `ctx.submit(...)`, reports each camera session with
+`ctx.set_camera_online(...)` and counts what it sees in `ctx.metrics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from gateway.config import Config
+from gateway.event import AnyEvent
+from gateway.metrics import Metrics
+from gateway.pipeline import Admission
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterContext:
+    config: Config
+    metrics: Metrics
+    # Resolves once the event is durably in the outbox (ACCEPTED), was
+    # suppressed as a duplicate (DUPLICATE), or could not be taken
+    # (OUTBOX_FULL, SHUTTING_DOWN). Awaiting it is the backpressure.
+    submit: Callable[[AnyEvent], Awaitable[Admission]]
+    set_camera_online: Callable[[str, bool], None]
+    stopping: asyncio.Event

@@ -1,0 +1,84 @@
+"""Every point the vendor note leaves open, and what the gateway assumes for it.
+
+`spec/camera-protocols.md` marks these ASSUMED. They live here and nowhere
+else, so that a correction from a real camera (or a capture a user sends in)
+is a one-line change. Codecs import these names; they never repeat the values.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- TCP (section 1) -------------------------------------------------------
+
+# The note's text cuts the image chunk id to `22 ff 00`; the fourth byte is
+# assumed `00`, like the metadata chunk id `11 ff 00 00`.
+TCP_METADATA_CHUNK_ID: Final = b"\x11\xff\x00\x00"
+TCP_IMAGE_CHUNK_ID: Final = b"\x22\xff\x00\x00"
+
+# When the JPEG dimensions cannot tell plate from scene, the note's wording
+# ("the license plate snapshot, and the full-screen snapshot") gives the order.
+TCP_IMAGE_ORDER: Final = ("plate", "scene")
+
+# Trailing metadata fields of later firmware (11-24), listed by the note
+# without sizes. Assumed: enums are uint8; "int"/"float" are 4 bytes; counts and
+# coordinates uint32. Field 12 has the byte length given by field 11.
+# (name, construct-style format: "u8" | "u32" | "i32" | "f32" | "bytes:plate_length")
+TCP_TRAILING_FIELDS: Final = (
+    ("plate_length", "u8"),
+    ("license_plate", "bytes:plate_length"),
+    ("vehicle_type", "u8"),
+    ("confidence", "f32"),
+    ("plate_type", "u8"),
+    ("distance", "i32"),
+    ("azimuth", "f32"),
+    ("vehicle_count", "u32"),
+    ("width", "u32"),
+    ("height", "u32"),
+    ("x1", "u32"),
+    ("y1", "u32"),
+    ("x2", "u32"),
+    ("y2", "u32"),
+)
+
+# The note's colour table is "stand by" (empty). Provisional names, overridable
+# with `color_table` in the config; the raw code is always published too.
+PROVISIONAL_COLOR_TABLE: Final[dict[int, str]] = {
+    0: "unknown",
+    1: "white",
+    2: "black",
+    3: "blue",
+    4: "yellow",
+    5: "green",
+    6: "red",
+    7: "gray",
+    8: "silver",
+}
+
+# Field 13: given by the note.
+VEHICLE_TYPES: Final[dict[int, str | None]] = {
+    0: None,
+    1: "car",
+    2: "motorbike",
+    3: "bus",
+    4: "truck",
+    5: "minibus",
+}
+
+# --- HTTP (section 2) ------------------------------------------------------
+
+# `direction` words → event direction; a camera configured with
+# `swap_direction: true` exchanges them (camera facing the other way).
+HTTP_DIRECTION_WORDS: Final[dict[str, str]] = {
+    "approach": "in",
+    "away": "out",
+}
+
+# --- RTSP (section 3) ------------------------------------------------------
+
+# `LicenseCarDirection` is a bare number in the sample ("1"); assumed to use
+# the TCP direction codes (0 unknown, 1 in, 2 out).
+DIRECTION_CODES: Final[dict[int, str]] = {0: "unknown", 1: "in", 2: "out"}
+
+# `LicenseCarSpeed` carries its unit ("25km/h"); a bare number is km/h.
+DEFAULT_SPEED_UNIT: Final = "km/h"

@@ -1,0 +1,731 @@
+"""Configuration: YAML in, one immutable typed `Config` out.
+
+Every problem is collected with its key path (`cameras[2].port: ...`) so that
+`lpr-gateway check` can print them all at once. Unknown keys are errors: a
+misspelt option silently ignored is a bug a user finds in production.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+import re
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+
+from gateway.errors import ConfigError
+
+T = TypeVar("T")
+
+CAMERA_ID_RE = re.compile(r"^[a-z0-9_-]+$")
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_MISSING = object()
+
+
+class Protocol(enum.Enum):
+    TCP = "tcp"
+    HTTP = "http"
+    RTSP = "rtsp"
+
+
+class OtherEvents(enum.Enum):
+    """What to do with camera notifications that are not plate reads."""
+
+    FORWARD = "forward"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    url: str | None = None  # None: start the embedded broker
+    username: str | None = None
+    password: str | None = None
+    client_id: str = "lpr-gateway"
+    base_topic: str = "lpr"
+    protocol_version: int = 4  # 4 = MQTT 3.1.1, 5 = MQTT 5
+    keepalive_seconds: int = 30
+    publish_window: int = 32  # QoS 1 messages in flight at once
+    embedded_port: int = 0  # 0: a free port
+    tls: TlsConfig | None = None
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url or "mqtt://127.0.0.1").hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url or "mqtt://127.0.0.1")
+        if parts.port:
+            return parts.port
+        return 8883 if self.use_tls else 1883
+
+    @property
+    def use_tls(self) -> bool:
+        return (self.url or "").startswith("mqtts://")
+
+
+@dataclass(frozen=True, slots=True)
+class HomeAssistantConfig:
+    enabled: bool = False
+    discovery_prefix: str = "homeassistant"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpServerConfig:
+    listen: str = "0.0.0.0:8080"
+    max_body_bytes: int = 20_000_000
+    request_timeout_seconds: float = 30.0
+    accept_unknown_senders: bool = False
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    @property
+    def host(self) -> str:
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_listen(self.listen)[1]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen: str | None = "0.0.0.0:9108"  # None: no metrics endpoint
+
+    @property
+    def host(self) -> str:
+        return split_listen(self.listen or "")[0]
+
+    @property
+    def port(self) -> int:
+        return split_listen(self.listen or "")[1]
+
+
+class OutboxSync(enum.Enum):
+    # NORMAL survives a crash or SIGKILL of the gateway (WAL); FULL also a power loss.
+    NORMAL = "normal"
+    FULL = "full"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxConfig:
+    path: Path = Path("./data/outbox.sqlite3")
+    max_bytes: int = 1_000_000_000
+    sync: OutboxSync = OutboxSync.NORMAL
+
+
+@dataclass(frozen=True, slots=True)
+class DedupConfig:
+    window_seconds: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class CameraConfig:
+    """Fields every camera has; the protocol subclasses add their own."""
+
+    id: str
+    protocol: Protocol
+    name: str
+    timezone: str = "UTC"
+    other_events: OtherEvents = OtherEvents.FORWARD
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True, slots=True)
+class TcpCameraConfig(CameraConfig):
+    host: str = ""
+    port: int = 5000
+    username: str = "admin"
+    password: str = ""
+    connect_timeout_seconds: float = 5.0
+    # The protocol has no keep-alive: silence this long means a dead session.
+    idle_timeout_seconds: float = 300.0
+    capture_dir: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpCameraConfig(CameraConfig):
+    path: str = ""
+    username: str | None = None
+    password: str | None = None
+    allowed_sources: tuple[str, ...] = ()  # addresses or networks; empty = any
+    swap_direction: bool = False  # camera mounted facing the other way
+
+
+@dataclass(frozen=True, slots=True)
+class RtspCameraConfig(CameraConfig):
+    url: str = ""
+    username: str | None = None
+    password: str | None = None
+    http_port: int = 80
+    connect_timeout_seconds: float = 5.0
+    idle_timeout_seconds: float = 120.0
+    image_timeout_seconds: float = 3.0
+
+
+AnyCameraConfig = TcpCameraConfig | HttpCameraConfig | RtspCameraConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    mqtt: MqttConfig = MqttConfig()
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
+    http: HttpServerConfig = HttpServerConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    dedup: DedupConfig = DedupConfig()
+    # TCP colour codes → names. The vendor's table is "stand by": this default is
+    # provisional; the raw code is always published beside the name.
+    color_table: Mapping[int, str] = field(default_factory=dict)
+    log_level: str = "INFO"
+    cameras: tuple[AnyCameraConfig, ...] = ()
+
+    def cameras_of(self, protocol: Protocol) -> list[AnyCameraConfig]:
+        return [c for c in self.cameras if c.protocol is protocol]
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+# --------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, interpolate and validate; raise ConfigError with every problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    return parse_config(text, environ if environ is not None else os.environ, str(path))
+
+
+def parse_config(text: str, environ: Mapping[str, str], origin: str = "<config>") -> Config:
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{origin}: not valid YAML: {exc}"]) from exc
+    if document is None:
+        document = {}
+    reader = _Reader(environ)
+    config = reader.config(document)
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    assert config is not None
+    return config
+
+
+class _Reader:
+    """Walks the YAML document, collecting problems instead of stopping at the first."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[str] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    # -- scalars -----------------------------------------------------------
+
+    def interpolate(self, path: str, value: Any) -> Any:
+        if not isinstance(value, str) or "${" not in value:
+            return value
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in self.environ:
+                return self.environ[name]
+            if default is not None:
+                return default
+            self.problem(path, f"environment variable {name} is not set")
+            return ""
+
+        return _ENV_RE.sub(substitute, value)
+
+    def mapping(self, path: str, value: Any, allowed: set[str]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.problem(path, f"expected a mapping, got {_show(value)}")
+            return {}
+        for key in value:
+            if key not in allowed:
+                hint = _closest(str(key), allowed)
+                suffix = f" (did you mean {hint!r}?)" if hint else ""
+                self.problem(_join(path, str(key)), f"unknown key{suffix}")
+        return value
+
+    def get(
+        self,
+        section: Mapping[str, Any],
+        path: str,
+        key: str,
+        convert: Callable[[str, Any], T | None],
+        default: T,
+    ) -> T:
+        raw = section.get(key, _MISSING)
+        if raw is _MISSING or raw is None:
+            return default
+        key_path = _join(path, key)
+        converted = convert(key_path, self.interpolate(key_path, raw))
+        return default if converted is None else converted
+
+    def required(
+        self,
+        section: Mapping[str, Any],
+        path: str,
+        key: str,
+        convert: Callable[[str, Any], T | None],
+    ) -> T | None:
+        if section.get(key) is None:
+            self.problem(_join(path, key), "is required")
+            return None
+        key_path = _join(path, key)
+        return convert(key_path, self.interpolate(key_path, section[key]))
+
+    def string(self, path: str, value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            self.problem(path, f"expected a string, got {_show(value)}")
+            return None
+        return str(value)
+
+    def boolean(self, path: str, value: Any) -> bool | None:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "1", "0"}:
+            return value.lower() in {"true", "yes", "1"}
+        self.problem(path, f"expected true or false, got {_show(value)}")
+        return None
+
+    def integer(self, low: int, high: int) -> Callable[[str, Any], int | None]:
+        def convert(path: str, value: Any) -> int | None:
+            number: int | None = None
+            if isinstance(value, int) and not isinstance(value, bool):
+                number = value
+            elif isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+                number = int(value)
+            if number is None or not low <= number <= high:
+                self.problem(path, f"expected an integer {low}-{high}, got {_show(value)}")
+                return None
+            return number
+
+        return convert
+
+    def number(self, low: float, high: float) -> Callable[[str, Any], float | None]:
+        def convert(path: str, value: Any) -> float | None:
+            number: float | None = None
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                number = float(value)
+            elif isinstance(value, str):
+                try:
+                    number = float(value)
+                except ValueError:
+                    number = None
+            if number is None or not low <= number <= high:
+                self.problem(path, f"expected a number {low:g}-{high:g}, got {_show(value)}")
+                return None
+            return number
+
+        return convert
+
+    def choice(self, enum_type: type[Any]) -> Callable[[str, Any], Any]:
+        def convert(path: str, value: Any) -> Any:
+            for member in enum_type:
+                if str(value).lower() == str(member.value):
+                    return member
+            names = ", ".join(str(m.value) for m in enum_type)
+            self.problem(path, f"expected one of {names}, got {_show(value)}")
+            return None
+
+        return convert
+
+    def readable_file(self, path: str, value: Any) -> Path | None:
+        text = self.string(path, value)
+        if text is None:
+            return None
+        file_path = Path(text)
+        try:
+            with file_path.open("rb"):
+                pass
+        except OSError as exc:
+            self.problem(path, f"cannot read {text!r}: {exc.strerror or exc}")
+            return None
+        return file_path
+
+    def listen(self, path: str, value: Any) -> str | None:
+        text = self.string(path, value)
+        if text is None:
+            return None
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            self.problem(path, f"expected host:port (port 0-65535), got {_show(value)}")
+            return None
+        return text
+
+    def topic_level(self, path: str, value: Any) -> str | None:
+        text = self.string(path, value)
+        if text is None:
+            return None
+        if not text or any(ch in text for ch in "#+\0") or text.startswith("/") or text.endswith(
+            "/"
+        ):
+            self.problem(
+                path,
+                f"not a usable MQTT topic prefix: {_show(value)} "
+                "(no wildcards, no leading or trailing '/', not empty)",
+            )
+            return None
+        return text
+
+    # -- sections ----------------------------------------------------------
+
+    def config(self, document: Any) -> Config | None:
+        top = self.mapping(
+            "",
+            document,
+            {
+                "mqtt",
+                "homeassistant",
+                "http",
+                "metrics",
+                "outbox",
+                "dedup",
+                "color_table",
+                "log_level",
+                "cameras",
+            },
+        )
+        log_level = self.get(top, "", "log_level", self.string, "INFO").upper()
+        if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            self.problem("log_level", f"expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+        return Config(
+            mqtt=self.mqtt(top.get("mqtt")),
+            homeassistant=self.homeassistant(top.get("homeassistant")),
+            http=self.http(top.get("http")),
+            metrics=self.metrics(top.get("metrics")),
+            outbox=self.outbox(top.get("outbox")),
+            dedup=self.dedup(top.get("dedup")),
+            color_table=self.color_table(top.get("color_table")),
+            log_level=log_level,
+            cameras=self.cameras(top.get("cameras")),
+        )
+
+    def mqtt(self, value: Any) -> MqttConfig:
+        p = "mqtt"
+        section = self.mapping(
+            p,
+            value,
+            {
+                "url",
+                "username",
+                "password",
+                "client_id",
+                "base_topic",
+                "protocol",
+                "keepalive_seconds",
+                "publish_window",
+                "embedded_port",
+                "tls",
+            },
+        )
+        url = self.get(section, p, "url", self.string, None)
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
+                self.problem(f"{p}.url", f"expected mqtt://host[:port] or mqtts://..., got {url!r}")
+            else:
+                try:
+                    _ = parts.port
+                except ValueError:
+                    self.problem(f"{p}.url", f"bad port in {url!r}")
+        protocol = self.get(section, p, "protocol", self.string, "3.1.1")
+        versions = {"3.1.1": 4, "311": 4, "4": 4, "5": 5, "5.0": 5}
+        if protocol not in versions:
+            self.problem(f"{p}.protocol", f"expected 3.1.1 or 5, got {protocol!r}")
+        tls = self.tls(_join(p, "tls"), section.get("tls"))
+        if url is not None and url.startswith("mqtts://") and tls is None:
+            tls = TlsConfig()
+        return MqttConfig(
+            url=url,
+            username=self.get(section, p, "username", self.string, None),
+            password=self.get(section, p, "password", self.string, None),
+            client_id=self.get(section, p, "client_id", self.string, "lpr-gateway"),
+            base_topic=self.get(section, p, "base_topic", self.topic_level, "lpr"),
+            protocol_version=versions.get(protocol, 4),
+            keepalive_seconds=self.get(section, p, "keepalive_seconds", self.integer(5, 3600), 30),
+            publish_window=self.get(section, p, "publish_window", self.integer(1, 1000), 32),
+            embedded_port=self.get(section, p, "embedded_port", self.integer(0, 65535), 0),
+            tls=tls,
+        )
+
+    def tls(self, p: str, value: Any) -> TlsConfig | None:
+        if value is None:
+            return None
+        section = self.mapping(p, value, {"ca_file", "cert_file", "key_file", "insecure"})
+        config = TlsConfig(
+            ca_file=self.get(section, p, "ca_file", self.readable_file, None),
+            cert_file=self.get(section, p, "cert_file", self.readable_file, None),
+            key_file=self.get(section, p, "key_file", self.readable_file, None),
+            insecure=self.get(section, p, "insecure", self.boolean, False),
+        )
+        if ("cert_file" in section) != ("key_file" in section):
+            self.problem(p, "cert_file and key_file go together")
+        return config
+
+    def homeassistant(self, value: Any) -> HomeAssistantConfig:
+        p = "homeassistant"
+        section = self.mapping(p, value, {"enabled", "discovery_prefix"})
+        return HomeAssistantConfig(
+            enabled=self.get(section, p, "enabled", self.boolean, False),
+            discovery_prefix=self.get(
+                section, p, "discovery_prefix", self.topic_level, "homeassistant"
+            ),
+        )
+
+    def http(self, value: Any) -> HttpServerConfig:
+        p = "http"
+        section = self.mapping(
+            p,
+            value,
+            {
+                "listen",
+                "max_body_bytes",
+                "request_timeout_seconds",
+                "accept_unknown_senders",
+                "tls_cert_file",
+                "tls_key_file",
+            },
+        )
+        config = HttpServerConfig(
+            listen=self.get(section, p, "listen", self.listen, "0.0.0.0:8080"),
+            max_body_bytes=self.get(
+                section, p, "max_body_bytes", self.integer(1024, 1 << 31), 20_000_000
+            ),
+            request_timeout_seconds=self.get(
+                section, p, "request_timeout_seconds", self.number(0.1, 3600), 30.0
+            ),
+            accept_unknown_senders=self.get(
+                section, p, "accept_unknown_senders", self.boolean, False
+            ),
+            tls_cert_file=self.get(section, p, "tls_cert_file", self.readable_file, None),
+            tls_key_file=self.get(section, p, "tls_key_file", self.readable_file, None),
+        )
+        if ("tls_cert_file" in section) != ("tls_key_file" in section):
+            self.problem(p, "tls_cert_file and tls_key_file go together")
+        return config
+
+    def metrics(self, value: Any) -> MetricsConfig:
+        p = "metrics"
+        section = self.mapping(p, value, {"listen"})
+        if "listen" in section and section["listen"] in (None, "", False):
+            return MetricsConfig(listen=None)
+        return MetricsConfig(listen=self.get(section, p, "listen", self.listen, "0.0.0.0:9108"))
+
+    def outbox(self, value: Any) -> OutboxConfig:
+        p = "outbox"
+        section = self.mapping(p, value, {"path", "max_bytes", "sync"})
+        path = Path(self.get(section, p, "path", self.string, "./data/outbox.sqlite3"))
+        return OutboxConfig(
+            path=path,
+            max_bytes=self.get(
+                section, p, "max_bytes", self.integer(1_000_000, 1 << 50), 1_000_000_000
+            ),
+            sync=self.get(section, p, "sync", self.choice(OutboxSync), OutboxSync.NORMAL),
+        )
+
+    def dedup(self, value: Any) -> DedupConfig:
+        p = "dedup"
+        section = self.mapping(p, value, {"window_seconds"})
+        return DedupConfig(
+            window_seconds=self.get(section, p, "window_seconds", self.number(0, 86400), 10.0)
+        )
+
+    def color_table(self, value: Any) -> dict[int, str]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.problem("color_table", f"expected a mapping of code: name, got {_show(value)}")
+            return {}
+        table: dict[int, str] = {}
+        for code, name in value.items():
+            number = self.integer(0, 255)(f"color_table.{code}", code)
+            text = self.string(f"color_table.{code}", name)
+            if number is not None and text is not None:
+                table[number] = text
+        return table
+
+    def cameras(self, value: Any) -> tuple[AnyCameraConfig, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.problem("cameras", f"expected a list, got {_show(value)}")
+            return ()
+        cameras: list[AnyCameraConfig] = []
+        seen_ids: dict[str, int] = {}
+        seen_paths: dict[str, int] = {}
+        for index, item in enumerate(value):
+            camera = self.camera(f"cameras[{index}]", item)
+            if camera is None:
+                continue
+            if camera.id in seen_ids:
+                self.problem(
+                    f"cameras[{index}].id",
+                    f"duplicate camera id {camera.id!r} (also cameras[{seen_ids[camera.id]}])",
+                )
+            seen_ids.setdefault(camera.id, index)
+            if isinstance(camera, HttpCameraConfig):
+                if camera.path in seen_paths:
+                    self.problem(
+                        f"cameras[{index}].path",
+                        f"path {camera.path!r} already used by cameras[{seen_paths[camera.path]}]",
+                    )
+                seen_paths.setdefault(camera.path, index)
+            cameras.append(camera)
+        return tuple(cameras)
+
+    _COMMON = {"id", "name", "protocol", "timezone", "other_events"}
+    _BY_PROTOCOL = {
+        Protocol.TCP: {
+            "host",
+            "port",
+            "username",
+            "password",
+            "connect_timeout_seconds",
+            "idle_timeout_seconds",
+            "capture_dir",
+        },
+        Protocol.HTTP: {"path", "username", "password", "allowed_sources", "swap_direction"},
+        Protocol.RTSP: {
+            "url",
+            "username",
+            "password",
+            "http_port",
+            "connect_timeout_seconds",
+            "idle_timeout_seconds",
+            "image_timeout_seconds",
+        },
+    }
+
+    def camera(self, p: str, value: Any) -> AnyCameraConfig | None:
+        if not isinstance(value, dict):
+            self.problem(p, f"expected a mapping, got {_show(value)}")
+            return None
+        protocol = self.required(value, p, "protocol", self.choice(Protocol))
+        allowed = self._COMMON | (self._BY_PROTOCOL[protocol] if protocol else set())
+        section = self.mapping(p, value, allowed)
+        camera_id = self.required(section, p, "id", self.string)
+        if camera_id is not None and not CAMERA_ID_RE.match(camera_id):
+            self.problem(f"{p}.id", f"expected [a-z0-9_-]+ (used in topics), got {camera_id!r}")
+        timezone = self.get(section, p, "timezone", self.string, "UTC")
+        try:
+            zoneinfo.ZoneInfo(timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            self.problem(f"{p}.timezone", f"unknown time zone {timezone!r}")
+        if protocol is None or camera_id is None:
+            return None
+        common: dict[str, Any] = {
+            "id": camera_id,
+            "protocol": protocol,
+            "name": self.get(section, p, "name", self.string, camera_id),
+            "timezone": timezone,
+            "other_events": self.get(
+                section, p, "other_events", self.choice(OtherEvents), OtherEvents.FORWARD
+            ),
+        }
+        port = self.integer(1, 65535)
+        timeout = self.number(0.1, 86400)
+        if protocol is Protocol.TCP:
+            return TcpCameraConfig(
+                **common,
+                host=self.required(section, p, "host", self.string) or "",
+                port=self.get(section, p, "port", port, 5000),
+                username=self.get(section, p, "username", self.string, "admin"),
+                password=self.get(section, p, "password", self.string, ""),
+                connect_timeout_seconds=self.get(
+                    section, p, "connect_timeout_seconds", timeout, 5.0
+                ),
+                idle_timeout_seconds=self.get(section, p, "idle_timeout_seconds", timeout, 300.0),
+                capture_dir=_opt_path(self.get(section, p, "capture_dir", self.string, None)),
+            )
+        if protocol is Protocol.HTTP:
+            path = self.get(section, p, "path", self.string, f"/lpr/{camera_id}")
+            if not path.startswith("/"):
+                self.problem(f"{p}.path", f"expected a URL path starting with '/', got {path!r}")
+            return HttpCameraConfig(
+                **common,
+                path=path,
+                username=self.get(section, p, "username", self.string, None),
+                password=self.get(section, p, "password", self.string, None),
+                allowed_sources=self.sources(f"{p}.allowed_sources", section.get("allowed_sources")),
+                swap_direction=self.get(section, p, "swap_direction", self.boolean, False),
+            )
+        url = self.required(section, p, "url", self.string) or ""
+        if url and (urlsplit(url).scheme != "rtsp" or not urlsplit(url).hostname):
+            self.problem(f"{p}.url", f"expected rtsp://host[:port]/path, got {url!r}")
+        return RtspCameraConfig(
+            **common,
+            url=url,
+            username=self.get(section, p, "username", self.string, None),
+            password=self.get(section, p, "password", self.string, None),
+            http_port=self.get(section, p, "http_port", port, 80),
+            connect_timeout_seconds=self.get(section, p, "connect_timeout_seconds", timeout, 5.0),
+            idle_timeout_seconds=self.get(section, p, "idle_timeout_seconds", timeout, 120.0),
+            image_timeout_seconds=self.get(section, p, "image_timeout_seconds", timeout, 3.0),
+        )
+
+    def sources(self, p: str, value: Any) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.problem(p, f"expected a list of addresses or networks, got {_show(value)}")
+            return ()
+        result = []
+        for index, item in enumerate(value):
+            try:
+                result.append(str(ipaddress.ip_network(str(item), strict=False)))
+            except ValueError:
+                self.problem(f"{p}[{index}]", f"not an address or network: {_show(item)}")
+        return tuple(result)
+
+
+def _opt_path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if value is None:
+        return "nothing"
+    return repr(value) if not isinstance(value, dict | list) else type(value).__name__
+
+
+def _closest(key: str, allowed: set[str]) -> str | None:
+    import difflib
+
+    matches = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.75)
+    return matches[0] if matches else None

@@ -1,0 +1,32 @@
+"""The gateway's error tree: one root, subclasses that say whose fault it is."""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """The configuration is wrong; carries every problem found, each with its key path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class CameraProtocolError(GatewayError):
+    """A camera (the peer) broke its protocol: corrupt frame, bad body, hostile XML."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        self.kind = kind  # short, stable label used as a metric label value
+        self.detail = detail
+        super().__init__(f"{kind}: {detail}")
+
+
+class BrokerError(GatewayError):
+    """The MQTT broker refused us or went away."""
+
+
+class OutboxFullError(GatewayError):
+    """The durable outbox has reached `outbox.max_bytes`; intake must refuse."""

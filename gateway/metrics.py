@@ -1,0 +1,89 @@
+"""Prometheus metrics (prefix `lpr_`), one registry per gateway instance.
+
+A registry per instance rather than the global one, so that several gateways
+(tests, bench) can live in one process without colliding.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        # Intake
+        self.events_received = Counter(
+            "lpr_events_received", "Reads and camera events received", ["camera", "source"],
+            registry=r,
+        )
+        self.events_refused = Counter(
+            "lpr_events_refused",
+            "Reads refused at intake (outbox full, shutting down)",
+            ["camera", "reason"],
+            registry=r,
+        )
+        self.duplicates_suppressed = Counter(
+            "lpr_duplicates_suppressed", "Reads suppressed as duplicates", ["camera"], registry=r
+        )
+        self.parse_errors = Counter(
+            "lpr_parse_errors", "Camera input that could not be parsed", ["source", "kind"],
+            registry=r,
+        )
+        # Outbox
+        self.outbox_depth = Gauge("lpr_outbox_events", "Events waiting in the outbox", registry=r)
+        self.outbox_bytes = Gauge("lpr_outbox_bytes", "Bytes waiting in the outbox", registry=r)
+        # MQTT
+        self.events_published = Counter(
+            "lpr_events_published",
+            "Events whose every message the broker acknowledged",
+            ["camera"],
+            registry=r,
+        )
+        self.messages_published = Counter(
+            "lpr_mqtt_messages_published", "MQTT messages acknowledged by the broker", registry=r
+        )
+        self.mqtt_connected = Gauge("lpr_mqtt_connected", "1 while connected to the broker", registry=r)
+        self.mqtt_reconnects = Counter("lpr_mqtt_reconnects", "Broker (re)connect attempts", registry=r)
+        self.publish_latency = Histogram(
+            "lpr_publish_latency_seconds",
+            "From acceptance into the outbox to the broker's PUBACK of the event",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        # Cameras
+        self.camera_connected = Gauge(
+            "lpr_camera_connected", "1 while the gateway has a live session", ["camera"], registry=r
+        )
+        self.camera_reconnects = Counter(
+            "lpr_camera_reconnects", "Camera session (re)connect attempts", ["camera"], registry=r
+        )
+        self.camera_frames = Counter(
+            "lpr_camera_frames", "Protocol frames / documents received", ["camera"], registry=r
+        )
+        self.camera_bytes = Counter(
+            "lpr_camera_bytes_received", "Bytes received from a camera", ["camera"], registry=r
+        )
+        self.camera_auth_failures = Counter(
+            "lpr_camera_auth_failures", "Logins refused by a camera (config problem)", ["camera"],
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "lpr_http_requests", "HTTP push requests by reply status", ["status"], registry=r
+        )
+        self.image_fetch_failures = Counter(
+            "lpr_image_fetch_failures", "Plate pictures that could not be fetched", ["camera", "reason"],
+            registry=r,
+        )
+        self.bytes_skipped = Counter(
+            "lpr_camera_bytes_skipped", "Garbage bytes skipped while resynchronising", ["camera"],
+            registry=r,
+        )
+
+    def camera_known(self, camera: str, source: str) -> None:
+        """Create a camera's series at zero so dashboards show it before its first read."""
+        self.events_received.labels(camera=camera, source=source)
+        self.events_published.labels(camera=camera)
+        self.camera_connected.labels(camera=camera).set(0)
+        self.camera_reconnects.labels(camera=camera)
