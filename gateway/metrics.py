@@ -44,6 +44,11 @@ class Metrics:
         self.messages_published = Counter(
             "lpr_mqtt_messages_published", "MQTT messages acknowledged by the broker", registry=r
         )
+        self.messages_refused = Counter(
+            "lpr_mqtt_messages_refused",
+            "Messages the broker refused for good (MQTT 5 PUBACK error), dropped",
+            registry=r,
+        )
         self.mqtt_connected = Gauge("lpr_mqtt_connected", "1 while connected to the broker", registry=r)
         self.mqtt_reconnects = Counter("lpr_mqtt_reconnects", "Broker (re)connect attempts", registry=r)
         self.publish_latency = Histogram(

@@ -1,0 +1,141 @@
+"""`lpr-gateway` command line: run, check, demo, simulate, decode."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway import __version__
+from gateway.config import Config, load_config
+from gateway.errors import ConfigError, GatewayError
+
+log = logging.getLogger("gateway")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    # simulate/decode own their arguments: hand them over untouched.
+    if args_list and args_list[0] == "simulate":
+        return _delegate_simulate(args_list[1:])
+    if args_list and args_list[0] == "decode":
+        return _delegate("gateway.decode", args_list[1:])
+
+    parser = argparse.ArgumentParser(
+        prog="lpr-gateway",
+        description="Licence-plate reads from LPR cameras (TCP, HTTP, RTSP) to MQTT.",
+    )
+    parser.add_argument("--version", action="version", version=f"lpr-gateway {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the gateway")
+    run.add_argument("-c", "--config", required=True, type=Path)
+    run.add_argument("--log-level", default=None, help="overrides log_level of the config")
+    check = commands.add_parser("check", help="validate a config file; exit 0 or 2")
+    check.add_argument("-c", "--config", required=True, type=Path)
+    demo = commands.add_parser(
+        "demo", help="embedded broker + gateway + simulated cameras; prints each event"
+    )
+    demo.add_argument("--rate", type=float, default=0.5, help="reads per second per camera")
+    demo.add_argument("--seconds", type=float, default=0, help="stop after this long (0: Ctrl-C)")
+    demo.add_argument("--data-dir", type=Path, default=None, help="outbox folder (default: temp)")
+    commands.add_parser("simulate", help="a camera simulator: simulate tcp|http|rtsp --help")
+    commands.add_parser("decode", help="decode a raw TCP capture: decode FILE --help")
+    args = parser.parse_args(args_list)
+
+    if args.command == "check":
+        return _check(args.config)
+    if args.command == "run":
+        return _run(args.config, args.log_level)
+    if args.command == "demo":
+        from gateway.demo import run_demo
+
+        _setup_logging("INFO")
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(run_demo(args.rate, args.seconds, args.data_dir))
+        return EXIT_OK
+    parser.error(f"unknown command {args.command}")
+    return EXIT_FAILURE
+
+
+def _check(path: Path) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{path}: OK ({len(config.cameras)} cameras)")
+    return EXIT_OK
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _run(path: Path, level_override: str | None) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: configuration problems:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    _setup_logging((level_override or config.log_level).upper())
+    try:
+        asyncio.run(serve(config))
+    except GatewayError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGTERM/SIGINT, then shut down in order."""
+    from gateway.app import Gateway
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    gateway = Gateway(config)
+    try:
+        await gateway.start()
+        await stop.wait()
+        log.info("signal received, shutting down")
+    finally:
+        await gateway.stop()
+
+
+def _delegate(module_name: str, argv: list[str]) -> int:
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        print(f"lpr-gateway: {module_name} is not available in this build ({exc})", file=sys.stderr)
+        return EXIT_FAILURE
+    _setup_logging("INFO")
+    with contextlib.suppress(KeyboardInterrupt):
+        return int(module.main(argv))
+    return EXIT_OK
+
+
+def _delegate_simulate(argv: list[str]) -> int:
+    protocols = ("tcp", "http", "rtsp")
+    if not argv or argv[0] not in protocols:
+        print(f"usage: lpr-gateway simulate {{{'|'.join(protocols)}}} [options]", file=sys.stderr)
+        return EXIT_CONFIG
+    return _delegate(f"gateway.simulate.{argv[0]}", argv[1:])

@@ -1,0 +1,452 @@
+"""MQTT publisher: paho-mqtt 2.x driven by the asyncio loop through its socket hooks.
+
+It drains the outbox in `seq` order with a window of QoS 1 messages in
+flight, deletes a row only on its PUBACK, and after any disconnect starts over
+from the oldest unacknowledged row. A new paho client per connection: no
+hidden session state in paho competes with the outbox for redelivery.
+Bridge state (LWT `offline`, `online` on connect), bridge info and camera
+availability are retained state messages kept here and re-sent on every
+connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway import __version__
+from gateway.config import AnyCameraConfig, Config
+from gateway.errors import BrokerError
+from gateway.metrics import Metrics
+from gateway.outbox import Outbox, StoredMessage
+
+log = logging.getLogger(__name__)
+
+RECONNECT_MIN_SECONDS = 0.5
+RECONNECT_MAX_SECONDS = 30.0
+CONNACK_TIMEOUT_SECONDS = 10.0
+ACK_FLUSH_SECONDS = 0.02
+
+
+class _Session:
+    """One broker connection: a paho client wired into the running loop."""
+
+    def __init__(self, publisher: MqttPublisher, client: mqtt.Client) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.loop_thread = threading.get_ident()
+        self.client = client
+        self.publisher = publisher
+        self.connected: asyncio.Future[None] = self.loop.create_future()
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        self.inflight: dict[int, StoredMessage] = {}
+        self.sock: socket.socket | None = None
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+
+    def _in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        # connect() runs in an executor thread and fires socket hooks there.
+        if threading.get_ident() == self.loop_thread:
+            fn(*args)
+        else:
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def _on_socket_open(self, client: mqtt.Client, _u: Any, sock: Any) -> None:
+        self.sock = sock
+        self._in_loop(self.loop.add_reader, sock, client.loop_read)
+
+    def _on_socket_close(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
+        self._in_loop(self._forget_socket, sock)
+
+    def _forget_socket(self, sock: Any) -> None:
+        self.loop.remove_reader(sock)
+        self.loop.remove_writer(sock)
+        self._resolve_closed()
+
+    def _on_register_write(self, client: mqtt.Client, _u: Any, sock: Any) -> None:
+        self._in_loop(self.loop.add_writer, sock, client.loop_write)
+
+    def _on_unregister_write(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
+        self._in_loop(self.loop.remove_writer, sock)
+
+    def _on_connect(
+        self, _c: mqtt.Client, _u: Any, _flags: Any, reason: ReasonCode, _props: Any
+    ) -> None:
+        if self.connected.done():
+            return
+        if reason.is_failure:
+            self.connected.set_exception(BrokerError(f"broker refused the connection: {reason}"))
+        else:
+            self.connected.set_result(None)
+
+    def _on_disconnect(
+        self, _c: mqtt.Client, _u: Any, _flags: Any, reason: ReasonCode, _props: Any
+    ) -> None:
+        if not self.connected.done():
+            self.connected.set_exception(BrokerError(f"disconnected before CONNACK: {reason}"))
+        self._resolve_closed()
+
+    def _resolve_closed(self) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self.publisher._ack_signal.set()
+
+    def _on_publish(
+        self, _c: mqtt.Client, _u: Any, mid: int, reason: ReasonCode, _props: Any
+    ) -> None:
+        message = self.inflight.pop(mid, None)
+        if message is None:
+            return  # a state message (bridge/availability): not from the outbox
+        if reason.is_failure:
+            # MQTT 5 broker refused this message for good (e.g. too large): resending
+            # would fail the same way and block the queue behind it.
+            log.error(
+                "broker refused %s of event %s (camera %s): %s; dropping that message",
+                message.topic,
+                message.event_id,
+                message.camera,
+                reason,
+            )
+            self.publisher.metrics.messages_refused.inc()
+        self.publisher._acknowledged(message)
+
+    async def misc_timer(self) -> None:
+        """paho's keep-alive: PINGREQ, and noticing a broker that stopped answering."""
+        while not self.closed.done():
+            await asyncio.sleep(1.0)
+            if self.client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._resolve_closed()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.loop.remove_reader(self.sock)
+            self.loop.remove_writer(self.sock)
+        self._resolve_closed()
+
+
+class MqttPublisher:
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics,
+        outbox: Outbox,
+        executor: Executor,
+        broker_url: str | None = None,
+    ) -> None:
+        self.config = config
+        self.mqtt = config.mqtt
+        self.metrics = metrics
+        self.outbox = outbox
+        self.executor = executor
+        self.broker_url = broker_url or self.mqtt.url
+        base = self.mqtt.base_topic
+        self.state_topic = f"{base}/bridge/state"
+        self.info_topic = f"{base}/bridge/info"
+        self._cameras: dict[str, AnyCameraConfig] = {c.id: c for c in config.cameras}
+        self._availability: dict[str, bool] = dict.fromkeys(self._cameras, False)
+        self._session: _Session | None = None
+        self._cursor = 0  # highest seq handed to paho in this session
+        self._wake = asyncio.Event()
+        self._ack_signal = asyncio.Event()
+        self._pending_acks: list[StoredMessage] = []
+        self._stopping = False
+        self._flush_task: asyncio.Task[None] | None = None
+        self.connected_since: float | None = None
+        self.disconnected_since: float | None = time.time()
+        self.last_error: str | None = None
+        self._on_connected_hooks: list[Callable[[], None]] = []
+
+    # -- what the rest of the gateway calls ------------------------------------
+
+    def wake(self) -> None:
+        """New messages are in the outbox."""
+        self._wake.set()
+
+    @property
+    def connected(self) -> bool:
+        return self.connected_since is not None
+
+    def set_camera_online(self, camera: str, online: bool) -> None:
+        self.metrics.camera_connected.labels(camera=camera).set(1 if online else 0)
+        if self._availability.get(camera) == online:
+            return
+        self._availability[camera] = online
+        self._publish_state(self.availability_topic(camera), b"online" if online else b"offline")
+        self._publish_state(self.info_topic, self._info_payload())
+
+    def availability_topic(self, camera: str) -> str:
+        return f"{self.mqtt.base_topic}/{camera}/availability"
+
+    def on_connected(self, hook: Callable[[], None]) -> None:
+        """Run `hook` after every (re)connect, e.g. to re-send discovery."""
+        self._on_connected_hooks.append(hook)
+
+    def publish_state(self, topic: str, payload: bytes, retain: bool = True) -> None:
+        """Fire-and-forget retained state; re-sent by its owner on reconnect if needed."""
+        self._publish_state(topic, payload, retain)
+
+    # -- the connection loop -----------------------------------------------------
+
+    async def run(self) -> None:
+        backoff = RECONNECT_MIN_SECONDS
+        self._flush_task = asyncio.create_task(self._flush_acks_forever(), name="outbox-acks")
+        try:
+            while not self._stopping:
+                self.metrics.mqtt_reconnects.inc()
+                try:
+                    await self._run_session()
+                    backoff = RECONNECT_MIN_SECONDS
+                except (OSError, BrokerError, ssl.SSLError) as exc:
+                    self.last_error = str(exc) or type(exc).__name__
+                    log.warning(
+                        "MQTT broker %s: %s; retrying in %.1fs",
+                        self._broker_label(),
+                        self.last_error,
+                        backoff,
+                    )
+                if self._stopping:
+                    break
+                await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+                backoff = min(backoff * 2, RECONNECT_MAX_SECONDS)
+        finally:
+            if self._flush_task:
+                self._flush_task.cancel()
+
+    def _broker_label(self) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.broker_url or "")
+        return f"{parts.hostname}:{parts.port or (8883 if parts.scheme == 'mqtts' else 1883)}"
+
+    def _make_client(self) -> mqtt.Client:
+        version = mqtt.MQTTv5 if self.mqtt.protocol_version == 5 else mqtt.MQTTv311
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.mqtt.client_id,
+            protocol=version,
+            clean_session=None if version == mqtt.MQTTv5 else True,
+        )
+        client.max_inflight_messages_set(self.mqtt.publish_window)
+        client.max_queued_messages_set(0)
+        if self.mqtt.username is not None:
+            client.username_pw_set(self.mqtt.username, self.mqtt.password)
+        client.will_set(self.state_topic, b"offline", qos=1, retain=True)
+        if self.broker_url and self.broker_url.startswith("mqtts://"):
+            tls = self.mqtt.tls
+            client.tls_set(
+                ca_certs=str(tls.ca_file) if tls and tls.ca_file else None,
+                certfile=str(tls.cert_file) if tls and tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls and tls.key_file else None,
+                cert_reqs=ssl.CERT_NONE if tls and tls.insecure else ssl.CERT_REQUIRED,
+            )
+            if tls and tls.insecure:
+                client.tls_insecure_set(True)
+        return client
+
+    async def _run_session(self) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.broker_url or "mqtt://127.0.0.1")
+        host = parts.hostname or "127.0.0.1"
+        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        client = self._make_client()
+        session = _Session(self, client)
+        loop = asyncio.get_running_loop()
+        # connect() resolves, opens the TCP (and TLS) connection and queues
+        # CONNECT: blocking work, so off the loop.
+        await loop.run_in_executor(None, client.connect, host, port, self.mqtt.keepalive_seconds)
+        self._session = session
+        misc = asyncio.create_task(session.misc_timer(), name="mqtt-misc")
+        try:
+            await asyncio.wait_for(asyncio.shield(session.connected), CONNACK_TIMEOUT_SECONDS)
+            self._on_connect_success()
+            await self._dispatch_until_closed(session)
+        except TimeoutError as exc:
+            raise BrokerError("no CONNACK from the broker") from exc
+        finally:
+            misc.cancel()
+            session.close()
+            with contextlib.suppress(Exception):
+                client.disconnect()
+            self._session = None
+            self._on_disconnected(session)
+
+    def _on_connect_success(self) -> None:
+        log.info(
+            "connected to MQTT broker %s (MQTT %s)",
+            self._broker_label(),
+            "5" if self.mqtt.protocol_version == 5 else "3.1.1",
+        )
+        self.metrics.mqtt_connected.set(1)
+        self.connected_since, self.disconnected_since, self.last_error = time.time(), None, None
+        self._publish_state(self.state_topic, b"online")
+        self._publish_state(self.info_topic, self._info_payload())
+        for camera, online in self._availability.items():
+            self._publish_state(self.availability_topic(camera), b"online" if online else b"offline")
+        for hook in self._on_connected_hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("on-connect hook failed")
+        self._wake.set()
+
+    def _on_disconnected(self, session: _Session) -> None:
+        if self.connected_since is not None:
+            log.warning("lost the MQTT broker %s", self._broker_label())
+        self.metrics.mqtt_connected.set(0)
+        self.connected_since = None
+        self.disconnected_since = self.disconnected_since or time.time()
+        # Whatever was in flight without a PUBACK is still in the outbox: start
+        # the next session from the oldest row that is left.
+        session.inflight.clear()
+        self._cursor = 0
+
+    async def _dispatch_until_closed(self, session: _Session) -> None:
+        loop = asyncio.get_running_loop()
+        window = self.mqtt.publish_window
+        while not session.closed.done():
+            # Cleared before any await, so a wake-up that lands while we read
+            # or publish is not lost.
+            self._wake.clear()
+            self._ack_signal.clear()
+            free = window - len(session.inflight)
+            drained = False
+            if free > 0:
+                # Delete acknowledged rows first, so this read cannot return them.
+                await self._flush_acks()
+                batch = await loop.run_in_executor(
+                    self.executor, self.outbox.read_after, self._cursor, free
+                )
+                if session.closed.done():
+                    return
+                for message in batch:
+                    info = session.client.publish(
+                        message.topic, message.payload, qos=1, retain=message.retain
+                    )
+                    if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        session.close()
+                        return
+                    session.inflight[info.mid] = message
+                    self._cursor = message.seq
+                drained = len(batch) < free
+            if drained:
+                await self._wait_any(self._wake, self._ack_signal, session.closed)
+            else:
+                await self._wait_any(self._ack_signal, session.closed)
+
+    @staticmethod
+    async def _wait_any(*waitables: asyncio.Event | asyncio.Future[None]) -> None:
+        tasks: list[asyncio.Future[Any]] = []
+        for w in waitables:
+            if isinstance(w, asyncio.Event):
+                if w.is_set():
+                    return
+                tasks.append(asyncio.ensure_future(w.wait()))
+            else:
+                if w.done():
+                    return
+                tasks.append(w)
+        owned = [t for t in tasks if isinstance(t, asyncio.Task)]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in owned:
+                t.cancel()
+
+    def _acknowledged(self, message: StoredMessage) -> None:
+        self._pending_acks.append(message)
+        self.metrics.messages_published.inc()
+        if message.last_of_event:
+            self.metrics.events_published.labels(camera=message.camera).inc()
+            self.metrics.publish_latency.observe(max(0.0, time.time() - message.accepted_at))
+        self._ack_signal.set()
+
+    async def _flush_acks(self) -> None:
+        if not self._pending_acks:
+            return
+        acks, self._pending_acks = self._pending_acks, []
+        await asyncio.get_running_loop().run_in_executor(
+            self.executor, self.outbox.acknowledge, acks
+        )
+        self.metrics.outbox_depth.set(self.outbox.pending_events)
+        self.metrics.outbox_bytes.set(self.outbox.pending_bytes)
+
+    async def _flush_acks_forever(self) -> None:
+        while True:
+            await asyncio.sleep(ACK_FLUSH_SECONDS)
+            try:
+                await self._flush_acks()
+            except Exception:
+                log.exception("could not delete acknowledged rows from the outbox")
+
+    # -- state messages --------------------------------------------------------
+
+    def _info_payload(self) -> bytes:
+        info = {
+            "version": __version__,
+            "cameras": [
+                {
+                    "id": c.id,
+                    "name": c.name,
+                    "protocol": c.protocol.value,
+                    "state": "online" if self._availability.get(c.id) else "offline",
+                }
+                for c in self._cameras.values()
+            ],
+        }
+        return json.dumps(info, ensure_ascii=False).encode()
+
+    def _publish_state(self, topic: str, payload: bytes, retain: bool = True) -> None:
+        session = self._session
+        if session is None or not self.connected or session.closed.done():
+            return  # re-sent from our own state on the next connect
+        session.client.publish(topic, payload, qos=1, retain=retain)
+
+    # -- shutdown ----------------------------------------------------------------
+
+    async def stop(self, drain_seconds: float = 3.0) -> None:
+        """Let in-flight publishes finish (bounded), say offline, disconnect."""
+        self._stopping = True
+        session = self._session
+        if session is not None and self.connected:
+            deadline = time.monotonic() + drain_seconds
+            while session.inflight and time.monotonic() < deadline and not session.closed.done():
+                self._ack_signal.clear()
+                try:
+                    await asyncio.wait_for(self._ack_signal.wait(), deadline - time.monotonic())
+                except TimeoutError:
+                    break
+            for camera in self._cameras:
+                self._publish_state(self.availability_topic(camera), b"offline")
+            info = session.client.publish(self.state_topic, b"offline", qos=1, retain=True)
+            # Wait briefly for the offline state to be on the wire and acknowledged.
+            deadline = time.monotonic() + 1.0
+            while not info.is_published() and time.monotonic() < deadline:
+                if session.closed.done():
+                    break
+                await asyncio.sleep(0.01)
+            session.client.disconnect()
+            session.close()
+        await self._flush_acks()
+        self._wake.set()
+
+    def pending_messages(self) -> Sequence[StoredMessage]:
+        return list(self._session.inflight.values()) if self._session else []

@@ -1,0 +1,142 @@
+"""Shared test tools: a real MQTT subscriber that records what arrives, config builders."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import yaml
+
+from gateway.broker import free_port
+from gateway.config import Config, parse_config
+
+__all__ = ["MqttCollector", "Received", "free_port", "gateway_config"]
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+    qos: int
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+
+class MqttCollector:
+    """A real subscriber on its own paho thread, recording every message in order.
+
+    `wait_for`/`wait_count` block (for sync tests and subprocess gateways);
+    `until`/`until_count` are for async tests whose gateway shares the loop.
+    """
+
+    def __init__(
+        self, host: str, port: int, topics: Sequence[str] = ("lpr/#",), qos: int = 1
+    ) -> None:
+        self.host, self.port, self.topics, self.qos = host, port, topics, qos
+        self.messages: list[Received] = []
+        self._lock = threading.Condition()
+        self._client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"collector-{uuid.uuid4().hex[:8]}"
+        )
+        self._client.on_message = self._on_message
+        self._client.on_connect = self._on_connect
+        self._subscribed = threading.Event()
+
+    def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
+        client.subscribe([(topic, self.qos) for topic in self.topics])
+        self._subscribed.set()
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append(
+                Received(message.topic, bytes(message.payload), bool(message.retain), message.qos)
+            )
+            self._lock.notify_all()
+
+    def __enter__(self) -> MqttCollector:
+        self._client.connect(self.host, self.port)
+        self._client.loop_start()
+        if not self._subscribed.wait(10):
+            raise TimeoutError("collector could not connect")
+        time.sleep(0.1)  # let the SUBSCRIBE be acknowledged before the test publishes
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def on(self, topic: str) -> list[Received]:
+        with self._lock:
+            return [m for m in self.messages if m.topic == topic]
+
+    def wait_for(
+        self, predicate: Callable[[list[Received]], bool], timeout: float = 10.0
+    ) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not predicate(self.messages):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    topics = [m.topic for m in self.messages[-20:]]
+                    raise AssertionError(
+                        f"timed out after {timeout}s; {len(self.messages)} messages, last: {topics}"
+                    )
+                self._lock.wait(min(remaining, 0.2))
+            return list(self.messages)
+
+    def wait_count(self, topic: str, count: int, timeout: float = 10.0) -> list[Received]:
+        self.wait_for(lambda msgs: sum(m.topic == topic for m in msgs) >= count, timeout)
+        return self.on(topic)
+
+    # In async tests the gateway runs on the test's own loop: blocking there
+    # would stall it, so these poll with asyncio.sleep instead.
+
+    async def until(
+        self, predicate: Callable[[list[Received]], bool], timeout: float = 10.0
+    ) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                snapshot = list(self.messages)
+            if predicate(snapshot):
+                return snapshot
+            if time.monotonic() > deadline:
+                topics = [m.topic for m in snapshot[-20:]]
+                raise AssertionError(
+                    f"timed out after {timeout}s; {len(snapshot)} messages, last: {topics}"
+                )
+            await asyncio.sleep(0.02)
+
+    async def until_count(self, topic: str, count: int, timeout: float = 10.0) -> list[Received]:
+        await self.until(lambda msgs: sum(m.topic == topic for m in msgs) >= count, timeout)
+        return self.on(topic)
+
+
+def gateway_config(
+    mqtt_url: str,
+    tmp_path: Path,
+    cameras: Iterable[dict[str, Any]] = (),
+    **sections: dict[str, Any],
+) -> Config:
+    """A Config for tests: the given broker, an outbox in tmp_path, metrics on a free port."""
+    document: dict[str, Any] = {
+        "mqtt": {"url": mqtt_url, "client_id": f"gw-{uuid.uuid4().hex[:8]}"},
+        "outbox": {"path": str(tmp_path / "outbox.sqlite3")},
+        "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+        "http": {"listen": f"127.0.0.1:{free_port()}"},
+        "dedup": {"window_seconds": 0},
+        "cameras": list(cameras),
+    }
+    for name, values in sections.items():
+        document.setdefault(name, {}).update(values)
+    return parse_config(yaml.safe_dump(document, allow_unicode=True), {})

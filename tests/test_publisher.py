@@ -1,0 +1,110 @@
+"""Publisher against a real mosquitto: order, retain flags, QoS, state topics, LWT."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from gateway.app import Gateway
+from gateway.broker import MosquittoProcess
+from gateway.event import Image, PlateEvent, Source, utc_now
+from gateway.pipeline import Admission
+from tests.helpers import MqttCollector, free_port, gateway_config
+
+
+def plate_event(camera: str = "gate_in", plate: str = "AB 123-CD", n: int = 0) -> PlateEvent:
+    return PlateEvent(
+        camera=camera,
+        source=Source.INJECT,
+        plate=plate,
+        received=utc_now(),
+        time=utc_now(),
+        plate_image=Image(b"\xff\xd8plate" + n.to_bytes(4, "big")),
+        scene_image=Image(b"\xff\xd8scene" + n.to_bytes(4, "big") * 1000),
+    )
+
+
+async def test_images_then_event_then_last(mqtt_broker: MosquittoProcess, tmp_path: Path) -> None:
+    config = gateway_config(mqtt_broker.url, tmp_path)
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port) as sub:
+        async with Gateway(config) as gw:
+            event = plate_event()
+            assert await gw.submit(event) is Admission.ACCEPTED
+            await sub.until_count("lpr/gate_in/last", 1)
+        ours = [m for m in sub.messages if m.topic.startswith("lpr/gate_in/")]
+        assert [m.topic for m in ours] == [
+            "lpr/gate_in/image/plate",
+            "lpr/gate_in/image/scene",
+            "lpr/gate_in/event",
+            "lpr/gate_in/last",
+        ]
+        # A live subscriber sees retain=False even for retained publishes (MQTT
+        # 3.1.1 semantics), so retain flags are checked by a late subscriber below.
+        assert all(m.qos == 1 for m in ours)
+        document = ours[2].json()
+        assert document["id"] == event.id
+        assert document["plate_normalized"] == "AB123CD"
+        assert document["images"]["scene"]["sha256"] == hashlib.sha256(
+            event.scene_image.data or b""
+        ).hexdigest()
+        assert ours[0].payload == event.plate_image.data
+        assert ours[3].payload == ours[2].payload
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port) as late:
+        late.wait_for(lambda ms: {m.topic for m in ms} >= {
+            "lpr/gate_in/image/plate", "lpr/gate_in/image/scene", "lpr/gate_in/last",
+            "lpr/bridge/state", "lpr/bridge/info",
+        })
+        retained = {m.topic: m for m in late.messages}
+        assert "lpr/gate_in/event" not in retained
+        assert all(m.retain for m in retained.values())
+        assert retained["lpr/bridge/state"].payload == b"offline"  # orderly stop said so
+
+
+async def test_state_topics_online(mqtt_broker: MosquittoProcess, tmp_path: Path) -> None:
+    config = gateway_config(
+        mqtt_broker.url,
+        tmp_path,
+        cameras=[],
+        mqtt={"base_topic": "site/lpr"},
+    )
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=("site/lpr/#",)) as sub:
+        async with Gateway(config) as gw:
+            await sub.until(lambda ms: any(m.topic == "site/lpr/bridge/state" for m in ms))
+            assert sub.on("site/lpr/bridge/state")[-1].payload == b"online"
+            info = (await sub.until_count("site/lpr/bridge/info", 1))[-1].json()
+            assert info["version"]
+            gw.publisher.set_camera_online("gate_in", True)  # type: ignore[union-attr]
+            await sub.until_count("site/lpr/gate_in/availability", 1)
+            assert sub.on("site/lpr/gate_in/availability")[-1].payload == b"online"
+
+
+def test_last_will_offline_when_gateway_is_killed(
+    mqtt_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    config = {
+        "mqtt": {"url": mqtt_broker.url, "keepalive_seconds": 5},
+        "outbox": {"path": str(tmp_path / "outbox.sqlite3")},
+        "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=("lpr/bridge/state",)) as sub:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "-c", str(path)],
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            sub.wait_for(lambda ms: any(m.payload == b"online" for m in ms), timeout=20)
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+            # The broker notices the dead socket at once (RST) and sends the will.
+            sub.wait_for(lambda ms: ms[-1].payload == b"offline", timeout=15)
+        finally:
+            if process.poll() is None:
+                process.kill()
