@@ -77,15 +77,24 @@ class _Session:
         self._in_loop(self._forget_socket, sock)
 
     def _forget_socket(self, sock: Any) -> None:
-        self.loop.remove_reader(sock)
-        self.loop.remove_writer(sock)
+        self._unwatch(sock)
+        self.sock = None
         self._resolve_closed()
+
+    def _unwatch(self, sock: Any) -> None:
+        if sock is not None and sock.fileno() != -1:
+            self.loop.remove_reader(sock)
+            self.loop.remove_writer(sock)
 
     def _on_register_write(self, client: mqtt.Client, _u: Any, sock: Any) -> None:
         self._in_loop(self.loop.add_writer, sock, client.loop_write)
 
     def _on_unregister_write(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
-        self._in_loop(self.loop.remove_writer, sock)
+        self._in_loop(self._unwatch_writer, sock)
+
+    def _unwatch_writer(self, sock: Any) -> None:
+        if sock.fileno() != -1:
+            self.loop.remove_writer(sock)
 
     def _on_connect(
         self, _c: mqtt.Client, _u: Any, _flags: Any, reason: ReasonCode, _props: Any
@@ -136,9 +145,7 @@ class _Session:
                 self._resolve_closed()
 
     def close(self) -> None:
-        if self.sock is not None:
-            self.loop.remove_reader(self.sock)
-            self.loop.remove_writer(self.sock)
+        self._unwatch(self.sock)
         self._resolve_closed()
 
 
@@ -437,10 +444,11 @@ class MqttPublisher:
             for camera in self._cameras:
                 self._publish_state(self.availability_topic(camera), b"offline")
             info = session.client.publish(self.state_topic, b"offline", qos=1, retain=True)
-            # Wait briefly for the offline state to be on the wire and acknowledged.
+            # Wait briefly for the offline state to be acknowledged; a clean
+            # DISCONNECT suppresses the will, so this message is what says it.
             deadline = time.monotonic() + 1.0
-            while not info.is_published() and time.monotonic() < deadline:
-                if session.closed.done():
+            while info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS and not session.closed.done():
+                if info.is_published() or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.01)
             session.client.disconnect()

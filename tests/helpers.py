@@ -40,14 +40,26 @@ class MqttCollector:
     """
 
     def __init__(
-        self, host: str, port: int, topics: Sequence[str] = ("lpr/#",), qos: int = 1
+        self,
+        host: str,
+        port: int,
+        topics: Sequence[str] = ("lpr/#",),
+        qos: int = 1,
+        client_id: str | None = None,
+        persistent: bool = False,
     ) -> None:
+        """`persistent`: a clean_session=False session, so that QoS 1 messages
+        published while the collector is cut off (broker restart with
+        persistence) are queued for it instead of lost."""
         self.host, self.port, self.topics, self.qos = host, port, topics, qos
         self.messages: list[Received] = []
         self._lock = threading.Condition()
         self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"collector-{uuid.uuid4().hex[:8]}"
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"collector-{uuid.uuid4().hex[:8]}",
+            clean_session=not persistent,
         )
+        self._client.reconnect_delay_set(0.05, 0.5)
         self._client.on_message = self._on_message
         self._client.on_connect = self._on_connect
         self._subscribed = threading.Event()

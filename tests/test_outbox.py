@@ -1,0 +1,162 @@
+"""The durable outbox: nothing accepted is lost on broker outage or SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+from gateway.app import Gateway
+from gateway.broker import MosquittoProcess
+from gateway.config import OutboxSync
+from gateway.event import Image, PlateEvent, Source, utc_now
+from gateway.outbox import EventDraft, MessageDraft, Outbox
+from gateway.pipeline import Admission
+from tests.helpers import MqttCollector, Received, free_port, gateway_config
+
+CAMERAS = ("cam_a", "cam_b", "cam_c")
+
+
+def numbered_event(camera: str, n: int, scene_bytes: int = 2000) -> PlateEvent:
+    return PlateEvent(
+        camera=camera,
+        source=Source.INJECT,
+        plate=f"N{n:05d}",
+        received=utc_now(),
+        raw={"n": n},
+        plate_image=Image(b"\xff\xd8" + n.to_bytes(4, "big")),
+        scene_image=Image(b"\xff\xd8" + bytes(scene_bytes)),
+    )
+
+
+def first_arrivals(messages: list[Received]) -> dict[str, list[tuple[str, int]]]:
+    """Per camera, (event id, n) in order of first arrival; redeliveries ignored."""
+    seen: set[str] = set()
+    order: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for m in messages:
+        if m.topic.endswith("/event"):
+            doc = m.json()
+            if doc["id"] not in seen:
+                seen.add(doc["id"])
+                order[doc["camera"]].append((doc["id"], doc["raw"]["n"]))
+    return order
+
+
+def assert_all_in_order(messages: list[Received], sent: dict[str, list[PlateEvent]]) -> None:
+    arrived = first_arrivals(messages)
+    for camera, events in sent.items():
+        assert [n for _, n in arrived[camera]] == [e.raw["n"] for e in events], camera
+        assert [i for i, _ in arrived[camera]] == [e.id for e in events], camera
+
+
+def test_outbox_store_roundtrip_and_bound(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3", max_bytes=1_000_000, sync=OutboxSync.FULL)
+    outbox.open()
+    small = EventDraft("e1", "cam", (MessageDraft("t/1", b"x" * 10, True),), 0.0)
+    huge = EventDraft("e2", "cam", (MessageDraft("t/2", b"y" * 1_000_000, False),), 0.0)
+    assert outbox.append_batch([small, huge]) == [True, False]  # newest refused when full
+    rows = outbox.read_after(0, 10)
+    assert [(r.topic, r.payload, r.retain, r.last_of_event) for r in rows] == [
+        ("t/1", b"x" * 10, True, True)
+    ]
+    outbox.close()
+    reopened = Outbox(tmp_path / "o.sqlite3", max_bytes=1_000_000)
+    reopened.open()
+    assert (reopened.pending_events, reopened.pending_bytes) == (1, 10)
+    reopened.acknowledge(reopened.read_after(0, 10))
+    assert (reopened.pending_events, reopened.pending_bytes) == (0, 0)
+    assert reopened.read_after(0, 10) == []
+    reopened.close()
+
+
+async def test_full_outbox_refuses_and_counts(mqtt_broker: MosquittoProcess, tmp_path: Path) -> None:
+    mqtt_broker.stop()  # nothing drains
+    config = gateway_config(mqtt_broker.url, tmp_path, outbox={"max_bytes": 1_000_000})
+    async with Gateway(config) as gw:
+        verdicts = [await gw.submit(numbered_event("cam_a", n, 300_000)) for n in range(5)]
+        assert verdicts.count(Admission.ACCEPTED) == 3
+        assert verdicts[3:] == [Admission.OUTBOX_FULL, Admission.OUTBOX_FULL]
+        refused = gw.metrics.events_refused.labels(camera="cam_a", reason="outbox_full")
+        assert refused._value.get() == 2
+        assert not gw.health()["healthy"]
+
+
+async def test_broker_outage_500_events_none_lost_in_order(tmp_path: Path) -> None:
+    broker = MosquittoProcess(persistence=True)
+    broker.start()
+    try:
+        config = gateway_config(broker.url, tmp_path)
+        with MqttCollector(
+            broker.host, broker.port, topics=("lpr/+/event",), client_id="outage-sub",
+            persistent=True,
+        ) as sub:
+            async with Gateway(config) as gw:
+                await asyncio.to_thread(broker.stop)
+                sent: dict[str, list[PlateEvent]] = defaultdict(list)
+                for n in range(500):
+                    event = numbered_event(CAMERAS[n % 3], n)
+                    assert await gw.submit(event) is Admission.ACCEPTED
+                    sent[event.camera].append(event)
+                assert gw.outbox.pending_events == 500
+                assert gw.health()["mqtt_connected"] is False
+                await asyncio.to_thread(broker.start)
+                await sub.until(lambda ms: len(first_arrivals_flat(ms)) >= 500, timeout=60)
+            assert_all_in_order(sub.messages, sent)
+    finally:
+        broker.close()
+
+
+def first_arrivals_flat(messages: list[Received]) -> set[str]:
+    return {i for arrivals in first_arrivals(messages).values() for i, _ in arrivals}
+
+
+def test_sigkill_with_events_in_outbox_then_restart(
+    mqtt_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    config_doc = {
+        "mqtt": {"url": mqtt_broker.url, "keepalive_seconds": 5, "publish_window": 4},
+        "outbox": {"path": str(tmp_path / "outbox.sqlite3")},
+        "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+    }
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config_doc))
+    config = gateway_config(mqtt_broker.url, tmp_path)
+    sent: dict[str, list[PlateEvent]] = defaultdict(list)
+
+    async def fill_outbox_while_broker_down() -> None:
+        mqtt_broker.stop()
+        async with Gateway(config) as gw:
+            for n in range(200):
+                event = numbered_event(CAMERAS[n % 3], n, scene_bytes=300_000)
+                assert await gw.submit(event) is Admission.ACCEPTED
+                sent[event.camera].append(event)
+        mqtt_broker.start()
+
+    asyncio.run(fill_outbox_while_broker_down())
+
+    def start_gateway() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "-c", str(config_path)],
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=("lpr/+/event",)) as sub:
+        process = start_gateway()
+        try:
+            # Kill it mid-replay: some events out, most still in the outbox.
+            sub.wait_for(lambda ms: len(ms) >= 10, timeout=30)
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+            assert len(first_arrivals_flat(sub.messages)) < 200
+            process = start_gateway()
+            sub.wait_for(lambda ms: len(first_arrivals_flat(ms)) >= 200, timeout=60)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(15) == 0  # orderly shutdown exits 0
+    assert_all_in_order(sub.messages, sent)
