@@ -1,0 +1,66 @@
+"""Metrics and health endpoints of a running gateway, against a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import aiohttp
+
+from gateway.app import Gateway
+from gateway.broker import MosquittoProcess
+from gateway.event import Image, PlateEvent, Source, utc_now
+from tests.helpers import MqttCollector, gateway_config
+
+
+async def fetch(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, await response.text()
+
+
+def sample_value(metrics_text: str, name: str, labels: str = "") -> float:
+    prefix = f"{name}{{{labels}}}" if labels else name
+    for line in metrics_text.splitlines():
+        if line.startswith(prefix + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{prefix} not in metrics")
+
+
+async def test_metrics_move_and_health_follows_broker(
+    mqtt_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    config = gateway_config(mqtt_broker.url, tmp_path)
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=("lpr/+/last",)) as sub:
+        async with Gateway(config) as gw:
+            base = f"http://127.0.0.1:{gw.metrics_port}"
+            await sub.until(lambda _: gw.publisher is not None and gw.publisher.connected)
+            status, body = await fetch(f"{base}/healthz")
+            assert status == 200 and json.loads(body)["healthy"] is True
+            for n in range(3):
+                await gw.submit(
+                    PlateEvent(
+                        camera="cam", source=Source.HTTP, plate=f"P{n}", received=utc_now(),
+                        scene_image=Image(b"\xff\xd8" * 100),
+                    )
+                )
+            await sub.until_count("lpr/cam/last", 3)
+            await asyncio.sleep(0.1)  # acks are flushed to the outbox every 20 ms
+            _, text = await fetch(f"{base}/metrics")
+            assert sample_value(text, "lpr_events_received_total", 'camera="cam",source="http"') == 3
+            assert sample_value(text, "lpr_events_published_total", 'camera="cam"') == 3
+            assert sample_value(text, "lpr_mqtt_connected") == 1
+            assert sample_value(text, "lpr_outbox_events") == 0
+            assert sample_value(text, "lpr_publish_latency_seconds_count") == 3
+
+            await asyncio.to_thread(mqtt_broker.stop)
+            for _ in range(100):
+                status, body = await fetch(f"{base}/healthz")
+                if status == 503:
+                    break
+                await asyncio.sleep(0.05)
+            report = json.loads(body)
+            assert status == 503 and report["mqtt_connected"] is False
+            assert any(p.startswith("mqtt: not connected") for p in report["problems"])
+            _, text = await fetch(f"{base}/metrics")
+            assert sample_value(text, "lpr_mqtt_connected") == 0

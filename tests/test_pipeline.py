@@ -1,0 +1,75 @@
+"""Pipeline: duplicate suppression (monotonic window), rendering order, intake closing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.app import Gateway
+from gateway.broker import MosquittoProcess
+from gateway.event import CameraEvent, Image, PlateEvent, Source, utc_now
+from gateway.pipeline import Admission, DuplicateFilter, render_messages
+from tests.helpers import MqttCollector, gateway_config
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_duplicate_filter_window() -> None:
+    clock = FakeClock()
+    dedup = DuplicateFilter(10, clock)
+    assert dedup.admit("cam", "AB123")
+    clock.now += 9.9
+    assert not dedup.admit("cam", "AB123")  # inside the window
+    assert dedup.admit("other", "AB123")  # another camera
+    assert dedup.admit("cam", "XY999")  # another plate
+    clock.now += 0.2
+    assert dedup.admit("cam", "AB123")  # 10.1 s after the one let through
+
+
+def test_duplicate_filter_off_and_forget() -> None:
+    off = DuplicateFilter(0, FakeClock())
+    assert all(off.admit("c", "p") for _ in range(3))
+    clock = FakeClock()
+    dedup = DuplicateFilter(10, clock)
+    assert dedup.admit("c", "p")
+    dedup.forget("c", "p")
+    assert dedup.admit("c", "p")
+
+
+def test_render_order_and_missing_images() -> None:
+    event = PlateEvent(
+        camera="c", source=Source.TCP, plate="x", received=utc_now(),
+        plate_image=Image.missing("404"), scene_image=Image(b"scene"),
+    )
+    messages = render_messages(event, "lpr")
+    assert [(m.topic, m.retain) for m in messages] == [
+        ("lpr/c/image/scene", True),
+        ("lpr/c/event", False),
+        ("lpr/c/last", True),
+    ]
+    other = CameraEvent(camera="c", source=Source.HTTP, kind="Vehicle Counting", received=utc_now())
+    (only,) = render_messages(other, "lpr")
+    assert (only.topic, only.retain) == ("lpr/c/camera_event/vehicle_counting", False)
+
+
+async def test_dedup_in_gateway_counts_and_publishes_once(
+    mqtt_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    config = gateway_config(mqtt_broker.url, tmp_path, dedup={"window_seconds": 30})
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=("lpr/+/event",)) as sub:
+        async with Gateway(config) as gw:
+            first = PlateEvent(camera="c", source=Source.TCP, plate="ab-123", received=utc_now())
+            again = PlateEvent(camera="c", source=Source.TCP, plate="AB 123", received=utc_now())
+            other = PlateEvent(camera="c", source=Source.TCP, plate="ZZ999", received=utc_now())
+            assert await gw.submit(first) is Admission.ACCEPTED
+            assert await gw.submit(again) is Admission.DUPLICATE
+            assert await gw.submit(other) is Admission.ACCEPTED
+            events = await sub.until_count("lpr/c/event", 2)
+            assert [e.json()["id"] for e in events] == [first.id, other.id]
+            assert gw.metrics.duplicates_suppressed.labels(camera="c")._value.get() == 1
+        assert await gw.submit(other) is Admission.SHUTTING_DOWN
