@@ -24,6 +24,9 @@ from gateway.config import OutboxSync
 
 log = logging.getLogger(__name__)
 
+PAGE_SIZE = 65536
+CACHE_KIB = 32 * 1024
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS message (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -87,6 +90,16 @@ class Outbox:
         # check_same_thread off: the connection lives on the outbox thread, but
         # is created and closed from whichever thread starts and stops the gateway.
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # Large pages: a 300 KB image spans 5 overflow pages instead of 75, and
+        # inserting and deleting it walks that chain (measured: ~2x throughput).
+        # Only takes effect when the file is created.
+        db.execute(f"PRAGMA page_size={PAGE_SIZE}")
+        # Some builds default secure_delete on: every acknowledged image would be
+        # overwritten with zeros before its pages are freed (measured 10x the
+        # cost of the delete). The outbox holds nothing secret once published.
+        db.execute("PRAGMA secure_delete=OFF")
+        # Room for the pages of the rows in flight, so deletes and re-reads hit memory.
+        db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode survives a crash or SIGKILL of the process; FULL
         # also survives a power loss, at one fsync per commit.
@@ -204,8 +217,9 @@ class OutboxWriter:
             # Backpressure: the submitter waits while the writer is behind. One
             # oversized event is still admitted when nothing else is queued.
             await self._space.wait_for(
-                lambda: self._queued_bytes == 0
-                or self._queued_bytes + size <= self._max_pending_bytes
+                lambda: (
+                    self._queued_bytes == 0 or self._queued_bytes + size <= self._max_pending_bytes
+                )
             )
             self._queued_bytes += size
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()

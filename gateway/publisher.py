@@ -20,6 +20,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
@@ -170,7 +171,6 @@ class MqttPublisher:
         self._cameras: dict[str, AnyCameraConfig] = {c.id: c for c in config.cameras}
         self._availability: dict[str, bool] = dict.fromkeys(self._cameras, False)
         self._session: _Session | None = None
-        self._cursor = 0  # highest seq handed to paho in this session
         self._wake = asyncio.Event()
         self._ack_signal = asyncio.Event()
         self._pending_acks: list[StoredMessage] = []
@@ -307,7 +307,9 @@ class MqttPublisher:
         self._publish_state(self.state_topic, b"online")
         self._publish_state(self.info_topic, self._info_payload())
         for camera, online in self._availability.items():
-            self._publish_state(self.availability_topic(camera), b"online" if online else b"offline")
+            self._publish_state(
+                self.availability_topic(camera), b"online" if online else b"offline"
+            )
         for hook in self._on_connected_hooks:
             try:
                 hook()
@@ -316,7 +318,7 @@ class MqttPublisher:
         self._wake.set()
 
     def _on_disconnected(self, session: _Session) -> None:
-        if self.connected_since is not None:
+        if self.connected_since is not None and not self._stopping:
             log.warning("lost the MQTT broker %s", self._broker_label())
         self.metrics.mqtt_connected.set(0)
         self.connected_since = None
@@ -324,40 +326,48 @@ class MqttPublisher:
         # Whatever was in flight without a PUBACK is still in the outbox: start
         # the next session from the oldest row that is left.
         session.inflight.clear()
-        self._cursor = 0
 
     async def _dispatch_until_closed(self, session: _Session) -> None:
+        """Publish outbox rows in `seq` order, keeping the window full.
+
+        Rows are read ahead of the window (up to twice its size) so that a
+        PUBACK is answered with the next publish at once, not after a trip to
+        the outbox thread.
+        """
         loop = asyncio.get_running_loop()
         window = self.mqtt.publish_window
+        ready: deque[StoredMessage] = deque()
+        # A new session starts from the oldest row left: first delete what the
+        # broker acknowledged in the last one, so it is not sent again.
+        await self._flush_acks()
+        read_cursor = 0
         while not session.closed.done():
-            # Cleared before any await, so a wake-up that lands while we read
-            # or publish is not lost.
+            # Cleared before any await, so a wake-up that lands meanwhile is kept.
             self._wake.clear()
             self._ack_signal.clear()
-            free = window - len(session.inflight)
-            drained = False
-            if free > 0:
-                # Delete acknowledged rows first, so this read cannot return them.
-                await self._flush_acks()
+            while ready and len(session.inflight) < window:
+                message = ready.popleft()
+                info = session.client.publish(
+                    message.topic, message.payload, qos=1, retain=message.retain
+                )
+                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    session.close()
+                    return
+                session.inflight[info.mid] = message
+            if len(ready) < window:
                 batch = await loop.run_in_executor(
-                    self.executor, self.outbox.read_after, self._cursor, free
+                    self.executor, self.outbox.read_after, read_cursor, 2 * window - len(ready)
                 )
                 if session.closed.done():
                     return
-                for message in batch:
-                    info = session.client.publish(
-                        message.topic, message.payload, qos=1, retain=message.retain
-                    )
-                    if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                        session.close()
-                        return
-                    session.inflight[info.mid] = message
-                    self._cursor = message.seq
-                drained = len(batch) < free
-            if drained:
-                await self._wait_any(self._wake, self._ack_signal, session.closed)
-            else:
+                if batch:
+                    read_cursor = batch[-1].seq
+                    ready.extend(batch)
+                    continue
+            if ready:
                 await self._wait_any(self._ack_signal, session.closed)
+            else:
+                await self._wait_any(self._wake, session.closed)
 
     @staticmethod
     async def _wait_any(*waitables: asyncio.Event | asyncio.Future[None]) -> None:
@@ -451,7 +461,11 @@ class MqttPublisher:
                 if info.is_published() or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.01)
+            # DISCONNECT goes out through our writer callback; wait for paho to
+            # close the socket after it, or the broker would publish the will.
             session.client.disconnect()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(session.closed), 1.0)
             session.close()
         await self._flush_acks()
         self._wake.set()

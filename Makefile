@@ -1,0 +1,45 @@
+# Two entry points, each installing what it needs on a fresh Debian machine:
+#   make demo   embedded broker + gateway + simulated cameras, events on the terminal
+#   make test   lint, type-check and the whole test suite against real mosquitto
+# (plus: make bench, make check-config CONFIG=...)
+
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint bench system-deps venv clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+# mosquitto: the embedded broker of the demo and the broker of every test.
+system-deps:
+	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
+		echo "installing mosquitto (apt-get)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto >/dev/null; \
+	fi
+	@[ ! -x tests/interop/install-deps.sh ] || tests/interop/install-deps.sh
+
+demo: venv system-deps
+	$(BIN)/lpr-gateway demo
+
+lint: venv
+	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff format --check gateway tests bench
+	$(BIN)/mypy gateway
+
+test: venv system-deps lint
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+bench: venv system-deps
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

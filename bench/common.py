@@ -1,0 +1,144 @@
+"""Shared benchmark machinery: a subscriber process, CPU/RSS sampling, result rows.
+
+Figures on these shared machines vary by 1.7x from hour to hour, so every
+scenario is compared with the raw paho loop measured in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import statistics
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU of a process, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid or os.getpid()}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_mb(pid: int | None = None) -> float:
+    with open(f"/proc/{pid or os.getpid()}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):  # peak resident set
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class Result:
+    scenario: str
+    events: int
+    seconds: float
+    events_per_s: float
+    p50_ms: float | None
+    p99_ms: float | None
+    gateway_cpu_pct: float | None
+    cpu_ms_per_event: float | None
+    peak_rss_mb: float | None
+    baseline_events_per_s: float | None = None
+    ratio: float | None = None
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def event_time(payload: bytes) -> float | None:
+    """Send time carried by an event: `raw.sent` (raw loop) or the event's `received`."""
+    try:
+        document = json.loads(payload)
+    except ValueError:
+        return None
+    sent = (document.get("raw") or {}).get("sent")
+    if sent is not None:
+        return float(sent)
+    received = document.get("received")
+    if received:
+        return datetime.fromisoformat(received.replace("Z", "+00:00")).timestamp()
+    return None
+
+
+def _subscriber_main(
+    host: str, port: int, topic: str, expected: int, ready: Any, out: Any, timeout: float
+) -> None:
+    latencies: list[float] = []
+    ids: set[str] = set()
+    done = mp.Event()
+    first: list[float] = []
+
+    def on_message(_c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        now = time.time()
+        if not message.topic.endswith("/event"):
+            return
+        sent = event_time(message.payload)
+        if sent is not None:
+            latencies.append((now - sent) * 1000)
+        if not first:
+            first.append(now)
+        ids.add(json.loads(message.payload)["id"])
+        if len(ids) >= expected:
+            done.set()
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{uuid.uuid4()}")
+    client.on_message = on_message
+    client.on_connect = lambda c, *_: (c.subscribe(topic, qos=1), ready.set())
+    client.connect(host, port)
+    client.loop_start()
+    done.wait(timeout)
+    end = time.time()
+    client.loop_stop()
+    out.put(
+        {
+            "received": len(ids),
+            "latencies": latencies,
+            "first": first[0] if first else None,
+            "end": end,
+            "cpu": cpu_seconds(),
+        }
+    )
+
+
+class Subscriber:
+    """One MQTT subscriber in its own process, counting distinct events."""
+
+    def __init__(
+        self, host: str, port: int, expected: int, topic: str = "#", timeout: float = 120
+    ) -> None:
+        ctx = mp.get_context("spawn")
+        self._ready = ctx.Event()
+        self._out: Any = ctx.Queue()
+        self._process = ctx.Process(
+            target=_subscriber_main,
+            args=(host, port, topic, expected, self._ready, self._out, timeout),
+            daemon=True,
+        )
+        self._process.start()
+        if not self._ready.wait(20):
+            raise RuntimeError("bench subscriber did not connect")
+        time.sleep(0.2)
+
+    def result(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._out.get(timeout=180)
+        self._process.join(10)
+        return result

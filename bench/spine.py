@@ -1,0 +1,149 @@
+"""Spine scenarios: the raw paho loop (baseline) and the pipeline with its durable outbox.
+
+Both publish the same messages per event (20 KB plate + 300 KB scene retained,
+~1 KB JSON event, the same JSON retained as `last`, all QoS 1) to the same
+mosquitto, with one subscriber process receiving everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from bench.common import Result, Subscriber, cpu_seconds, percentile, rss_mb
+from gateway.app import Gateway
+from gateway.config import Config, MetricsConfig, MqttConfig, OutboxConfig
+from gateway.event import Image, PlateEvent, Source, utc_now
+from gateway.simulate.common import plate_jpeg, scene_jpeg
+
+WINDOW = 32
+
+
+def _event_json(n: int) -> bytes:
+    document = {
+        "schema": 1,
+        "id": str(uuid.uuid4()),
+        "camera": "raw",
+        "source": "tcp",
+        "plate": f"RAW{n:06d}",
+        "raw": {"sent": time.time(), "padding": "x" * 700},
+    }
+    return json.dumps(document).encode()
+
+
+def raw_loop(host: str, port: int, events: int, rate: float | None = None) -> Result:
+    """What publishing alone costs: paho, a window of QoS 1 messages, no gateway."""
+    subscriber = Subscriber(host, port, events, topic="raw/#")
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"raw-{uuid.uuid4()}")
+    client.max_inflight_messages_set(WINDOW)
+    client.connect(host, port)
+    client.loop_start()
+    plate, scene = plate_jpeg(), scene_jpeg()
+    outstanding: deque[mqtt.MQTTMessageInfo] = deque()
+    cpu0, start = cpu_seconds(), time.time()
+    for n in range(events):
+        if rate:
+            delay = start + n / rate - time.time()
+            if delay > 0:
+                time.sleep(delay)
+        event = _event_json(n)
+        for topic, payload, retain in (
+            ("raw/cam/image/plate", plate, True),
+            ("raw/cam/image/scene", scene, True),
+            ("raw/cam/event", event, False),
+            ("raw/cam/last", event, True),
+        ):
+            outstanding.append(client.publish(topic, payload, qos=1, retain=retain))
+        while len(outstanding) > WINDOW:
+            outstanding.popleft().wait_for_publish(30)
+    for info in outstanding:
+        info.wait_for_publish(30)
+    cpu = cpu_seconds() - cpu0
+    got = subscriber.result()
+    client.loop_stop()
+    client.disconnect()
+    seconds = max(got["end"] - start, 1e-9) if got["received"] >= events else got["end"] - start
+    return Result(
+        scenario="raw paho loop" + (f" @{rate:g}/s" if rate else ""),
+        events=got["received"],
+        seconds=round(seconds, 2),
+        events_per_s=round(got["received"] / seconds, 1),
+        p50_ms=_round(percentile(got["latencies"], 50)),
+        p99_ms=_round(percentile(got["latencies"], 99)),
+        gateway_cpu_pct=round(100 * cpu / seconds, 1),
+        cpu_ms_per_event=round(1000 * cpu / max(events, 1), 3),
+        peak_rss_mb=None,
+        notes="publisher CPU (the loop itself)",
+    )
+
+
+def pipeline(
+    broker_url: str, host: str, port: int, events: int, rate: float | None = None
+) -> Result:
+    """Events handed to the pipeline: dedup, durable outbox (SQLite WAL), publisher."""
+    subscriber = Subscriber(host, port, events, topic="lpr/#")
+    with tempfile.TemporaryDirectory(prefix="lpr-bench-") as tmp:
+        config = Config(
+            mqtt=MqttConfig(url=broker_url, client_id=f"bench-gw-{uuid.uuid4().hex[:6]}"),
+            metrics=MetricsConfig(listen=None),
+            outbox=OutboxConfig(path=Path(tmp) / "outbox.sqlite3"),
+        )
+        cpu, seconds = asyncio.run(_drive_pipeline(config, events, rate))
+    got = subscriber.result()
+    elapsed = got["end"] - seconds  # seconds holds the start time here
+    return Result(
+        scenario="pipeline + outbox" + (f" @{rate:g}/s" if rate else ""),
+        events=got["received"],
+        seconds=round(elapsed, 2),
+        events_per_s=round(got["received"] / elapsed, 1),
+        p50_ms=_round(percentile(got["latencies"], 50)),
+        p99_ms=_round(percentile(got["latencies"], 99)),
+        gateway_cpu_pct=round(100 * cpu / elapsed, 1),
+        cpu_ms_per_event=round(1000 * cpu / max(events, 1), 3),
+        peak_rss_mb=round(rss_mb(), 1),
+        notes="in-process load generator (pipeline entry)",
+    )
+
+
+async def _drive_pipeline(config: Config, events: int, rate: float | None) -> tuple[float, float]:
+    plate, scene = plate_jpeg(), scene_jpeg()
+    async with Gateway(config) as gateway:
+        while gateway.publisher is None or not gateway.publisher.connected:
+            await asyncio.sleep(0.01)
+        cpu0, start = cpu_seconds(), time.time()
+        counter = iter(range(events))
+
+        async def submitter() -> None:
+            for n in counter:
+                if rate:
+                    delay = start + n / rate - time.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                await gateway.submit(
+                    PlateEvent(
+                        camera="bench",
+                        source=Source.INJECT,
+                        plate=f"B{n:06d}",
+                        received=utc_now(),
+                        raw={"padding": "x" * 600},
+                        plate_image=Image(plate),
+                        scene_image=Image(scene),
+                    )
+                )
+
+        await asyncio.gather(*(submitter() for _ in range(8)))
+        while gateway.outbox.pending_events > 0:
+            await asyncio.sleep(0.005)
+        cpu = cpu_seconds() - cpu0
+    return cpu, start
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
