@@ -15,7 +15,7 @@ import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -376,7 +376,7 @@ class _Reader:
         text = self.string(path, value)
         if text is None:
             return None
-        host, sep, port = text.rpartition(":")
+        _host, sep, port = text.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
             self.problem(path, f"expected host:port (port 0-65535), got {_show(value)}")
             return None
@@ -386,8 +386,11 @@ class _Reader:
         text = self.string(path, value)
         if text is None:
             return None
-        if not text or any(ch in text for ch in "#+\0") or text.startswith("/") or text.endswith(
-            "/"
+        if (
+            not text
+            or any(ch in text for ch in "#+\0")
+            or text.startswith("/")
+            or text.endswith("/")
         ):
             self.problem(
                 path,
@@ -603,8 +606,8 @@ class _Reader:
             cameras.append(camera)
         return tuple(cameras)
 
-    _COMMON = {"id", "name", "protocol", "timezone", "other_events"}
-    _BY_PROTOCOL = {
+    _COMMON: ClassVar[set[str]] = {"id", "name", "protocol", "timezone", "other_events"}
+    _BY_PROTOCOL: ClassVar[dict[Protocol, set[str]]] = {
         Protocol.TCP: {
             "host",
             "port",
@@ -676,7 +679,9 @@ class _Reader:
                 path=path,
                 username=self.get(section, p, "username", self.string, None),
                 password=self.get(section, p, "password", self.string, None),
-                allowed_sources=self.sources(f"{p}.allowed_sources", section.get("allowed_sources")),
+                allowed_sources=self.sources(
+                    f"{p}.allowed_sources", section.get("allowed_sources")
+                ),
                 swap_direction=self.get(section, p, "swap_direction", self.boolean, False),
             )
         url = self.required(section, p, "url", self.string) or ""

@@ -15,7 +15,9 @@ class Metrics:
         r = self.registry
         # Intake
         self.events_received = Counter(
-            "lpr_events_received", "Reads and camera events received", ["camera", "source"],
+            "lpr_events_received",
+            "Reads and camera events received",
+            ["camera", "source"],
             registry=r,
         )
         self.events_refused = Counter(
@@ -28,7 +30,9 @@ class Metrics:
             "lpr_duplicates_suppressed", "Reads suppressed as duplicates", ["camera"], registry=r
         )
         self.parse_errors = Counter(
-            "lpr_parse_errors", "Camera input that could not be parsed", ["source", "kind"],
+            "lpr_parse_errors",
+            "Camera input that could not be parsed",
+            ["source", "kind"],
             registry=r,
         )
         # Outbox
@@ -49,8 +53,12 @@ class Metrics:
             "Messages the broker refused for good (MQTT 5 PUBACK error), dropped",
             registry=r,
         )
-        self.mqtt_connected = Gauge("lpr_mqtt_connected", "1 while connected to the broker", registry=r)
-        self.mqtt_reconnects = Counter("lpr_mqtt_reconnects", "Broker (re)connect attempts", registry=r)
+        self.mqtt_connected = Gauge(
+            "lpr_mqtt_connected", "1 while connected to the broker", registry=r
+        )
+        self.mqtt_reconnects = Counter(
+            "lpr_mqtt_reconnects", "Broker (re)connect attempts", registry=r
+        )
         self.publish_latency = Histogram(
             "lpr_publish_latency_seconds",
             "From acceptance into the outbox to the broker's PUBACK of the event",
@@ -71,18 +79,24 @@ class Metrics:
             "lpr_camera_bytes_received", "Bytes received from a camera", ["camera"], registry=r
         )
         self.camera_auth_failures = Counter(
-            "lpr_camera_auth_failures", "Logins refused by a camera (config problem)", ["camera"],
+            "lpr_camera_auth_failures",
+            "Logins refused by a camera (config problem)",
+            ["camera"],
             registry=r,
         )
         self.http_requests = Counter(
             "lpr_http_requests", "HTTP push requests by reply status", ["status"], registry=r
         )
         self.image_fetch_failures = Counter(
-            "lpr_image_fetch_failures", "Plate pictures that could not be fetched", ["camera", "reason"],
+            "lpr_image_fetch_failures",
+            "Plate pictures that could not be fetched",
+            ["camera", "reason"],
             registry=r,
         )
         self.bytes_skipped = Counter(
-            "lpr_camera_bytes_skipped", "Garbage bytes skipped while resynchronising", ["camera"],
+            "lpr_camera_bytes_skipped",
+            "Garbage bytes skipped while resynchronising",
+            ["camera"],
             registry=r,
         )
 

@@ -71,7 +71,8 @@ class DuplicateFilter:
         self._last[key] = now
         self._last.move_to_end(key)
         while self._last and (
-            len(self._last) > DEDUP_MAX_ENTRIES or now - next(iter(self._last.values())) >= self.window
+            len(self._last) > DEDUP_MAX_ENTRIES
+            or now - next(iter(self._last.values())) >= self.window
         ):
             self._last.popitem(last=False)
         return True
@@ -88,10 +89,10 @@ def render_messages(event: AnyEvent, base_topic: str) -> tuple[MessageDraft, ...
     event finds the matching images already on the retained topics.
     """
     if isinstance(event, CameraEvent):
-        kind = camera_event_kind_topic_segment(event.kind)
+        segment = camera_event_kind_topic_segment(event.kind)
         return (
             MessageDraft(
-                f"{base_topic}/{event.camera}/camera_event/{kind}",
+                f"{base_topic}/{event.camera}/camera_event/{segment}",
                 _json_bytes(event.to_json_dict()),
                 retain=False,
             ),

@@ -40,14 +40,19 @@ async def test_metrics_move_and_health_follows_broker(
             for n in range(3):
                 await gw.submit(
                     PlateEvent(
-                        camera="cam", source=Source.HTTP, plate=f"P{n}", received=utc_now(),
+                        camera="cam",
+                        source=Source.HTTP,
+                        plate=f"P{n}",
+                        received=utc_now(),
                         scene_image=Image(b"\xff\xd8" * 100),
                     )
                 )
             await sub.until_count("lpr/cam/last", 3)
             await asyncio.sleep(0.1)  # acks are flushed to the outbox every 20 ms
             _, text = await fetch(f"{base}/metrics")
-            assert sample_value(text, "lpr_events_received_total", 'camera="cam",source="http"') == 3
+            assert (
+                sample_value(text, "lpr_events_received_total", 'camera="cam",source="http"') == 3
+            )
             assert sample_value(text, "lpr_events_published_total", 'camera="cam"') == 3
             assert sample_value(text, "lpr_mqtt_connected") == 1
             assert sample_value(text, "lpr_outbox_events") == 0

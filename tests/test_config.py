@@ -65,41 +65,65 @@ cameras:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("cameras:\n - {id: a, protocol: tcp, host: h}\n - {id: b, protocol: tcp, host: h}\n"
-         " - {id: c, protocol: tcp, host: h, port: abc}",
-         'cameras[2].port: expected an integer 1-65535, got "abc"'),
+        (
+            "cameras:\n - {id: a, protocol: tcp, host: h}\n - {id: b, protocol: tcp, host: h}\n"
+            " - {id: c, protocol: tcp, host: h, port: abc}",
+            'cameras[2].port: expected an integer 1-65535, got "abc"',
+        ),
         ("mqtt: {urll: x}", "mqtt.urll: unknown key (did you mean 'url'?)"),
         ("bogus: 1", "bogus: unknown key"),
-        ("cameras:\n - {id: a, protocol: tcp, host: h}\n - {id: a, protocol: http}",
-         "cameras[1].id: duplicate camera id 'a' (also cameras[0])"),
-        ("cameras:\n - {id: A B, protocol: tcp, host: h}",
-         "cameras[0].id: expected [a-z0-9_-]+ (used in topics), got 'A B'"),
-        ("cameras:\n - {id: a, protocol: smtp}",
-         'cameras[0].protocol: expected one of tcp, http, rtsp, got "smtp"'),
+        (
+            "cameras:\n - {id: a, protocol: tcp, host: h}\n - {id: a, protocol: http}",
+            "cameras[1].id: duplicate camera id 'a' (also cameras[0])",
+        ),
+        (
+            "cameras:\n - {id: A B, protocol: tcp, host: h}",
+            "cameras[0].id: expected [a-z0-9_-]+ (used in topics), got 'A B'",
+        ),
+        (
+            "cameras:\n - {id: a, protocol: smtp}",
+            'cameras[0].protocol: expected one of tcp, http, rtsp, got "smtp"',
+        ),
         ("cameras:\n - {id: a, protocol: tcp}", "cameras[0].host: is required"),
         ("cameras:\n - {id: a, protocol: http, port: 5}", "cameras[0].port: unknown key"),
-        ("cameras:\n - {id: a, protocol: rtsp, url: 'http://x'}",
-         "cameras[0].url: expected rtsp://host[:port]/path, got 'http://x'"),
-        ("mqtt: {base_topic: 'lpr/#'}",
-         'mqtt.base_topic: not a usable MQTT topic prefix: "lpr/#" '
-         "(no wildcards, no leading or trailing '/', not empty)"),
-        ("mqtt: {base_topic: '/lpr'}",
-         'mqtt.base_topic: not a usable MQTT topic prefix: "/lpr" '
-         "(no wildcards, no leading or trailing '/', not empty)"),
-        ("mqtt: {url: 'http://broker'}",
-         "mqtt.url: expected mqtt://host[:port] or mqtts://..., got 'http://broker'"),
-        ("mqtt: {tls: {ca_file: /nonexistent/ca.pem}}",
-         "mqtt.tls.ca_file: cannot read '/nonexistent/ca.pem': No such file or directory"),
+        (
+            "cameras:\n - {id: a, protocol: rtsp, url: 'http://x'}",
+            "cameras[0].url: expected rtsp://host[:port]/path, got 'http://x'",
+        ),
+        (
+            "mqtt: {base_topic: 'lpr/#'}",
+            'mqtt.base_topic: not a usable MQTT topic prefix: "lpr/#" '
+            "(no wildcards, no leading or trailing '/', not empty)",
+        ),
+        (
+            "mqtt: {base_topic: '/lpr'}",
+            'mqtt.base_topic: not a usable MQTT topic prefix: "/lpr" '
+            "(no wildcards, no leading or trailing '/', not empty)",
+        ),
+        (
+            "mqtt: {url: 'http://broker'}",
+            "mqtt.url: expected mqtt://host[:port] or mqtts://..., got 'http://broker'",
+        ),
+        (
+            "mqtt: {tls: {ca_file: /nonexistent/ca.pem}}",
+            "mqtt.tls.ca_file: cannot read '/nonexistent/ca.pem': No such file or directory",
+        ),
         ("mqtt: {password: '${NOPE}'}", "mqtt.password: environment variable NOPE is not set"),
         ("dedup: {window_seconds: -1}", "dedup.window_seconds: expected a number 0-86400, got -1"),
-        ("cameras:\n - {id: a, protocol: http, timezone: Mars/Olympus}",
-         "cameras[0].timezone: unknown time zone 'Mars/Olympus'"),
-        ("cameras:\n - {id: a, protocol: http, allowed_sources: [10.0.0.0/8, nope]}",
-         'cameras[0].allowed_sources[1]: not an address or network: "nope"'),
-        ("cameras:\n - {id: a, protocol: http}\n - {id: b, protocol: http, path: /lpr/a}",
-         "cameras[1].path: path '/lpr/a' already used by cameras[0]"),
+        (
+            "cameras:\n - {id: a, protocol: http, timezone: Mars/Olympus}",
+            "cameras[0].timezone: unknown time zone 'Mars/Olympus'",
+        ),
+        (
+            "cameras:\n - {id: a, protocol: http, allowed_sources: [10.0.0.0/8, nope]}",
+            'cameras[0].allowed_sources[1]: not an address or network: "nope"',
+        ),
+        (
+            "cameras:\n - {id: a, protocol: http}\n - {id: b, protocol: http, path: /lpr/a}",
+            "cameras[1].path: path '/lpr/a' already used by cameras[0]",
+        ),
         ("mqtt: {protocol: 4.0}", "mqtt.protocol: expected 3.1.1 or 5, got '4.0'"),
-        ("http: {listen: 8080}", 'http.listen: expected host:port (port 0-65535), got 8080'),
+        ("http: {listen: 8080}", "http.listen: expected host:port (port 0-65535), got 8080"),
         ("cameras: {id: a}", "cameras: expected a list, got dict"),
         ("mqtt: [1]", "mqtt: expected a mapping, got list"),
     ],
@@ -129,7 +153,9 @@ def test_check_command_exit_codes(tmp_path: Path, content: str, code: int) -> No
     path.write_text(content)
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "check", "-c", str(path)],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == code, result.stderr
     if code:
@@ -141,7 +167,9 @@ def test_run_with_bad_config_exits_2(tmp_path: Path) -> None:
     path.write_text("cameras:\n - {id: a, protocol: tcp, host: h, port: abc}\n")
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "run", "-c", str(path)],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2
     assert 'cameras[0].port: expected an integer 1-65535, got "abc"' in result.stderr

@@ -79,12 +79,22 @@ def test_event_json_matches_golden(name: str, factory: object) -> None:
 
 def test_camera_event_json() -> None:
     event = CameraEvent(
-        id="e", camera="c", source=Source.HTTP, kind="counting", received=T_RECEIVED,
+        id="e",
+        camera="c",
+        source=Source.HTTP,
+        kind="counting",
+        received=T_RECEIVED,
         data={"count": 3},
     )
     assert event.to_json_dict() == {
-        "schema": 1, "id": "e", "camera": "c", "source": "http", "kind": "counting",
-        "time": None, "received": "2018-05-09T12:11:30.112Z", "data": {"count": 3},
+        "schema": 1,
+        "id": "e",
+        "camera": "c",
+        "source": "http",
+        "kind": "counting",
+        "time": None,
+        "received": "2018-05-09T12:11:30.112Z",
+        "data": {"count": 3},
     }
 
 
@@ -112,8 +122,10 @@ def test_normalize_plate(plate: str, normalized: str) -> None:
 def test_unique_ids() -> None:
     ids = {minimal_event().id for _ in range(3)}
     assert len(ids) == 1  # fixed in the factory
-    fresh = {PlateEvent(camera="c", source=Source.TCP, plate="x", received=T_RECEIVED).id
-             for _ in range(1000)}
+    fresh = {
+        PlateEvent(camera="c", source=Source.TCP, plate="x", received=T_RECEIVED).id
+        for _ in range(1000)
+    }
     assert len(fresh) == 1000
 
 

@@ -75,7 +75,9 @@ def test_outbox_store_roundtrip_and_bound(tmp_path: Path) -> None:
     reopened.close()
 
 
-async def test_full_outbox_refuses_and_counts(mqtt_broker: MosquittoProcess, tmp_path: Path) -> None:
+async def test_full_outbox_refuses_and_counts(
+    mqtt_broker: MosquittoProcess, tmp_path: Path
+) -> None:
     mqtt_broker.stop()  # nothing drains
     config = gateway_config(mqtt_broker.url, tmp_path, outbox={"max_bytes": 1_000_000})
     async with Gateway(config) as gw:
@@ -93,7 +95,10 @@ async def test_broker_outage_500_events_none_lost_in_order(tmp_path: Path) -> No
     try:
         config = gateway_config(broker.url, tmp_path)
         with MqttCollector(
-            broker.host, broker.port, topics=("lpr/+/event",), client_id="outage-sub",
+            broker.host,
+            broker.port,
+            topics=("lpr/+/event",),
+            client_id="outage-sub",
             persistent=True,
         ) as sub:
             async with Gateway(config) as gw:

@@ -43,8 +43,12 @@ def test_duplicate_filter_off_and_forget() -> None:
 
 def test_render_order_and_missing_images() -> None:
     event = PlateEvent(
-        camera="c", source=Source.TCP, plate="x", received=utc_now(),
-        plate_image=Image.missing("404"), scene_image=Image(b"scene"),
+        camera="c",
+        source=Source.TCP,
+        plate="x",
+        received=utc_now(),
+        plate_image=Image.missing("404"),
+        scene_image=Image(b"scene"),
     )
     messages = render_messages(event, "lpr")
     assert [(m.topic, m.retain) for m in messages] == [

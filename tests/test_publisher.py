@@ -50,16 +50,25 @@ async def test_images_then_event_then_last(mqtt_broker: MosquittoProcess, tmp_pa
         document = ours[2].json()
         assert document["id"] == event.id
         assert document["plate_normalized"] == "AB123CD"
-        assert document["images"]["scene"]["sha256"] == hashlib.sha256(
-            event.scene_image.data or b""
-        ).hexdigest()
+        assert (
+            document["images"]["scene"]["sha256"]
+            == hashlib.sha256(event.scene_image.data or b"").hexdigest()
+        )
         assert ours[0].payload == event.plate_image.data
         assert ours[3].payload == ours[2].payload
     with MqttCollector(mqtt_broker.host, mqtt_broker.port) as late:
-        late.wait_for(lambda ms: {m.topic for m in ms} >= {
-            "lpr/gate_in/image/plate", "lpr/gate_in/image/scene", "lpr/gate_in/last",
-            "lpr/bridge/state", "lpr/bridge/info",
-        })
+        late.wait_for(
+            lambda ms: (
+                {m.topic for m in ms}
+                >= {
+                    "lpr/gate_in/image/plate",
+                    "lpr/gate_in/image/scene",
+                    "lpr/gate_in/last",
+                    "lpr/bridge/state",
+                    "lpr/bridge/info",
+                }
+            )
+        )
         retained = {m.topic: m for m in late.messages}
         assert "lpr/gate_in/event" not in retained
         assert all(m.retain for m in retained.values())
