@@ -475,7 +475,7 @@ class _Reader:
             client_id=self.get(section, p, "client_id", self.string, "lpr-gateway"),
             base_topic=self.get(section, p, "base_topic", self.topic_level, "lpr"),
             protocol_version=versions.get(protocol, 4),
-            keepalive_seconds=self.get(section, p, "keepalive_seconds", self.integer(5, 3600), 30),
+            keepalive_seconds=self.get(section, p, "keepalive_seconds", self.integer(1, 3600), 30),
             publish_window=self.get(section, p, "publish_window", self.integer(1, 1000), 32),
             embedded_port=self.get(section, p, "embedded_port", self.integer(0, 65535), 0),
             tls=tls,
