@@ -9,6 +9,7 @@ subscriptions. The same class starts the brokers of the test suite.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import logging
 import os
 import shutil
@@ -49,7 +50,9 @@ class MosquittoProcess:
         host: str = "127.0.0.1",
         persistence: bool = False,
         workdir: Path | None = None,
+        extra_config: tuple[str, ...] = (),
     ) -> None:
+        """`extra_config`: more mosquitto.conf lines for this listener (TLS, auth)."""
         binary = find_mosquitto()
         if binary is None:
             raise BrokerError(
@@ -60,6 +63,7 @@ class MosquittoProcess:
         self.host = host
         self.port = port or free_port(host)
         self.persistence = persistence
+        self.extra_config = extra_config
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="lpr-mosquitto-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -72,15 +76,23 @@ class MosquittoProcess:
         conf = self.workdir / "mosquitto.conf"
         lines = [
             f"listener {self.port} {self.host}",
-            "allow_anonymous true",
+            *(
+                []
+                if any(line.startswith("allow_anonymous") for line in self.extra_config)
+                else ["allow_anonymous true"]
+            ),
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.workdir}/",
+            # Started as root, mosquitto would drop to the `mosquitto` user and
+            # lose access to our private work dir: stay who we are.
+            f"user {getpass.getuser()}",
             "log_dest stderr",
             "log_type error",
             "log_type warning",
             "max_inflight_messages 0",
             "max_queued_messages 10000",
             "max_queued_bytes 0",
+            *self.extra_config,
         ]
         conf.write_text("\n".join(lines) + "\n")
         return conf
