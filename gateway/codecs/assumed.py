@@ -74,6 +74,18 @@ HTTP_DIRECTION_WORDS: Final[dict[str, str]] = {
     "away": "out",
 }
 
+# Values of a POST's `event` field (and a GET's `Caption`) that mean "a plate
+# read" rather than another event kind. Only `LPR` is seen (the GET example
+# `Caption=LPR`); a body with any other `event` is forwarded as a camera event.
+HTTP_PLATE_EVENT_KINDS: Final = frozenset({"lpr"})
+
+# Which POSTed image is the plate crop and which the scene, in order of
+# preference. `full_image` is the scene; `evidence_image0` (violation evidence
+# on newer firmware) is assumed to be a full frame too and stands in for a
+# missing `full_image`.
+HTTP_PLATE_IMAGE_FIELDS: Final = ("plate_image",)
+HTTP_SCENE_IMAGE_FIELDS: Final = ("full_image", "evidence_image0")
+
 # --- RTSP (section 3) ------------------------------------------------------
 
 # `LicenseCarDirection` is a bare number in the sample ("1"); assumed to use
