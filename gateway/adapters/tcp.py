@@ -1,0 +1,368 @@
+"""TCP-type cameras: the gateway connects, logs in, and receives one frame per read.
+
+One task per camera keeps a session alive: connect (with a timeout), log in,
+feed the bytes to the sans-IO `FrameDecoder`, hand each recognition to the
+pipeline, and reconnect with capped, jittered backoff after any drop. A
+refused login is a configuration problem: said once, retried slowly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.adapters.base import AdapterContext
+from gateway.codecs.tcp import (
+    DEFAULT_MAX_DATA_SIZE,
+    NEED_DATA,
+    Command,
+    CorruptFrame,
+    EndOfStream,
+    Frame,
+    FrameDecoder,
+    GarbageSkipped,
+    StreamBroken,
+    effective_color_table,
+    encode_login_request,
+    parse_login_reply,
+    parse_recognition_result,
+    to_plate_event,
+)
+from gateway.config import TcpCameraConfig
+from gateway.errors import CameraProtocolError
+from gateway.event import utc_now
+
+log = logging.getLogger(__name__)
+
+SOURCE = "tcp"
+READ_SIZE = 256 * 1024
+# Backoff after a failed or dropped session: initial * 2**n, capped, with jitter.
+RECONNECT_INITIAL_SECONDS = 1.0
+RECONNECT_MAX_SECONDS = 60.0
+# A refused login will not fix itself: retry on a slow schedule.
+AUTH_RETRY_SECONDS = 60.0
+# A session that lived this long (or delivered a read) resets the backoff.
+HEALTHY_SESSION_SECONDS = 30.0
+MAX_DATA_SIZE = DEFAULT_MAX_DATA_SIZE
+# A frame still incomplete this long after its header came is taken to be a
+# corrupt header (a real 16 MiB frame takes well under a second on a LAN).
+FRAME_STALL_SECONDS = 15.0
+# capture_dir bounds: files kept per camera, bytes kept per file.
+CAPTURE_MAX_FILES = 100
+CAPTURE_MAX_FILE_BYTES = 4 * 1024 * 1024
+
+
+async def run(ctx: AdapterContext, cameras: Sequence[TcpCameraConfig]) -> None:
+    """Serve every TCP camera until cancelled."""
+    async with asyncio.TaskGroup() as group:
+        for camera in cameras:
+            group.create_task(CameraSession(ctx, camera).run(), name=f"tcp-camera-{camera.id}")
+
+
+class Outcome(enum.Enum):
+    CONNECT_FAILED = "connect_failed"
+    AUTH_FAILED = "auth_failed"
+    LOGIN_FAILED = "login_failed"
+    CLOSED = "closed"  # the camera closed, went silent, or broke the stream
+
+
+def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
+    """Equal jitter: half the exponential delay fixed, half random."""
+    ceiling = min(RECONNECT_MAX_SECONDS, RECONNECT_INITIAL_SECONDS * 2.0 ** min(attempt, 30))
+    jitter: float = (rng or random).uniform(0, ceiling / 2)
+    return ceiling / 2 + jitter
+
+
+class CameraSession:
+    """The session loop of one camera; state lives here, the protocol in the codec."""
+
+    def __init__(self, ctx: AdapterContext, camera: TcpCameraConfig) -> None:
+        self.ctx = ctx
+        self.camera = camera
+        self.metrics = ctx.metrics
+        self.color_table = effective_color_table(ctx.config.color_table)
+        self.online = False
+        self.frames = 0  # reads in the current session
+        self._auth_reported = False
+        self._connect_failure_reported = False
+        self._unknown_commands: set[int] = set()
+        self._capture_full_reported = False
+
+    async def run(self) -> None:
+        cam = self.camera.id
+        self.ctx.set_camera_online(cam, False)
+        attempt = 0
+        try:
+            while not self.ctx.stopping.is_set():
+                started = time.monotonic()
+                try:
+                    outcome = await self.session()
+                except (ConnectionError, OSError) as exc:
+                    log.warning("camera %s: connection lost: %s", cam, exc)
+                    outcome = Outcome.CLOSED
+                except Exception:
+                    # Top of the task: whatever went wrong, keep the camera served.
+                    log.exception("camera %s: session failed unexpectedly", cam)
+                    outcome = Outcome.CLOSED
+                finally:
+                    self._set_online(False)
+                healthy = self.frames > 0 or time.monotonic() - started >= HEALTHY_SESSION_SECONDS
+                if outcome is Outcome.AUTH_FAILED:
+                    delay = AUTH_RETRY_SECONDS
+                else:
+                    attempt = 0 if healthy and outcome is Outcome.CLOSED else attempt + 1
+                    delay = backoff_delay(attempt)
+                if self.ctx.stopping.is_set():
+                    break
+                log.debug("camera %s: reconnecting in %.1f s", cam, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.ctx.stopping.wait(), delay)
+                self.metrics.camera_reconnects.labels(camera=cam).inc()
+        finally:
+            self._set_online(False)
+
+    def _set_online(self, online: bool) -> None:
+        if online != self.online:
+            self.online = online
+            self.ctx.set_camera_online(self.camera.id, online)
+
+    async def session(self) -> Outcome:
+        cam, camera = self.camera.id, self.camera
+        self.frames = 0
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(camera.host, camera.port),
+                camera.connect_timeout_seconds,
+            )
+        except (OSError, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+            if not self._connect_failure_reported:
+                log.warning(
+                    "camera %s: cannot connect to %s:%d: %s (will keep trying)",
+                    cam,
+                    camera.host,
+                    camera.port,
+                    reason,
+                )
+                self._connect_failure_reported = True
+            else:
+                log.debug("camera %s: connect failed again: %s", cam, reason)
+            return Outcome.CONNECT_FAILED
+        self._connect_failure_reported = False
+        log.info("camera %s: connected to %s:%d, logging in", cam, camera.host, camera.port)
+        try:
+            writer.write(encode_login_request(camera.username, camera.password))
+            await writer.drain()
+            return await self._read_loop(reader)
+        finally:
+            writer.close()
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> Outcome:
+        cam = self.camera.id
+        decoder = FrameDecoder(MAX_DATA_SIZE)
+        bytes_metric = self.metrics.camera_bytes.labels(camera=cam)
+        logged_in = False
+        clock = asyncio.get_running_loop().time
+        frame_started: float | None = None  # when the frame being awaited began
+        while True:
+            event = decoder.next_event()
+            if event is not NEED_DATA:
+                frame_started = None
+            else:
+                now = clock()
+                if not decoder.awaiting_frame:
+                    frame_started = None
+                elif frame_started is None:
+                    frame_started = now
+                elif now - frame_started >= FRAME_STALL_SECONDS:
+                    # A DATA_SIZE that is plausible but wrong would hold every later
+                    # frame until that many bytes came: give up on it and rescan.
+                    frame_started = None
+                    decoder.abandon_partial_frame()
+                    continue
+                timeout = (
+                    self.camera.idle_timeout_seconds
+                    if logged_in
+                    else self.camera.connect_timeout_seconds
+                )
+                stall_in = (
+                    None if frame_started is None else frame_started + FRAME_STALL_SECONDS - now
+                )
+                try:
+                    data = await asyncio.wait_for(
+                        reader.read(READ_SIZE),
+                        timeout if stall_in is None else min(timeout, stall_in),
+                    )
+                except TimeoutError:
+                    if stall_in is not None and stall_in < timeout:
+                        continue  # the frame is overdue: handled at the top
+                    if logged_in:
+                        log.warning("camera %s: no data for %g s, reconnecting", cam, timeout)
+                        return Outcome.CLOSED
+                    log.warning("camera %s: no login reply within %g s", cam, timeout)
+                    return Outcome.LOGIN_FAILED
+                if data:
+                    bytes_metric.inc(len(data))
+                decoder.receive_data(data)
+                continue
+            if isinstance(event, Frame):
+                self.metrics.camera_frames.labels(camera=cam).inc()
+                command = event.known_command
+                if command is Command.RECOG_POST:
+                    await self._recognition(event)
+                elif command is Command.LOGIN_REPLY:
+                    if logged_in:
+                        log.debug("camera %s: another login reply ignored", cam)
+                        continue
+                    outcome = self._login_reply(event)
+                    if outcome is not None:
+                        return outcome
+                    logged_in = True
+                else:
+                    self._unknown_command(event)
+            elif isinstance(event, GarbageSkipped):
+                self.metrics.bytes_skipped.labels(camera=cam).inc(event.count)
+                log.warning(
+                    "camera %s: skipped %d bytes of garbage at stream offset %d",
+                    cam,
+                    event.count,
+                    event.offset,
+                )
+            elif isinstance(event, CorruptFrame):
+                self._parse_error(event.reason)
+                log.warning(
+                    "camera %s: corrupt %s frame at offset %d (%s, DATA_SIZE %d), resynchronising",
+                    cam,
+                    f"0x{event.command:04x}",
+                    event.offset,
+                    event.reason,
+                    event.data_size,
+                )
+                await self._capture(event.raw, event.reason)
+            elif isinstance(event, StreamBroken):
+                self._parse_error(event.kind)
+                log.error(
+                    "camera %s: %s at offset %d; dropping the connection",
+                    cam,
+                    event.detail,
+                    event.offset,
+                )
+                return Outcome.CLOSED
+            elif isinstance(event, EndOfStream):
+                log.info("camera %s: connection closed by the camera", cam)
+                return Outcome.CLOSED if logged_in else Outcome.LOGIN_FAILED
+
+    def _login_reply(self, frame: Frame) -> Outcome | None:
+        cam = self.camera.id
+        try:
+            reply = parse_login_reply(frame.data)
+        except CameraProtocolError as exc:
+            self._parse_error(exc.kind)
+            log.warning("camera %s: unreadable login reply: %s", cam, exc.detail)
+            return Outcome.LOGIN_FAILED
+        if reply.unauthorized:
+            self.metrics.camera_auth_failures.labels(camera=cam).inc()
+            if not self._auth_reported:
+                log.error(
+                    "camera %s: login refused (401) for user %r: check username and password "
+                    "in the config; retrying every %g s",
+                    cam,
+                    self.camera.username,
+                    AUTH_RETRY_SECONDS,
+                )
+                self._auth_reported = True
+            return Outcome.AUTH_FAILED
+        if not reply.ok:
+            log.warning("camera %s: login answered with status %d", cam, reply.status)
+            return Outcome.LOGIN_FAILED
+        if self._auth_reported:
+            log.info("camera %s: login accepted again", cam)
+        self._auth_reported = False
+        log.info("camera %s: logged in, waiting for reads", cam)
+        self._set_online(True)
+        return None
+
+    async def _recognition(self, frame: Frame) -> None:
+        cam = self.camera.id
+        try:
+            result = parse_recognition_result(frame.data)
+        except CameraProtocolError as exc:
+            self._parse_error(exc.kind)
+            log.warning(
+                "camera %s: unreadable recognition frame at offset %d: %s",
+                cam,
+                frame.offset,
+                exc,
+            )
+            await self._capture(frame.encode(), exc.kind)
+            return
+        for issue in result.issues:
+            self._parse_error(issue.kind)
+            log.warning(
+                "camera %s: recognition frame at offset %d: %s: %s",
+                cam,
+                frame.offset,
+                issue.kind,
+                issue.detail,
+            )
+        if result.issues:
+            await self._capture(frame.encode(), result.issues[0].kind)
+        event = to_plate_event(result, camera=cam, received=utc_now(), color_table=self.color_table)
+        self.frames += 1
+        # events_received is counted by the pipeline on submit.
+        admission = await self.ctx.submit(event)
+        if not admission.taken:
+            log.warning(
+                "camera %s: read %s (%s) not taken: %s", cam, event.id, event.plate, admission.value
+            )
+
+    def _unknown_command(self, frame: Frame) -> None:
+        self._parse_error("unknown_command")
+        if frame.command not in self._unknown_commands:
+            self._unknown_commands.add(frame.command)
+            log.warning(
+                "camera %s: unknown command 0x%04x (%d bytes) skipped; further ones not logged",
+                self.camera.id,
+                frame.command,
+                len(frame.data),
+            )
+
+    def _parse_error(self, kind: str) -> None:
+        self.metrics.parse_errors.labels(source=SOURCE, kind=kind).inc()
+
+    async def _capture(self, raw: bytes, kind: str) -> None:
+        directory = self.camera.capture_dir
+        if directory is None:
+            return
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        name = f"{self.camera.id}-{stamp}-{time.time_ns() % 10**9:09d}-{kind}.bin"
+        try:
+            written = await asyncio.to_thread(_write_capture, directory, name, raw)
+        except OSError as exc:
+            log.warning("camera %s: cannot save capture in %s: %s", self.camera.id, directory, exc)
+            return
+        if written:
+            log.info("camera %s: saved the frame as %s", self.camera.id, directory / name)
+        elif not self._capture_full_reported:
+            self._capture_full_reported = True
+            log.warning(
+                "camera %s: capture_dir %s holds %d files; not saving more",
+                self.camera.id,
+                directory,
+                CAPTURE_MAX_FILES,
+            )
+
+
+def _write_capture(directory: Path, name: str, raw: bytes) -> bool:
+    directory.mkdir(parents=True, exist_ok=True)
+    camera = name.split("-", 1)[0]
+    if sum(1 for _ in directory.glob(f"{camera}-*.bin")) >= CAPTURE_MAX_FILES:
+        return False
+    (directory / name).write_bytes(raw[:CAPTURE_MAX_FILE_BYTES])
+    return True
