@@ -1,0 +1,599 @@
+"""RTSP-type cameras: the gateway plays the ONVIF metadata track and fetches the plate pictures.
+
+One task per camera: connect (with a timeout), OPTIONS → DESCRIBE → SETUP of
+the metadata track only (interleaved on the RTSP connection) → PLAY, then feed
+the bytes to the sans-IO `RtspClient` and `RtpReassembler`, parse each document
+with the ONVIF parser and hand reads to the pipeline. The picture each read
+names is fetched at once, concurrently with the stream; reads are still
+submitted in the order the camera sent them. Keep-alive before the session
+timeout, idle detection, TEARDOWN at shutdown, reconnect with capped jittered
+backoff; refused credentials are a configuration problem, said once and
+retried slowly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import functools
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import yarl
+
+from gateway.adapters.base import AdapterContext
+from gateway.codecs import onvif
+from gateway.codecs.rtp import (
+    RtpDocument,
+    RtpDocumentDropped,
+    RtpPacketRejected,
+    RtpReassembler,
+)
+from gateway.codecs.rtsp import (
+    NEED_DATA,
+    AuthenticationFailed,
+    Authenticator,
+    AuthVerdict,
+    KeepAliveAcknowledged,
+    MetadataPacket,
+    RequestFailed,
+    RtspClient,
+    SessionStarted,
+    Signal,
+    TeardownComplete,
+    split_url_credentials,
+)
+from gateway.config import OtherEvents, RtspCameraConfig
+from gateway.errors import CameraProtocolError
+from gateway.event import AnyEvent, Image, utc_now
+from gateway.pipeline import Admission
+
+log = logging.getLogger(__name__)
+
+SOURCE = "rtsp"
+DEFAULT_RTSP_PORT = 554
+READ_SIZE = 64 * 1024
+USER_AGENT = "lpr-gateway"
+# Backoff after a failed or dropped session: initial * 2**n, capped, with jitter.
+RECONNECT_INITIAL_SECONDS = 1.0
+RECONNECT_MAX_SECONDS = 60.0
+# Refused credentials will not fix themselves: retry on a slow schedule.
+AUTH_RETRY_SECONDS = 60.0
+# A session that played this long (or delivered a document) resets the backoff.
+HEALTHY_SESSION_SECONDS = 30.0
+# OPTIONS → PLAY must be done within this (a server that answers nothing).
+HANDSHAKE_TIMEOUT_SECONDS = 15.0
+# Keep-alive at this fraction of the session timeout (RFC 2326 servers drop at 1.0).
+KEEPALIVE_FRACTION = 0.5
+MIN_KEEPALIVE_SECONDS = 1.0
+TEARDOWN_WAIT_SECONDS = 0.5
+# Plate pictures: per-camera concurrent fetches, size bound, attempts.
+IMAGE_FETCH_CONCURRENCY = 4
+MAX_PICTURE_BYTES = 5_000_000
+IMAGE_FETCH_ATTEMPTS = 2
+# Reads waiting for their picture or their turn; beyond it the stream waits (backpressure).
+MAX_PENDING_READS = 64
+MAX_DOCUMENT_BYTES = onvif.MAX_DOCUMENT_BYTES
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+async def run(ctx: AdapterContext, cameras: Sequence[RtspCameraConfig]) -> None:
+    """Serve every RTSP camera until cancelled."""
+    timeout = aiohttp.ClientTimeout(total=None)
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=IMAGE_FETCH_CONCURRENCY)
+    async with (
+        aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False) as http,
+        asyncio.TaskGroup() as group,
+    ):
+        for camera in cameras:
+            group.create_task(
+                CameraSession(ctx, camera, http).run(), name=f"rtsp-camera-{camera.id}"
+            )
+
+
+class Outcome(enum.Enum):
+    CONNECT_FAILED = "connect_failed"
+    AUTH_FAILED = "auth_failed"
+    FAILED = "failed"  # refused request, protocol error, handshake timeout
+    CLOSED = "closed"  # the camera closed or went silent
+    STOPPED = "stopped"  # we are shutting down
+
+
+def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
+    """Equal jitter: half the exponential delay fixed, half random."""
+    ceiling = min(RECONNECT_MAX_SECONDS, RECONNECT_INITIAL_SECONDS * 2.0 ** min(attempt, 30))
+    jitter: float = (rng or random).uniform(0, ceiling / 2)
+    return ceiling / 2 + jitter
+
+
+def _cnonce() -> str:
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True, slots=True)
+class _PictureResult:
+    image: Image
+    failure: str | None = None  # short metric label when missing
+
+
+class CameraSession:
+    """The session loop of one camera; the protocol lives in the codecs."""
+
+    def __init__(
+        self, ctx: AdapterContext, camera: RtspCameraConfig, http: aiohttp.ClientSession
+    ) -> None:
+        self.ctx = ctx
+        self.camera = camera
+        self.http = http
+        url, url_user, url_password = split_url_credentials(camera.url)
+        self.url = url
+        self.username = camera.username if camera.username is not None else url_user
+        self.password = camera.password if camera.username is not None else url_password
+        parts = urlsplit(url)
+        self.host = parts.hostname or ""
+        self.port = parts.port or DEFAULT_RTSP_PORT
+        http_host = f"[{self.host}]" if ":" in self.host else self.host
+        self.picture_base = f"http://{http_host}:{camera.http_port}"
+        self.picture_auth = Authenticator(self.username, self.password, _cnonce)
+        self.fetch_limit = asyncio.Semaphore(IMAGE_FETCH_CONCURRENCY)
+        self.pending: set[asyncio.Task[None]] = set()
+        self._last_submit: asyncio.Task[None] | None = None
+        self._auth_failure_said = False
+        self._online = False
+        self._documents_seen = False  # in the current session: it was a healthy one
+        m = ctx.metrics
+        self._frames = m.camera_frames.labels(camera=camera.id)
+        self._bytes = m.camera_bytes.labels(camera=camera.id)
+
+    # -- the reconnect loop ----------------------------------------------------------
+
+    async def run(self) -> None:
+        attempt = 0
+        try:
+            while not self.ctx.stopping.is_set():
+                self.ctx.metrics.camera_reconnects.labels(camera=self.camera.id).inc()
+                started = time.monotonic()
+                self._documents_seen = False
+                try:
+                    outcome, played = await self.session()
+                except Exception:  # the task's top: log, count, go on
+                    log.exception("camera %s: RTSP session crashed; reconnecting", self.camera.id)
+                    self._count_error("internal")
+                    outcome, played = Outcome.FAILED, False
+                finally:
+                    self._set_online(False)
+                if outcome is Outcome.STOPPED or self.ctx.stopping.is_set():
+                    break
+                if played and (
+                    self._documents_seen or time.monotonic() - started >= HEALTHY_SESSION_SECONDS
+                ):
+                    attempt = 0
+                if outcome is Outcome.AUTH_FAILED:
+                    delay = AUTH_RETRY_SECONDS
+                else:
+                    delay = backoff_delay(attempt)
+                    attempt += 1
+                log.info(
+                    "camera %s: session ended (%s); reconnecting in %.1f s",
+                    self.camera.id,
+                    outcome.value,
+                    delay,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.ctx.stopping.wait(), delay)
+        finally:
+            for task in list(self.pending):
+                task.cancel()
+
+    def _set_online(self, online: bool) -> None:
+        if online != self._online:
+            self._online = online
+            self.ctx.set_camera_online(self.camera.id, online)
+
+    def _count_error(self, kind: str) -> None:
+        self.ctx.metrics.parse_errors.labels(source=SOURCE, kind=kind).inc()
+
+    # -- one session -------------------------------------------------------------------
+
+    async def session(self) -> tuple[Outcome, bool]:
+        """Connect, play, receive until the session ends; (how it ended, whether it played)."""
+        camera = self.camera
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port), camera.connect_timeout_seconds
+            )
+        except (OSError, TimeoutError) as exc:
+            log.warning(
+                "camera %s: cannot connect to %s:%d: %s",
+                camera.id,
+                self.host,
+                self.port,
+                str(exc) or type(exc).__name__,
+            )
+            return Outcome.CONNECT_FAILED, False
+        client = RtspClient(
+            self.url,
+            username=self.username,
+            password=self.password,
+            cnonce=_cnonce,
+            user_agent=USER_AGENT,
+        )
+        state = _SessionState(client, reader, writer)
+        try:
+            outcome = await self._converse(state)
+            return outcome, state.playing
+        except asyncio.CancelledError:
+            await self._teardown(state)
+            raise
+        finally:
+            if state.read_task is not None and not state.read_task.done():
+                state.read_task.cancel()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    async def _converse(self, state: _SessionState) -> Outcome:
+        camera = self.camera
+        client = state.client
+        client.start()
+        state.writer.write(client.data_to_send())
+        now = time.monotonic()
+        handshake_deadline = now + HANDSHAKE_TIMEOUT_SECONDS
+        idle_deadline = now + camera.idle_timeout_seconds
+        keepalive_at = float("inf")
+        keepalive_every = float("inf")
+        reassembler = RtpReassembler(max_document_bytes=MAX_DOCUMENT_BYTES)
+        stop_wait = asyncio.ensure_future(self.ctx.stopping.wait())
+        try:
+            while True:
+                now = time.monotonic()
+                if not state.playing and now >= handshake_deadline:
+                    log.warning(
+                        "camera %s: no PLAY within %.0f s (state %s); reconnecting",
+                        camera.id,
+                        HANDSHAKE_TIMEOUT_SECONDS,
+                        client.state.name,
+                    )
+                    return Outcome.FAILED
+                if now >= idle_deadline:
+                    log.warning(
+                        "camera %s: nothing received for %.0f s; reconnecting",
+                        camera.id,
+                        camera.idle_timeout_seconds,
+                    )
+                    return Outcome.CLOSED
+                if state.playing and now >= keepalive_at:
+                    client.send_keepalive()
+                    state.writer.write(client.data_to_send())
+                    keepalive_at = now + keepalive_every
+                wake_at = min(idle_deadline, keepalive_at)
+                if not state.playing:
+                    wake_at = min(wake_at, handshake_deadline)
+                if state.read_task is None:
+                    state.read_task = asyncio.ensure_future(state.reader.read(READ_SIZE))
+                waiting: set[asyncio.Future[Any]] = {state.read_task, stop_wait}
+                done, _ = await asyncio.wait(
+                    waiting,
+                    timeout=max(0.0, wake_at - now),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if stop_wait in done:
+                    await self._teardown(state)
+                    return Outcome.STOPPED
+                if state.read_task not in done:
+                    continue
+                try:
+                    data = state.read_task.result()
+                except OSError as exc:
+                    log.warning("camera %s: connection error: %s", camera.id, exc)
+                    return Outcome.CLOSED
+                finally:
+                    state.read_task = None
+                if not data:
+                    log.warning("camera %s: the camera closed the connection", camera.id)
+                    return Outcome.CLOSED
+                self._bytes.inc(len(data))
+                idle_deadline = time.monotonic() + camera.idle_timeout_seconds
+                client.receive_data(data)
+                while True:
+                    try:
+                        event = client.next_event()
+                    except CameraProtocolError as exc:
+                        self._count_error(exc.kind)
+                        log.warning(
+                            "camera %s: RTSP protocol error (%s): %s; reconnecting",
+                            camera.id,
+                            exc.kind,
+                            exc.detail,
+                        )
+                        return Outcome.FAILED
+                    if isinstance(event, Signal):
+                        break
+                    if isinstance(event, MetadataPacket):
+                        await self._on_packet(reassembler, event.data)
+                    elif isinstance(event, SessionStarted):
+                        state.playing = True
+                        reassembler = RtpReassembler(
+                            max_document_bytes=MAX_DOCUMENT_BYTES,
+                            payload_type=event.track.payload_type,
+                        )
+                        reassembler.expect_first_sequence(event.first_sequence)
+                        timeout = event.session.effective_timeout
+                        keepalive_every = max(MIN_KEEPALIVE_SECONDS, timeout * KEEPALIVE_FRACTION)
+                        keepalive_at = time.monotonic() + keepalive_every
+                        self._auth_failure_said = False
+                        self._set_online(True)
+                        log.info(
+                            "camera %s: playing metadata track %s (payload type %d); "
+                            "session timeout %d s, keep-alive by %s every %.1f s",
+                            camera.id,
+                            event.track.control_url,
+                            event.track.payload_type,
+                            timeout,
+                            event.keepalive_method,
+                            keepalive_every,
+                        )
+                    elif isinstance(event, KeepAliveAcknowledged):
+                        log.debug("camera %s: keep-alive answered %d", camera.id, event.status)
+                    elif isinstance(event, AuthenticationFailed):
+                        self._on_auth_failed(event)
+                        return Outcome.AUTH_FAILED
+                    elif isinstance(event, RequestFailed):
+                        log.warning(
+                            "camera %s: %s refused: %d %s; reconnecting",
+                            camera.id,
+                            event.method,
+                            event.status,
+                            event.reason,
+                        )
+                        return Outcome.FAILED
+                    elif isinstance(event, TeardownComplete):
+                        return Outcome.STOPPED
+                pending_out = client.data_to_send()
+                if pending_out:
+                    state.writer.write(pending_out)
+                # Backpressure from a slow socket: never let our own writes pile up.
+                await state.writer.drain()
+        finally:
+            stop_wait.cancel()
+
+    def _on_auth_failed(self, event: AuthenticationFailed) -> None:
+        camera = self.camera
+        self.ctx.metrics.camera_auth_failures.labels(camera=camera.id).inc()
+        if event.verdict is AuthVerdict.NO_CREDENTIALS:
+            why = "the camera requires credentials and none are configured"
+        elif event.verdict is AuthVerdict.UNSUPPORTED:
+            why = "the camera asks for an authentication scheme the gateway cannot answer"
+        else:
+            why = f"the camera refused the configured credentials (realm {event.realm!r})"
+        if not self._auth_failure_said:
+            self._auth_failure_said = True
+            log.error(
+                "camera %s: %s on %s; check username/password; retrying every %.0f s",
+                camera.id,
+                why,
+                event.method,
+                AUTH_RETRY_SECONDS,
+            )
+        else:
+            log.debug("camera %s: still refused: %s", camera.id, why)
+
+    async def _teardown(self, state: _SessionState) -> None:
+        """Best effort TEARDOWN: said, briefly waited for, never blocking shutdown."""
+        client = state.client
+        if not client.send_teardown():
+            return
+        try:
+            state.writer.write(client.data_to_send())
+            async with asyncio.timeout(TEARDOWN_WAIT_SECONDS):
+                await state.writer.drain()
+                while True:
+                    if state.read_task is None:
+                        state.read_task = asyncio.ensure_future(state.reader.read(READ_SIZE))
+                    data = await state.read_task
+                    state.read_task = None
+                    if not data:
+                        return
+                    client.receive_data(data)
+                    while (event := client.next_event()) is not NEED_DATA:
+                        if isinstance(event, TeardownComplete) or event is Signal.CLOSED:
+                            log.info("camera %s: session torn down", self.camera.id)
+                            return
+        except (OSError, TimeoutError, CameraProtocolError):
+            pass
+
+    # -- documents and reads --------------------------------------------------------------
+
+    async def _on_packet(self, reassembler: RtpReassembler, packet: bytes) -> None:
+        for result in reassembler.feed(packet):
+            if isinstance(result, RtpDocument):
+                self._frames.inc()
+                self._documents_seen = True
+                await self._on_document(result.data)
+            elif isinstance(result, RtpDocumentDropped):
+                self._count_error(f"rtp_{result.reason.value}")
+                log.warning(
+                    "camera %s: metadata document dropped (%s): %s",
+                    self.camera.id,
+                    result.reason.value,
+                    result.detail,
+                )
+            elif isinstance(result, RtpPacketRejected):
+                self._count_error(result.kind)
+                log.warning(
+                    "camera %s: RTP packet rejected (%s): %s",
+                    self.camera.id,
+                    result.kind,
+                    result.detail,
+                )
+
+    async def _on_document(self, document: bytes) -> None:
+        camera = self.camera
+        try:
+            results = onvif.parse_metadata(document, max_bytes=MAX_DOCUMENT_BYTES)
+        except CameraProtocolError as exc:
+            self._count_error(exc.kind)
+            log.warning(
+                "camera %s: metadata document refused (%s): %s", camera.id, exc.kind, exc.detail
+            )
+            return
+        for result in results:
+            if isinstance(result, onvif.OnvifProblem):
+                self._count_error(result.kind)
+                log.warning(
+                    "camera %s: notification not readable (%s): %s",
+                    camera.id,
+                    result.kind,
+                    result.detail,
+                )
+            elif result.initialized:
+                # State re-announced at stream start: not a new read.
+                log.debug("camera %s: skipped Initialized %s", camera.id, result.topic)
+            elif isinstance(result, onvif.OnvifPlateRead):
+                received = utc_now()
+                await self._spawn(functools.partial(self._plate_read, result, received))
+            elif camera.other_events is OtherEvents.FORWARD:
+                event = onvif.to_camera_event(result, camera.id, utc_now())
+                await self._spawn(functools.partial(self._submit_in_order, event))
+
+    async def _spawn(
+        self, work: Callable[[asyncio.Task[None] | None], Coroutine[Any, Any, None]]
+    ) -> None:
+        """Start one read's work, chained after the previous read's (camera order)."""
+        while len(self.pending) >= MAX_PENDING_READS:
+            await asyncio.wait(self.pending, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.create_task(work(self._last_submit))
+        self._last_submit = task
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def _plate_read(
+        self,
+        read: onvif.OnvifPlateRead,
+        received: datetime,
+        previous: asyncio.Task[None] | None,
+    ) -> None:
+        # The picture is fetched at once (the camera keeps only its 10 latest),
+        # then the read waits its turn so reads reach the pipeline in camera order.
+        picture = await self._fetch_picture(read.picture_path)
+        event = onvif.to_plate_event(read, self.camera.id, received, plate_image=picture.image)
+        await self._submit_after(previous, event)
+
+    async def _submit_in_order(self, event: AnyEvent, previous: asyncio.Task[None] | None) -> None:
+        await self._submit_after(previous, event)
+
+    async def _submit_after(self, previous: asyncio.Task[None] | None, event: AnyEvent) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])  # never raises, even if it was cancelled
+        admission = await self.ctx.submit(event)
+        if not admission.taken:
+            log.warning(
+                "camera %s: read %s not taken by the pipeline (%s); the stream cannot resend it",
+                self.camera.id,
+                event.id,
+                admission.value,
+            )
+        elif admission is Admission.DUPLICATE:
+            log.debug("camera %s: duplicate read %s", self.camera.id, event.id)
+
+    # -- picture fetch -------------------------------------------------------------------
+
+    async def _fetch_picture(self, path: str | None) -> _PictureResult:
+        camera = self.camera
+        if not path:
+            return _PictureResult(Image.missing("the notification names no picture"), None)
+        if not path.startswith("/"):
+            path = "/" + path
+        try:
+            url = yarl.URL(self.picture_base + path)
+        except ValueError:
+            self.ctx.metrics.image_fetch_failures.labels(camera=camera.id, reason="bad_path").inc()
+            return _PictureResult(
+                Image.missing(f"unusable picture path {path[:100]!r}"), "bad_path"
+            )
+        failure, reason = "unknown", "not fetched"
+        async with self.fetch_limit:
+            for attempt in range(IMAGE_FETCH_ATTEMPTS):
+                try:
+                    async with asyncio.timeout(camera.image_timeout_seconds):
+                        data, failure, reason = await self._get_picture(url)
+                except TimeoutError:
+                    data = None
+                    failure = "timeout"
+                    reason = f"no answer within {camera.image_timeout_seconds:g} s"
+                except aiohttp.ClientError as exc:
+                    data = None
+                    failure = "connection"
+                    reason = f"connection error: {type(exc).__name__}"
+                if data is not None:
+                    return _PictureResult(Image(data=data))
+                if failure not in ("timeout", "connection", "http_5xx"):
+                    break  # a 404 or a non-JPEG will not change on retry
+                log.debug(
+                    "camera %s: picture %s attempt %d failed: %s",
+                    camera.id,
+                    path,
+                    attempt + 1,
+                    reason,
+                )
+        self.ctx.metrics.image_fetch_failures.labels(camera=camera.id, reason=failure).inc()
+        log.warning("camera %s: picture %s missing: %s", camera.id, path, reason)
+        return _PictureResult(Image.missing(f"picture fetch failed: {reason}"), failure)
+
+    async def _get_picture(self, url: yarl.URL) -> tuple[bytes | None, str, str]:
+        """One GET (with at most a few auth rounds): (data, failure label, reason)."""
+        # The Digest uri must be the request-target exactly as sent.
+        target = url.raw_path_qs
+        for _ in range(3):
+            authorization = self.picture_auth.authorization("GET", target)
+            headers = {"Authorization": authorization} if authorization else {}
+            async with self.http.get(url, headers=headers, allow_redirects=False) as response:
+                if response.status == 401:
+                    verdict = self.picture_auth.on_unauthorized(
+                        response.headers.getall("WWW-Authenticate", []), authorization
+                    )
+                    if verdict is AuthVerdict.RETRY:
+                        continue
+                    self.ctx.metrics.camera_auth_failures.labels(camera=self.camera.id).inc()
+                    return None, "auth", f"HTTP 401 ({verdict.value})"
+                if response.status != 200:
+                    return None, _status_label(response.status), f"HTTP {response.status}"
+                self.picture_auth.on_success()
+                if (response.content_length or 0) > MAX_PICTURE_BYTES:
+                    return None, "too_large", f"{response.content_length} bytes"
+                body = bytearray()
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    body += chunk
+                    if len(body) > MAX_PICTURE_BYTES:
+                        return None, "too_large", f"over {MAX_PICTURE_BYTES} bytes"
+                if not body.startswith(JPEG_MAGIC):
+                    return None, "not_jpeg", "the answer is not a JPEG"
+                return bytes(body), "", ""
+        return None, "auth", "HTTP 401 after answering the challenge"
+
+
+def _status_label(status: int) -> str:
+    # A bounded set of metric labels, whatever the camera answers.
+    if status >= 500:
+        return "http_5xx"
+    if status in (403, 404, 410):
+        return f"http_{status}"
+    return "http_status"
+
+
+@dataclass(slots=True)
+class _SessionState:
+    client: RtspClient
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    read_task: asyncio.Future[bytes] | None = None
+    playing: bool = False
