@@ -14,6 +14,7 @@ import logging
 import shutil
 import tempfile
 import threading
+import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -27,10 +28,15 @@ from gateway.broker import free_port
 from gateway.config import (
     AnyCameraConfig,
     Config,
+    DedupConfig,
+    HttpCameraConfig,
     HttpServerConfig,
     MetricsConfig,
     MqttConfig,
     OutboxConfig,
+    Protocol,
+    RtspCameraConfig,
+    TcpCameraConfig,
 )
 from gateway.event import Image, PlateEvent, Source, utc_now
 from gateway.simulate.common import PlateGenerator
@@ -87,12 +93,103 @@ class SyntheticSource(DemoSource):
             self._task.cancel()
 
 
+class TcpDemoSource(DemoSource):
+    """A simulated camera in TCP mode: the gateway connects to it and logs in."""
+
+    def __init__(self, rate: float) -> None:
+        from gateway.simulate.tcp import TcpCameraSimulator
+
+        self.simulator = TcpCameraSimulator(rate=rate, camera="gate_in", seed=1)
+
+    async def start(self) -> None:
+        port = await self.simulator.start()
+        self.camera = TcpCameraConfig(
+            id="gate_in",
+            protocol=Protocol.TCP,
+            name="Gate in (TCP)",
+            host="127.0.0.1",
+            port=port,
+            username="admin",
+            password="1234",
+        )
+        self.description = f"TCP camera 'gate_in' listening on 127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        await self.simulator.stop()
+
+
+class HttpDemoSource(DemoSource):
+    """A simulated camera in HTTP mode: it POSTs JSON reads to the gateway."""
+
+    def __init__(self, rate: float, http_port: int) -> None:
+        self.rate = rate
+        self.url = f"http://127.0.0.1:{http_port}/lpr/gate_out"
+        self.camera = HttpCameraConfig(
+            id="gate_out",
+            protocol=Protocol.HTTP,
+            name="Gate out (HTTP)",
+            path="/lpr/gate_out",
+            username="cam",
+            password="demo",
+        )
+        self.description = f"HTTP camera 'gate_out' posting to {self.url}"
+        self._task: asyncio.Task[None] | None = None
+
+    def attach(self, gateway: Gateway) -> None:
+        self._task = asyncio.create_task(self._post_forever())
+
+    async def _post_forever(self) -> None:
+        from gateway.simulate.http import HttpCameraSimulator
+
+        await asyncio.sleep(0.5)  # let the gateway's HTTP server start listening
+        async with HttpCameraSimulator(
+            self.url, user="cam", password="demo", camera="gate_out", other_event_every=5
+        ) as simulator:
+            await simulator.run(None, self.rate)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+
+class RtspDemoSource(DemoSource):
+    """A simulated camera in RTSP mode: the gateway plays its ONVIF metadata track."""
+
+    def __init__(self, rate: float) -> None:
+        from gateway.simulate.rtsp import RtspCameraSimulator
+
+        self.simulator = RtspCameraSimulator(
+            rate=rate, username="admin", password="demo", camera="lobby", seed=3
+        )
+
+    async def start(self) -> None:
+        _rtsp_port, http_port = await self.simulator.start()
+        self.camera = RtspCameraConfig(
+            id="lobby",
+            protocol=Protocol.RTSP,
+            name="Lobby (RTSP)",
+            url=self.simulator.url,
+            username="admin",
+            password="demo",
+            http_port=http_port,
+        )
+        self.description = f"RTSP camera 'lobby' at {self.simulator.url} (pictures on :{http_port})"
+
+    async def stop(self) -> None:
+        await self.simulator.stop()
+
+
 def demo_sources(rate: float, http_port: int) -> list[DemoSource]:
-    """One simulated camera per protocol whose simulator exists, else a synthetic one."""
-    sources: list[DemoSource] = []
-    if not sources:
-        sources.append(SyntheticSource(rate))
-    return sources
+    """One simulated camera per protocol, each speaking the real protocol."""
+    return [TcpDemoSource(rate), HttpDemoSource(rate, http_port), RtspDemoSource(rate)]
+
+
+def _pad(text: str, width: int) -> str:
+    """Left-align in terminal columns: Hangul and other wide characters take two."""
+    columns = sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+    return text + " " * max(0, width - columns)
 
 
 class EventPrinter:
@@ -137,14 +234,13 @@ class EventPrinter:
             confidence = f"{e['confidence']:.2f}" if e["confidence"] is not None else "-"
             return (
                 f"{e['time'] or e['received']}  {camera:<10} {e['source']:<5} "
-                f"{e['plate']:<14} {e['direction']:<7} conf {confidence:<5} "
+                f"{_pad(e['plate'], 14)} {e['direction']:<7} conf {confidence:<5} "
                 f"{', '.join(images) or 'no images'}"
             )
         if what == "availability":
             return f"{'':24}  {camera:<10} is {payload.decode()}"
-        if len(parts) >= 4 and parts[-3] == "camera_event":
-            camera = parts[-4] if len(parts) >= 5 else camera
-            return f"{'':24}  {parts[1]:<10} camera event: {parts[-1]}"
+        if len(parts) >= 4 and parts[-2] == "camera_event":
+            return f"{'':24}  {parts[-3]:<10} camera event: {parts[-1]}"
         if topic == f"{self.base}/bridge/state":
             return f"{'':24}  gateway    is {payload.decode()}"
         return None
@@ -172,16 +268,27 @@ async def run_demo(rate: float, seconds: float, data_dir: Path | None) -> int:
     workdir = data_dir or Path(tempfile.mkdtemp(prefix="lpr-demo-"))
     http_port = free_port()
     sources = demo_sources(rate, http_port)
-    config = Config(
-        mqtt=MqttConfig(url=None),
-        http=HttpServerConfig(listen=f"127.0.0.1:{http_port}"),
-        metrics=MetricsConfig(listen=f"127.0.0.1:{free_port()}"),
-        outbox=OutboxConfig(path=workdir / "outbox.sqlite3"),
-        cameras=tuple(s.camera for s in sources if s.camera is not None),
-    )
+    try:
+        async with _started(sources):
+            config = Config(
+                mqtt=MqttConfig(url=None),
+                http=HttpServerConfig(listen=f"127.0.0.1:{http_port}"),
+                metrics=MetricsConfig(listen=f"127.0.0.1:{free_port()}"),
+                outbox=OutboxConfig(path=workdir / "outbox.sqlite3"),
+                dedup=DedupConfig(window_seconds=0),
+                cameras=tuple(s.camera for s in sources if s.camera is not None),
+            )
+            await _show(config, sources, seconds)
+    finally:
+        if data_dir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+async def _show(config: Config, sources: list[DemoSource], seconds: float) -> None:
     printer: EventPrinter | None = None
     try:
-        async with _started(sources), Gateway(config) as gateway:
+        async with Gateway(config) as gateway:
             assert gateway.embedded_broker is not None
             broker = gateway.embedded_broker
             print(
@@ -203,6 +310,3 @@ async def run_demo(rate: float, seconds: float, data_dir: Path | None) -> int:
         if printer is not None:
             printer.close()
             print(f"demo: {printer.count} events shown")
-        if data_dir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return 0
