@@ -25,6 +25,10 @@ system-deps:
 		echo "installing mosquitto (apt-get)"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto >/dev/null; \
 	fi
+	@# docker-compose (v1, Debian) only so the tests can validate deploy/docker-compose.yml
+	@if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then \
+		$(SUDO) apt-get install -y -qq --no-install-recommends docker-compose >/dev/null || true; \
+	fi
 	@[ ! -x tests/interop/install-deps.sh ] || tests/interop/install-deps.sh
 
 demo: venv system-deps
