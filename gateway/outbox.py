@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZE = 65536
 CACHE_KIB = 32 * 1024
+WAL_CHECKPOINT_PAGES = 64
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS message (
@@ -101,6 +102,9 @@ class Outbox:
         # Room for the pages of the rows in flight, so deletes and re-reads hit memory.
         db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         db.execute("PRAGMA journal_mode=WAL")
+        # Checkpoint often, in small steps: with 64 KiB pages the default (1000
+        # pages) lets the WAL reach 64 MB and then copies it in one stall.
+        db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         # NORMAL in WAL mode survives a crash or SIGKILL of the process; FULL
         # also survives a power loss, at one fsync per commit.
         db.execute(f"PRAGMA synchronous={self.sync.value.upper()}")
