@@ -24,6 +24,7 @@ from gateway.adapters.base import AdapterContext
 from gateway.broker import MosquittoProcess
 from gateway.config import Config, Protocol
 from gateway.event import AnyEvent
+from gateway.homeassistant import Discovery
 from gateway.metrics import Metrics
 from gateway.outbox import Outbox, OutboxWriter
 from gateway.pipeline import Admission, Pipeline
@@ -51,6 +52,7 @@ class Gateway:
         self.publisher: MqttPublisher | None = None
         self.pipeline: Pipeline | None = None
         self._writer: OutboxWriter | None = None
+        self.discovery: Discovery | None = None
 
     async def __aenter__(self) -> Gateway:
         await self.start()
@@ -85,6 +87,10 @@ class Gateway:
         )
         self._writer = OutboxWriter(self.outbox, self._executor)
         self.pipeline = Pipeline(self.config, self.metrics, self._writer, self._on_stored)
+        if self.config.homeassistant.enabled:
+            self.discovery = Discovery(self.config, self.publisher)
+            self.discovery.attach()
+            self.pipeline.observers.append(self.discovery.note_event)
         self._tasks.append(asyncio.create_task(self._writer.run(), name="outbox-writer"))
         self._tasks.append(asyncio.create_task(self.publisher.run(), name="mqtt-publisher"))
         if self.config.metrics.listen:
@@ -140,6 +146,8 @@ class Gateway:
             await asyncio.wait(self._adapter_tasks, timeout=ADAPTER_STOP_SECONDS)
         if self._writer is not None:
             await self._writer.close()
+        if self.discovery is not None:
+            self.discovery.close()
         if self.publisher is not None:
             await self.publisher.stop(SHUTDOWN_DRAIN_SECONDS)
         for task in self._tasks:

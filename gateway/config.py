@@ -83,6 +83,28 @@ class MqttConfig:
 class HomeAssistantConfig:
     enabled: bool = False
     discovery_prefix: str = "homeassistant"
+    # Namespace of unique ids and discovery topics; None: derived from mqtt.client_id.
+    node_id: str | None = None
+
+
+class SceneMode(enum.Enum):
+    SEND = "send"
+    SKIP = "skip"  # never publish the scene image on MQTT
+
+
+@dataclass(frozen=True, slots=True)
+class ImagesConfig:
+    """Scene image handling. Default: byte-exact, as the camera sent it."""
+
+    scene: SceneMode = SceneMode.SEND
+    quality: int | None = None  # JPEG quality 1-95 when re-encoding
+    max_width: int | None = None  # scale down (keeping the aspect ratio) when wider
+
+    @property
+    def reencode(self) -> bool:
+        return self.scene is SceneMode.SEND and (
+            self.quality is not None or self.max_width is not None
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +154,7 @@ class OutboxConfig:
 @dataclass(frozen=True, slots=True)
 class DedupConfig:
     window_seconds: float = 10.0
+    fuzzy: bool = False  # plates within edit distance 1 count as the same vehicle
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +166,7 @@ class CameraConfig:
     name: str
     timezone: str = "UTC"
     other_events: OtherEvents = OtherEvents.FORWARD
+    images: ImagesConfig = ImagesConfig()  # the effective options (global merged in)
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
@@ -192,6 +216,10 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     outbox: OutboxConfig = OutboxConfig()
     dedup: DedupConfig = DedupConfig()
+    images: ImagesConfig = ImagesConfig()
+    # name → plates or fnmatch patterns (`*`, `?`), as written (normalized when matched)
+    known_plates: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    known_plates_tolerance: int = 1  # edit distance for a fuzzy match; 0 = exact only
     # TCP colour codes → names. The vendor's table is "stand by": this default is
     # provisional; the raw code is always published beside the name.
     color_table: Mapping[int, str] = field(default_factory=dict)
@@ -413,6 +441,9 @@ class _Reader:
                 "metrics",
                 "outbox",
                 "dedup",
+                "images",
+                "known_plates",
+                "known_plates_tolerance",
                 "color_table",
                 "log_level",
                 "cameras",
@@ -421,6 +452,10 @@ class _Reader:
         log_level = self.get(top, "", "log_level", self.string, "INFO").upper()
         if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             self.problem("log_level", f"expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+        images = self.images("images", top.get("images"), ImagesConfig())
+        cameras = self.cameras(top.get("cameras"), images)
+        if any(c.images.reencode for c in cameras) or images.reencode:
+            self.need_pillow("images" if images.reencode else "cameras[].images")
         return Config(
             mqtt=self.mqtt(top.get("mqtt")),
             homeassistant=self.homeassistant(top.get("homeassistant")),
@@ -428,10 +463,70 @@ class _Reader:
             metrics=self.metrics(top.get("metrics")),
             outbox=self.outbox(top.get("outbox")),
             dedup=self.dedup(top.get("dedup")),
+            images=images,
+            known_plates=self.known_plates(top.get("known_plates")),
+            known_plates_tolerance=self.get(
+                top, "", "known_plates_tolerance", self.integer(0, 3), 1
+            ),
             color_table=self.color_table(top.get("color_table")),
             log_level=log_level,
-            cameras=self.cameras(top.get("cameras")),
+            cameras=cameras,
         )
+
+    def need_pillow(self, path: str) -> None:
+        try:
+            import PIL.Image  # noqa: F401
+        except ImportError:
+            self.problem(
+                path,
+                "quality/max_width re-encode the scene image and need Pillow, which is "
+                "not installed: pip install 'lpr-gateway[images]' (or remove the option)",
+            )
+
+    def images(self, p: str, value: Any, base: ImagesConfig) -> ImagesConfig:
+        """`images:` globally, or per camera on top of the global one."""
+        section = self.mapping(p, value, {"scene", "quality", "max_width"})
+        return ImagesConfig(
+            scene=self.get(section, p, "scene", self.choice(SceneMode), base.scene),
+            quality=self.get(section, p, "quality", self.integer(1, 95), base.quality),
+            max_width=self.get(section, p, "max_width", self.integer(16, 16384), base.max_width),
+        )
+
+    def known_plates(self, value: Any) -> dict[str, tuple[str, ...]]:
+        p = "known_plates"
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.problem(p, f"expected a mapping of name: [plate, ...], got {_show(value)}")
+            return {}
+        table: dict[str, tuple[str, ...]] = {}
+        for name, plates in value.items():
+            key_path = f"{p}.{name}"
+            text = self.string(key_path, name)
+            if text is None:
+                continue
+            if isinstance(plates, str | int):
+                plates = [plates]
+            if not isinstance(plates, list) or not plates:
+                self.problem(
+                    key_path, f"expected a list of plates or patterns, got {_show(plates)}"
+                )
+                continue
+            entries: list[str] = []
+            for index, plate in enumerate(plates):
+                entry = self.string(f"{key_path}[{index}]", self.interpolate(key_path, plate))
+                if entry is None:
+                    continue
+                if not _plate_entry_usable(entry):
+                    self.problem(
+                        f"{key_path}[{index}]",
+                        f"not a usable entry: {_show(plate)} (a plate, a pattern with * "
+                        "and ?, or list:white / list:black / list:visitor)",
+                    )
+                    continue
+                entries.append(entry)
+            table[text] = tuple(entries)
+        return table
 
     def mqtt(self, value: Any) -> MqttConfig:
         p = "mqtt"
@@ -497,12 +592,16 @@ class _Reader:
 
     def homeassistant(self, value: Any) -> HomeAssistantConfig:
         p = "homeassistant"
-        section = self.mapping(p, value, {"enabled", "discovery_prefix"})
+        section = self.mapping(p, value, {"enabled", "discovery_prefix", "node_id"})
+        node_id = self.get(section, p, "node_id", self.string, None)
+        if node_id is not None and not re.fullmatch(r"[a-zA-Z0-9_-]+", node_id):
+            self.problem(f"{p}.node_id", f"expected [a-zA-Z0-9_-]+, got {node_id!r}")
         return HomeAssistantConfig(
             enabled=self.get(section, p, "enabled", self.boolean, False),
             discovery_prefix=self.get(
                 section, p, "discovery_prefix", self.topic_level, "homeassistant"
             ),
+            node_id=node_id,
         )
 
     def http(self, value: Any) -> HttpServerConfig:
@@ -558,9 +657,10 @@ class _Reader:
 
     def dedup(self, value: Any) -> DedupConfig:
         p = "dedup"
-        section = self.mapping(p, value, {"window_seconds"})
+        section = self.mapping(p, value, {"window_seconds", "fuzzy"})
         return DedupConfig(
-            window_seconds=self.get(section, p, "window_seconds", self.number(0, 86400), 10.0)
+            window_seconds=self.get(section, p, "window_seconds", self.number(0, 86400), 10.0),
+            fuzzy=self.get(section, p, "fuzzy", self.boolean, False),
         )
 
     def color_table(self, value: Any) -> dict[int, str]:
@@ -577,7 +677,7 @@ class _Reader:
                 table[number] = text
         return table
 
-    def cameras(self, value: Any) -> tuple[AnyCameraConfig, ...]:
+    def cameras(self, value: Any, images: ImagesConfig) -> tuple[AnyCameraConfig, ...]:
         if value is None:
             return ()
         if not isinstance(value, list):
@@ -587,7 +687,7 @@ class _Reader:
         seen_ids: dict[str, int] = {}
         seen_paths: dict[str, int] = {}
         for index, item in enumerate(value):
-            camera = self.camera(f"cameras[{index}]", item)
+            camera = self.camera(f"cameras[{index}]", item, images)
             if camera is None:
                 continue
             if camera.id in seen_ids:
@@ -606,7 +706,7 @@ class _Reader:
             cameras.append(camera)
         return tuple(cameras)
 
-    _COMMON: ClassVar[set[str]] = {"id", "name", "protocol", "timezone", "other_events"}
+    _COMMON: ClassVar[set[str]] = {"id", "name", "protocol", "timezone", "other_events", "images"}
     _BY_PROTOCOL: ClassVar[dict[Protocol, set[str]]] = {
         Protocol.TCP: {
             "host",
@@ -629,7 +729,7 @@ class _Reader:
         },
     }
 
-    def camera(self, p: str, value: Any) -> AnyCameraConfig | None:
+    def camera(self, p: str, value: Any, images: ImagesConfig) -> AnyCameraConfig | None:
         if not isinstance(value, dict):
             self.problem(p, f"expected a mapping, got {_show(value)}")
             return None
@@ -654,6 +754,7 @@ class _Reader:
             "other_events": self.get(
                 section, p, "other_events", self.choice(OtherEvents), OtherEvents.FORWARD
             ),
+            "images": self.images(f"{p}.images", section.get("images"), images),
         }
         port = self.integer(1, 65535)
         timeout = self.number(0.1, 86400)
@@ -711,6 +812,13 @@ class _Reader:
             except ValueError:
                 self.problem(f"{p}[{index}]", f"not an address or network: {_show(item)}")
         return tuple(result)
+
+
+def _plate_entry_usable(entry: str) -> bool:
+    """A known-plates entry needs something to match: characters other than separators."""
+    if entry.strip().lower().startswith("list:"):
+        return entry.strip().lower() in {"list:white", "list:black", "list:visitor"}
+    return any(ch.isalnum() or ch in "*?" for ch in entry)
 
 
 def _opt_path(value: str | None) -> Path | None:

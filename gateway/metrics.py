@@ -99,6 +99,23 @@ class Metrics:
             ["camera"],
             registry=r,
         )
+        self.known_plate_matches = Counter(
+            "lpr_known_plate_matches",
+            "Reads matched to a known_plates entry, by match kind (exact, fuzzy)",
+            ["camera", "match"],
+            registry=r,
+        )
+        self.image_transform_failures = Counter(
+            "lpr_image_transform_failures",
+            "Scene images that could not be re-encoded (published as received)",
+            ["camera"],
+            registry=r,
+        )
+        self.retained_republished = Counter(
+            "lpr_retained_republished",
+            "Retained messages re-sent from the gateway's own copy after a reconnect",
+            registry=r,
+        )
 
     def camera_known(self, camera: str, source: str) -> None:
         """Create a camera's series at zero so dashboards show it before its first read."""

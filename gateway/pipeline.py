@@ -9,6 +9,7 @@ growing memory.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 import logging
@@ -17,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from gateway.config import Config
+from gateway.config import Config, ImagesConfig
 from gateway.event import (
     AnyEvent,
     CameraEvent,
@@ -26,6 +27,9 @@ from gateway.event import (
     camera_event_kind_topic_segment,
     image_topic,
 )
+from gateway.homeassistant import ha_event_payload, ha_event_topic, ha_event_type
+from gateway.images import ImageTransformError, apply_image_options
+from gateway.known_plates import KnownPlates, edit_distance, topic_slug
 from gateway.metrics import Metrics
 from gateway.outbox import EventDraft, MessageDraft, OutboxWriter
 
@@ -33,6 +37,8 @@ log = logging.getLogger(__name__)
 
 # Bound on remembered (camera, plate) pairs; the oldest are forgotten first.
 DEDUP_MAX_ENTRIES = 100_000
+# dedup.fuzzy: plates this close (edit distance) count as the same vehicle.
+FUZZY_DEDUP_DISTANCE = 1
 
 
 class Admission(enum.Enum):
@@ -53,10 +59,21 @@ class DuplicateFilter:
     The window counts from the last read that was let through, so a car
     waiting at a gate is published once per window, not once per frame. Uses
     a monotonic clock: a wall-clock jump neither opens nor closes a window.
+
+    `fuzzy`: a plate within edit distance `FUZZY_DEDUP_DISTANCE` of one let
+    through on the same camera within the window is a duplicate too (a
+    misread of the same car). Only the reads inside the window are compared,
+    newest first.
     """
 
-    def __init__(self, window_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        window_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        fuzzy: bool = False,
+    ) -> None:
         self.window = window_seconds
+        self.fuzzy = fuzzy
         self._clock = clock
         self._last: OrderedDict[tuple[str, str], float] = OrderedDict()
 
@@ -68,6 +85,8 @@ class DuplicateFilter:
         seen = self._last.get(key)
         if seen is not None and now - seen < self.window:
             return False
+        if self.fuzzy and self._near_duplicate(camera, plate, now):
+            return False
         self._last[key] = now
         self._last.move_to_end(key)
         while self._last and (
@@ -77,16 +96,34 @@ class DuplicateFilter:
             self._last.popitem(last=False)
         return True
 
+    def _near_duplicate(self, camera: str, plate: str, now: float) -> bool:
+        # Entries are in admit order (move_to_end), so the window is at the end.
+        for (seen_camera, seen_plate), seen in reversed(self._last.items()):
+            if now - seen >= self.window:
+                return False
+            if (
+                seen_camera == camera
+                and abs(len(seen_plate) - len(plate)) <= FUZZY_DEDUP_DISTANCE
+                and edit_distance(seen_plate, plate, FUZZY_DEDUP_DISTANCE) <= FUZZY_DEDUP_DISTANCE
+            ):
+                return True
+        return False
+
     def forget(self, camera: str, plate: str) -> None:
         """Undo `admit` for a read that was not stored after all."""
         self._last.pop((camera, plate), None)
 
 
-def render_messages(event: AnyEvent, base_topic: str) -> tuple[MessageDraft, ...]:
+def render_messages(
+    event: AnyEvent, base_topic: str, *, ha_event: str | None = None
+) -> tuple[MessageDraft, ...]:
     """The MQTT messages an event becomes, in publish order.
 
     Images first, then the event, then `last`: a subscriber reacting to the
-    event finds the matching images already on the retained topics.
+    event finds the matching images already on the retained topics. A read of
+    a known plate also goes to `<base>/<camera>/known/<name-slug>`. With
+    `ha_event` (an event type) the Home Assistant event entity's small JSON
+    comes last, so an automation it fires sees the images and `last` already.
     """
     if isinstance(event, CameraEvent):
         segment = camera_event_kind_topic_segment(event.kind)
@@ -107,6 +144,22 @@ def render_messages(event: AnyEvent, base_topic: str) -> tuple[MessageDraft, ...
     payload = _json_bytes(event.to_json_dict(base_topic))
     messages.append(MessageDraft(f"{base_topic}/{event.camera}/event", payload, retain=False))
     messages.append(MessageDraft(f"{base_topic}/{event.camera}/last", payload, retain=True))
+    if event.known is not None:
+        messages.append(
+            MessageDraft(
+                f"{base_topic}/{event.camera}/known/{topic_slug(event.known)}",
+                payload,
+                retain=False,
+            )
+        )
+    if ha_event is not None:
+        messages.append(
+            MessageDraft(
+                ha_event_topic(base_topic, event.camera),
+                _json_bytes(ha_event_payload(event, ha_event)),
+                retain=False,
+            )
+        )
     return tuple(messages)
 
 
@@ -127,8 +180,13 @@ class Pipeline:
         self.metrics = metrics
         self._writer = writer
         self._on_stored = on_stored
-        self._dedup = DuplicateFilter(config.dedup.window_seconds, clock)
+        self._dedup = DuplicateFilter(config.dedup.window_seconds, clock, config.dedup.fuzzy)
+        self._known = KnownPlates(config.known_plates, config.known_plates_tolerance)
+        self._images = {c.id: c.images for c in config.cameras}
         self._closed = False
+        # Called with every plate read that was accepted (e.g. HA discovery learns
+        # a camera's device id). Must not block.
+        self.observers: list[Callable[[PlateEvent], None]] = []
 
     def close(self) -> None:
         """Stop intake: every later submit is refused as SHUTTING_DOWN."""
@@ -147,11 +205,14 @@ class Pipeline:
                 self.metrics.duplicates_suppressed.labels(camera=camera).inc()
                 log.debug("camera %s: duplicate %s suppressed", camera, plate)
                 return Admission.DUPLICATE
-            event = self.enrich(event)
+            event = await self._apply_image_options(self.enrich(event))
+        ha_event = None
+        if isinstance(event, PlateEvent) and self.config.homeassistant.enabled:
+            ha_event = ha_event_type(event, bool(self._known))
         draft = EventDraft(
             event_id=event.id,
             camera=camera,
-            messages=render_messages(event, self.config.mqtt.base_topic),
+            messages=render_messages(event, self.config.mqtt.base_topic, ha_event=ha_event),
             accepted_at=time.time(),
         )
         stored = await self._writer.append(draft)
@@ -167,8 +228,44 @@ class Pipeline:
             )
             return Admission.OUTBOX_FULL
         self._on_stored()
+        if isinstance(event, PlateEvent):
+            for observer in self.observers:
+                try:
+                    observer(event)
+                except Exception:
+                    log.exception("camera %s: event observer failed", camera)
         return Admission.ACCEPTED
 
     def enrich(self, event: PlateEvent) -> PlateEvent:
-        """Known plates and lists (HA/known-plates issue); the identity step for now."""
-        return event
+        """Known plates and the camera's own lists: sets `known` and `match`."""
+        if not self._known:
+            return event
+        found = self._known.match(event.plate_normalized, event.list)
+        if found is None:
+            return event.with_enrichment(None, None)
+        self.metrics.known_plate_matches.labels(camera=event.camera, match=found.kind.value).inc()
+        log.debug(
+            "camera %s: %s is known as %r (%s, entry %r)",
+            event.camera,
+            event.plate_normalized,
+            found.name,
+            found.kind.value,
+            found.entry,
+        )
+        return event.with_enrichment(found.name, found.kind.value)
+
+    def images_for(self, camera: str) -> ImagesConfig:
+        return self._images.get(camera, self.config.images)
+
+    async def _apply_image_options(self, event: PlateEvent) -> PlateEvent:
+        options = self.images_for(event.camera)
+        if not options.reencode:
+            return apply_image_options(event, options)  # byte-exact or skip: no work
+        loop = asyncio.get_running_loop()
+        try:
+            # Decoding and encoding a scene takes tens of ms: off the loop.
+            return await loop.run_in_executor(None, apply_image_options, event, options)
+        except ImageTransformError as exc:
+            self.metrics.image_transform_failures.labels(camera=event.camera).inc()
+            log.warning("camera %s: %s; publishing it as received", event.camera, exc)
+            return event

@@ -7,6 +7,17 @@ hidden session state in paho competes with the outbox for redelivery.
 Bridge state (LWT `offline`, `online` on connect), bridge info and camera
 availability are retained state messages kept here and re-sent on every
 connect.
+
+Own copy of retained state: the last payload published on each retained
+topic (images, `last`, availability, bridge info, discovery) is kept in
+memory, one per topic, and re-sent on every connect before the outbox is
+drained, so a broker that lost its retained messages (no persistence,
+restarted) has them again and newer outbox rows still overwrite them in
+order. Nothing of it is persisted: after a gateway restart the copy starts
+empty and fills with what is published from then on.
+
+Subscriptions (`subscribe`) are made again on every connect; their handlers
+run on the event loop (paho reads the socket there).
 """
 
 from __future__ import annotations
@@ -62,6 +73,15 @@ class _Session:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        for topic, handler in self.publisher._subscriptions:
+            if mqtt.topic_matches_sub(topic, message.topic):
+                try:
+                    handler(message.topic, bytes(message.payload), bool(message.retain))
+                except Exception:
+                    log.exception("handler for %s failed", message.topic)
 
     def _in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         # connect() runs in an executor thread and fires socket hooks there.
@@ -180,6 +200,11 @@ class MqttPublisher:
         self.disconnected_since: float | None = time.time()
         self.last_error: str | None = None
         self._on_connected_hooks: list[Callable[[], None]] = []
+        # topic → last retained payload we published there (bounded: one per topic)
+        self._retained: dict[str, bytes] = {}
+        # topics already re-sent during the current connect (None outside of it)
+        self._sent_on_connect: set[str] | None = None
+        self._subscriptions: list[tuple[str, Callable[[str, bytes, bool], None]]] = []
 
     # -- what the rest of the gateway calls ------------------------------------
 
@@ -207,8 +232,27 @@ class MqttPublisher:
         self._on_connected_hooks.append(hook)
 
     def publish_state(self, topic: str, payload: bytes, retain: bool = True) -> None:
-        """Fire-and-forget retained state; re-sent by its owner on reconnect if needed."""
+        """Fire-and-forget state; a retained one is re-sent from our copy on reconnect."""
         self._publish_state(topic, payload, retain)
+
+    def subscribe(self, topic: str, handler: Callable[[str, bytes, bool], None]) -> None:
+        """Call `handler(topic, payload, retained)` on the loop for each message on
+        `topic` (wildcards allowed), on this and every later connection."""
+        self._subscriptions.append((topic, handler))
+        session = self._session
+        if session is not None and self.connected and not session.closed.done():
+            session.client.subscribe(topic, qos=1)
+
+    @property
+    def retained_copy(self) -> dict[str, bytes]:
+        """Our copy of the retained state (topic → payload), for inspection."""
+        return dict(self._retained)
+
+    def _remember_retained(self, topic: str, payload: bytes) -> None:
+        # Re-inserted at the end: the copy is replayed in the order it was last published.
+        self._retained.pop(topic, None)
+        if payload:
+            self._retained[topic] = payload  # an empty payload clears the topic: forget it
 
     # -- the connection loop -----------------------------------------------------
 
@@ -304,18 +348,42 @@ class MqttPublisher:
         )
         self.metrics.mqtt_connected.set(1)
         self.connected_since, self.disconnected_since, self.last_error = time.time(), None, None
-        self._publish_state(self.state_topic, b"online")
-        self._publish_state(self.info_topic, self._info_payload())
-        for camera, online in self._availability.items():
-            self._publish_state(
-                self.availability_topic(camera), b"online" if online else b"offline"
-            )
-        for hook in self._on_connected_hooks:
-            try:
-                hook()
-            except Exception:
-                log.exception("on-connect hook failed")
+        self._sent_on_connect = set()
+        try:
+            self._publish_state(self.state_topic, b"online")
+            self._publish_state(self.info_topic, self._info_payload())
+            for camera, online in self._availability.items():
+                self._publish_state(
+                    self.availability_topic(camera), b"online" if online else b"offline"
+                )
+            for hook in self._on_connected_hooks:
+                try:
+                    hook()
+                except Exception:
+                    log.exception("on-connect hook failed")
+            self._republish_retained(self._sent_on_connect)
+        finally:
+            self._sent_on_connect = None
+        session = self._session
+        if session is not None:
+            for topic, _handler in self._subscriptions:
+                session.client.subscribe(topic, qos=1)
         self._wake.set()
+
+    def _republish_retained(self, already_sent: set[str]) -> None:
+        """Re-send our copy of the retained state, before any outbox row of this session."""
+        session = self._session
+        if session is None:
+            return
+        count = 0
+        for topic, payload in list(self._retained.items()):
+            if topic in already_sent:
+                continue
+            session.client.publish(topic, payload, qos=1, retain=True)
+            count += 1
+        if count:
+            self.metrics.retained_republished.inc(count)
+            log.info("re-sent %d retained messages from the gateway's own copy", count)
 
     def _on_disconnected(self, session: _Session) -> None:
         if self.connected_since is not None and not self._stopping:
@@ -354,6 +422,8 @@ class MqttPublisher:
                     session.close()
                     return
                 session.inflight[info.mid] = message
+                if message.retain:
+                    self._remember_retained(message.topic, message.payload)
             if len(ready) < window:
                 batch = await loop.run_in_executor(
                     self.executor, self.outbox.read_after, read_cursor, 2 * window - len(ready)
@@ -432,10 +502,14 @@ class MqttPublisher:
         return json.dumps(info, ensure_ascii=False).encode()
 
     def _publish_state(self, topic: str, payload: bytes, retain: bool = True) -> None:
+        if retain:
+            self._remember_retained(topic, payload)
         session = self._session
         if session is None or not self.connected or session.closed.done():
-            return  # re-sent from our own state on the next connect
+            return  # re-sent from our copy (or by its owner) on the next connect
         session.client.publish(topic, payload, qos=1, retain=retain)
+        if self._sent_on_connect is not None:
+            self._sent_on_connect.add(topic)
 
     # -- shutdown ----------------------------------------------------------------
 
@@ -451,8 +525,10 @@ class MqttPublisher:
                     await asyncio.wait_for(self._ack_signal.wait(), deadline - time.monotonic())
                 except TimeoutError:
                     break
-            for camera in self._cameras:
-                self._publish_state(self.availability_topic(camera), b"offline")
+            for camera, online in self._availability.items():
+                if online:  # adapters normally said so already as their sessions ended
+                    self._availability[camera] = False
+                    self._publish_state(self.availability_topic(camera), b"offline")
             info = session.client.publish(self.state_topic, b"offline", qos=1, retain=True)
             # Wait briefly for the offline state to be acknowledged; a clean
             # DISCONNECT suppresses the will, so this message is what says it.

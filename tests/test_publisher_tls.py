@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from pathlib import Path
 
@@ -16,6 +17,15 @@ from tests.helpers import MqttCollector, free_port, gateway_config
 
 def openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+def password_file(tmp_path: Path, user: str, password: str) -> Path:
+    passwords = tmp_path / "passwd"
+    passwords.write_text("")
+    subprocess.run(
+        ["mosquitto_passwd", "-b", str(passwords), user, password], check=True, timeout=30
+    )
+    return passwords
 
 
 @pytest.fixture
@@ -74,11 +84,7 @@ def pki(tmp_path: Path) -> dict[str, Path]:
 
 
 async def test_mqtt5_tls_client_cert_and_password(pki: dict[str, Path], tmp_path: Path) -> None:
-    passwords = tmp_path / "passwd"
-    passwords.write_text("")
-    subprocess.run(
-        ["mosquitto_passwd", "-b", str(passwords), "gw", "s3cret"], check=True, timeout=30
-    )
+    passwords = password_file(tmp_path, "gw", "s3cret")
     tls_port = free_port()
     broker = MosquittoProcess(
         extra_config=(
@@ -122,11 +128,7 @@ async def test_mqtt5_tls_client_cert_and_password(pki: dict[str, Path], tmp_path
 
 
 async def test_wrong_password_is_reported_not_fatal(tmp_path: Path) -> None:
-    passwords = tmp_path / "passwd"
-    passwords.write_text("")
-    subprocess.run(
-        ["mosquitto_passwd", "-b", str(passwords), "gw", "right"], check=True, timeout=30
-    )
+    passwords = password_file(tmp_path, "gw", "right")
     broker = MosquittoProcess(extra_config=("allow_anonymous false", f"password_file {passwords}"))
     broker.start()
     try:
@@ -135,7 +137,7 @@ async def test_wrong_password_is_reported_not_fatal(tmp_path: Path) -> None:
             for _ in range(100):
                 if gw.publisher is not None and gw.publisher.last_error:
                     break
-                await __import__("asyncio").sleep(0.05)
+                await asyncio.sleep(0.05)
             assert gw.publisher is not None and not gw.publisher.connected
             assert (
                 "Not authorized" in (gw.publisher.last_error or "")

@@ -1,0 +1,68 @@
+"""Scene image options: skip it, or re-encode it smaller, for brokers with small limits.
+
+Off by default: the camera's JPEG goes out byte-exact. Re-encoding needs
+Pillow (the optional `images` extra); the config check refuses the options
+when it is missing, so this module imports it lazily. A JPEG that Pillow
+cannot decode is published as it came (logged and counted): a bad image
+never costs the read.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import replace
+
+from gateway.config import ImagesConfig, SceneMode
+from gateway.event import Image, PlateEvent
+
+log = logging.getLogger(__name__)
+
+# Pillow refuses images above this many pixels (decompression bombs); a
+# camera's scene is a few megapixels.
+MAX_PIXELS = 64_000_000
+DEFAULT_QUALITY = 85  # when only max_width is set
+SKIPPED_REASON = "not published: images.scene is skip"
+
+
+class ImageTransformError(Exception):
+    """The scene could not be re-encoded; the original bytes are used."""
+
+
+def reencode_jpeg(data: bytes, quality: int | None, max_width: int | None) -> bytes:
+    """`data` scaled down to `max_width` (aspect kept) and saved at `quality`.
+
+    Returns the original bytes when re-encoding would not make them smaller
+    (an already small image is not worth a generation loss).
+    """
+    from PIL import Image as PilImage
+
+    PilImage.MAX_IMAGE_PIXELS = MAX_PIXELS
+    try:
+        with PilImage.open(io.BytesIO(data)) as source:
+            source.load()
+            picture = source.convert("RGB") if source.mode not in ("RGB", "L") else source.copy()
+        if max_width is not None and picture.width > max_width:
+            height = max(1, round(picture.height * max_width / picture.width))
+            picture = picture.resize((max_width, height), PilImage.Resampling.LANCZOS)
+        out = io.BytesIO()
+        picture.save(out, format="JPEG", quality=quality or DEFAULT_QUALITY, optimize=True)
+    except Exception as exc:  # Pillow raises many types on bad input; the read must survive
+        raise ImageTransformError(f"cannot re-encode the scene image: {exc}") from exc
+    encoded = out.getvalue()
+    return encoded if len(encoded) < len(data) else data
+
+
+def apply_image_options(event: PlateEvent, options: ImagesConfig) -> PlateEvent:
+    """The event with its scene image as configured (blocking: run off the loop)."""
+    scene = event.scene_image
+    if scene is None or scene.data is None:
+        return event
+    if options.scene is SceneMode.SKIP:
+        return replace(event, scene_image=Image.missing(SKIPPED_REASON))
+    if not options.reencode:
+        return event
+    data = reencode_jpeg(scene.data, options.quality, options.max_width)
+    if data is scene.data:
+        return event
+    return replace(event, scene_image=Image(data=data))

@@ -1,0 +1,133 @@
+"""The gateway's own copy of its retained state, re-sent after a broker lost it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from gateway.app import Gateway
+from gateway.broker import MosquittoProcess
+from gateway.event import Image, PlateEvent, Source, utc_now
+from gateway.simulate.common import PlateGenerator
+from tests.helpers import MqttCollector, Received, gateway_config
+
+CAMERAS = [{"id": "gate", "protocol": "http"}]  # HTTP: "online" while the gateway listens
+RETAINED = (
+    "lpr/gate/image/plate",
+    "lpr/gate/image/scene",
+    "lpr/gate/last",
+    "lpr/gate/availability",
+    "lpr/bridge/state",
+    "lpr/bridge/info",
+)
+
+
+def read(generator: PlateGenerator) -> PlateEvent:
+    sim = generator.read("gate")
+    return PlateEvent(
+        camera="gate",
+        source=Source.INJECT,
+        plate=sim.plate,
+        received=utc_now(),
+        plate_image=Image(sim.plate_jpeg),
+        scene_image=Image(sim.scene_jpeg),
+    )
+
+
+async def until_connected(gw: Gateway, connected: bool = True, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while gw.publisher is None or gw.publisher.connected != connected:
+        assert time.monotonic() < deadline, f"publisher connected != {connected} in {timeout}s"
+        await asyncio.sleep(0.02)
+
+
+def retained_now(broker: MosquittoProcess) -> dict[str, Received]:
+    """What a subscriber connecting now gets as retained messages."""
+    with MqttCollector(broker.host, broker.port, topics=("lpr/#",)) as late:
+        late.wait_for(lambda msgs: {m.topic for m in msgs} >= set(RETAINED), timeout=10)
+        return {m.topic: m for m in late.messages if m.retain}
+
+
+async def restart_without_persistence(broker: MosquittoProcess, gw: Gateway) -> None:
+    assert not broker.persistence
+    await asyncio.to_thread(broker.stop)
+    await until_connected(gw, False)
+    await asyncio.to_thread(broker.start)
+
+
+async def test_retained_state_is_republished_after_broker_restart(
+    mqtt_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    config = gateway_config(mqtt_broker.url, tmp_path, cameras=CAMERAS)
+    event = read(PlateGenerator(21))
+    async with Gateway(config) as gw:
+        await until_connected(gw)
+        assert (await gw.submit(event)).taken
+        with MqttCollector(mqtt_broker.host, mqtt_broker.port) as sub:
+            await sub.until(lambda msgs: {m.topic for m in msgs} >= set(RETAINED))
+        await restart_without_persistence(mqtt_broker, gw)
+        await until_connected(gw)
+        retained = await asyncio.to_thread(retained_now, mqtt_broker)
+        # images and last from the copy; state, info and availability by their owner
+        assert gw.metrics.retained_republished._value.get() == 3
+    assert event.plate_image is not None and event.scene_image is not None
+    assert retained["lpr/gate/image/plate"].payload == event.plate_image.data
+    assert retained["lpr/gate/image/scene"].payload == event.scene_image.data
+    assert retained["lpr/gate/last"].json()["id"] == event.id
+    assert retained["lpr/gate/availability"].payload == b"online"
+    assert retained["lpr/bridge/state"].payload == b"online"
+    # Not retained, so not in the copy: the event itself is never re-sent.
+    assert "lpr/gate/event" not in retained
+
+
+async def test_newer_outbox_rows_win_over_the_copy(
+    mqtt_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    """A read accepted while the broker was down is published after the copy is
+    re-sent, so the retained topics end with the newer read."""
+    config = gateway_config(mqtt_broker.url, tmp_path, cameras=CAMERAS)
+    generator = PlateGenerator(22)
+    old, new = read(generator), read(generator)
+    async with Gateway(config) as gw:
+        await until_connected(gw)
+        with MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=("lpr/gate/last",)) as sub:
+            assert (await gw.submit(old)).taken
+            await sub.until_count("lpr/gate/last", 1)
+        await asyncio.to_thread(mqtt_broker.stop)
+        await until_connected(gw, False)
+        assert (await gw.submit(new)).taken  # waits in the outbox
+        await asyncio.to_thread(mqtt_broker.start)
+        await until_connected(gw)
+        deadline = time.monotonic() + 10
+        while gw.outbox.pending_events:
+            assert time.monotonic() < deadline, "outbox not drained"
+            await asyncio.sleep(0.02)
+        retained = await asyncio.to_thread(retained_now, mqtt_broker)
+        assert gw.publisher is not None
+        copy = gw.publisher.retained_copy
+    assert new.scene_image is not None and new.scene_image.data is not None
+    assert retained["lpr/gate/last"].json()["id"] == new.id
+    assert retained["lpr/gate/image/scene"].payload == new.scene_image.data
+    # One entry per topic: the copy is bounded by the number of retained topics.
+    assert copy["lpr/gate/image/scene"] == new.scene_image.data
+    assert len(copy) == len(set(copy))
+    assert all(topic.startswith("lpr/") for topic in copy)
+
+
+async def test_copy_starts_empty_after_a_gateway_restart(
+    mqtt_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    """Documented limit: the copy lives in memory only."""
+    config = gateway_config(mqtt_broker.url, tmp_path, cameras=CAMERAS)
+    async with Gateway(config) as gw:
+        await until_connected(gw)
+        assert (await gw.submit(read(PlateGenerator(23)))).taken
+        deadline = time.monotonic() + 10
+        while gw.outbox.pending_events:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+    async with Gateway(config) as again:
+        await until_connected(again)
+        assert again.publisher is not None
+        assert not any("/image/" in t for t in again.publisher.retained_copy)
