@@ -13,6 +13,7 @@ read to `ctx.submit(...)`, reports each camera session with
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -32,3 +33,16 @@ class AdapterContext:
     submit: Callable[[AnyEvent], Awaitable[Admission]]
     set_camera_online: Callable[[str, bool], None]
     stopping: asyncio.Event
+
+
+def backoff_delay(
+    attempt: int, initial: float, cap: float, rng: random.Random | None = None
+) -> float:
+    """Reconnect delay after `attempt` failures: initial * 2**attempt, capped, equal jitter.
+
+    Half the delay is fixed, half random, so a fleet of cameras that dropped
+    together (a switch reboot) does not reconnect in lockstep.
+    """
+    ceiling = min(cap, initial * 2.0 ** min(attempt, 30))
+    jitter: float = (rng or random).uniform(0, ceiling / 2)
+    return ceiling / 2 + jitter

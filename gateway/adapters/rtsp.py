@@ -18,7 +18,6 @@ import contextlib
 import enum
 import functools
 import logging
-import random
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -30,7 +29,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import yarl
 
-from gateway.adapters.base import AdapterContext
+from gateway.adapters.base import AdapterContext, backoff_delay
 from gateway.codecs import onvif
 from gateway.codecs.rtp import (
     RtpDocument,
@@ -108,13 +107,6 @@ class Outcome(enum.Enum):
     STOPPED = "stopped"  # we are shutting down
 
 
-def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
-    """Equal jitter: half the exponential delay fixed, half random."""
-    ceiling = min(RECONNECT_MAX_SECONDS, RECONNECT_INITIAL_SECONDS * 2.0 ** min(attempt, 30))
-    jitter: float = (rng or random).uniform(0, ceiling / 2)
-    return ceiling / 2 + jitter
-
-
 def _cnonce() -> str:
     return secrets.token_hex(8)
 
@@ -180,7 +172,7 @@ class CameraSession:
                 if outcome is Outcome.AUTH_FAILED:
                     delay = AUTH_RETRY_SECONDS
                 else:
-                    delay = backoff_delay(attempt)
+                    delay = backoff_delay(attempt, RECONNECT_INITIAL_SECONDS, RECONNECT_MAX_SECONDS)
                     attempt += 1
                 log.info(
                     "camera %s: session ended (%s); reconnecting in %.1f s",

@@ -12,12 +12,11 @@ import asyncio
 import contextlib
 import enum
 import logging
-import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.adapters.base import AdapterContext
+from gateway.adapters.base import AdapterContext, backoff_delay
 from gateway.codecs.tcp import (
     DEFAULT_MAX_DATA_SIZE,
     NEED_DATA,
@@ -72,13 +71,6 @@ class Outcome(enum.Enum):
     CLOSED = "closed"  # the camera closed, went silent, or broke the stream
 
 
-def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
-    """Equal jitter: half the exponential delay fixed, half random."""
-    ceiling = min(RECONNECT_MAX_SECONDS, RECONNECT_INITIAL_SECONDS * 2.0 ** min(attempt, 30))
-    jitter: float = (rng or random).uniform(0, ceiling / 2)
-    return ceiling / 2 + jitter
-
-
 class CameraSession:
     """The session loop of one camera; state lives here, the protocol in the codec."""
 
@@ -117,7 +109,7 @@ class CameraSession:
                     delay = AUTH_RETRY_SECONDS
                 else:
                     attempt = 0 if healthy and outcome is Outcome.CLOSED else attempt + 1
-                    delay = backoff_delay(attempt)
+                    delay = backoff_delay(attempt, RECONNECT_INITIAL_SECONDS, RECONNECT_MAX_SECONDS)
                 if self.ctx.stopping.is_set():
                     break
                 log.debug("camera %s: reconnecting in %.1f s", cam, delay)

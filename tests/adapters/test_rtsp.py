@@ -21,6 +21,7 @@ import pytest
 from aiohttp import web
 
 from gateway.adapters import rtsp as adapter
+from gateway.adapters.base import backoff_delay
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
 from gateway.codecs.onvif import build_plate_document
@@ -433,7 +434,12 @@ async def test_unreachable_camera_is_offline_and_retried(
 def test_backoff_is_capped_exponential_with_jitter(attempt: int, low: float, high: float) -> None:
     # quick_reconnect sets the initial delay to 0.1 s; the cap stays 60 s.
     rng = random.Random(attempt)
-    delays = [adapter.backoff_delay(attempt, rng) for _ in range(50)]
+    delays = [
+        backoff_delay(
+            attempt, adapter.RECONNECT_INITIAL_SECONDS, adapter.RECONNECT_MAX_SECONDS, rng
+        )
+        for _ in range(50)
+    ]
     assert all(low <= d <= high for d in delays)
     assert len(set(delays)) > 1  # jittered
 

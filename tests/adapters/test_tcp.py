@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from gateway.adapters import tcp
-from gateway.adapters.base import AdapterContext
+from gateway.adapters.base import AdapterContext, backoff_delay
 from gateway.codecs.tcp import (
     Command,
     Frame,
@@ -400,7 +400,10 @@ def test_backoff_is_capped_and_jittered(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(tcp, "RECONNECT_INITIAL_SECONDS", 1.0)
     monkeypatch.setattr(tcp, "RECONNECT_MAX_SECONDS", 60.0)
     rng = random.Random(1)
-    delays = [tcp.backoff_delay(n, rng) for n in range(12)]
+    delays = [
+        backoff_delay(n, tcp.RECONNECT_INITIAL_SECONDS, tcp.RECONNECT_MAX_SECONDS, rng)
+        for n in range(12)
+    ]
     assert 0.5 <= delays[0] <= 1.0 and 1.0 <= delays[1] <= 2.0
     assert all(30.0 <= d <= 60.0 for d in delays[6:])
     assert len({round(d, 6) for d in delays[6:]}) > 1
