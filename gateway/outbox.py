@@ -216,6 +216,11 @@ class OutboxWriter:
 
     async def append(self, draft: EventDraft) -> bool:
         """Resolve True once the event is durably stored, False if refused (full)."""
+        return await asyncio.shield(await self.enqueue(draft))
+
+    async def enqueue(self, draft: EventDraft) -> asyncio.Future[bool]:
+        """Queue the event (waiting while too much is pending); the future resolves
+        True once it is durably stored, False if refused. Queue order is write order."""
         size = draft.size
         async with self._space:
             # Backpressure: the submitter waits while the writer is behind. One
@@ -229,7 +234,7 @@ class OutboxWriter:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._queue.append((draft, future))
         self._work.set()
-        return await asyncio.shield(future)
+        return future
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

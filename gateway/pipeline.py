@@ -14,7 +14,7 @@ import enum
 import json
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -184,6 +184,7 @@ class Pipeline:
         self._known = KnownPlates(config.known_plates, config.known_plates_tolerance)
         self._images = {c.id: c.images for c in config.cameras}
         self._closed = False
+        self._camera_order: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # Called with every plate read that was accepted (e.g. HA discovery learns
         # a camera's device id). Must not block.
         self.observers: list[Callable[[PlateEvent], None]] = []
@@ -199,23 +200,29 @@ class Pipeline:
             self.metrics.events_refused.labels(camera=camera, reason="shutting_down").inc()
             return Admission.SHUTTING_DOWN
         plate = ""
-        if isinstance(event, PlateEvent):
-            plate = event.plate_normalized
-            if not self._dedup.admit(camera, plate):
-                self.metrics.duplicates_suppressed.labels(camera=camera).inc()
-                log.debug("camera %s: duplicate %s suppressed", camera, plate)
-                return Admission.DUPLICATE
-            event = await self._apply_image_options(self.enrich(event))
-        ha_event = None
-        if isinstance(event, PlateEvent) and self.config.homeassistant.enabled:
-            ha_event = ha_event_type(event, bool(self._known))
-        draft = EventDraft(
-            event_id=event.id,
-            camera=camera,
-            messages=render_messages(event, self.config.mqtt.base_topic, ha_event=ha_event),
-            accepted_at=time.time(),
-        )
-        stored = await self._writer.append(draft)
+        # Held until the event is queued for the outbox (not until it is stored):
+        # reads of one camera reach the outbox in the order they were submitted,
+        # even when an adapter does not wait for one read before the next.
+        # asyncio.Lock wakes its waiters first in, first out.
+        async with self._camera_order[camera]:
+            if isinstance(event, PlateEvent):
+                plate = event.plate_normalized
+                if not self._dedup.admit(camera, plate):
+                    self.metrics.duplicates_suppressed.labels(camera=camera).inc()
+                    log.debug("camera %s: duplicate %s suppressed", camera, plate)
+                    return Admission.DUPLICATE
+                event = await self._apply_image_options(self.enrich(event))
+            ha_event = None
+            if isinstance(event, PlateEvent) and self.config.homeassistant.enabled:
+                ha_event = ha_event_type(event, bool(self._known))
+            draft = EventDraft(
+                event_id=event.id,
+                camera=camera,
+                messages=render_messages(event, self.config.mqtt.base_topic, ha_event=ha_event),
+                accepted_at=time.time(),
+            )
+            queued = await self._writer.enqueue(draft)
+        stored = await asyncio.shield(queued)
         if not stored:
             if plate:
                 self._dedup.forget(camera, plate)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+
+import pytest
 
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
 from gateway.event import CameraEvent, Image, PlateEvent, Source, utc_now
 from gateway.pipeline import Admission, DuplicateFilter, render_messages
+from gateway.simulate.common import scene_jpeg
 from tests.helpers import MqttCollector, gateway_config
 
 
@@ -77,3 +81,38 @@ async def test_dedup_in_gateway_counts_and_publishes_once(
             assert [e.json()["id"] for e in events] == [first.id, other.id]
             assert gw.metrics.duplicates_suppressed.labels(camera="c")._value.get() == 1
         assert await gw.submit(other) is Admission.SHUTTING_DOWN
+
+
+@pytest.mark.parametrize("reencode", [False, True], ids=["byte-exact", "reencoded"])
+async def test_concurrent_submits_keep_per_camera_order(
+    mqtt_broker: MosquittoProcess, tmp_path: Path, reencode: bool
+) -> None:
+    """Adapters may submit without waiting (TCP does): the outbox order is the call order.
+
+    With re-encoding, each scene goes through a thread pool and finishes in any
+    order: only the pipeline's per-camera ordering keeps the reads in line.
+    """
+    count = 40 if reencode else 200
+    extra = {"images": {"max_width": 320, "quality": 50}} if reencode else {}
+    config = gateway_config(mqtt_broker.url, tmp_path, **extra)
+    scene = scene_jpeg()
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=("lpr/+/event",)) as sub:
+        async with Gateway(config) as gw:
+            events = [
+                PlateEvent(
+                    camera=f"cam{n % 2}",
+                    source=Source.TCP,
+                    plate=f"ORD{n:03d}",
+                    received=utc_now(),
+                    # uneven work per read
+                    scene_image=Image(scene if reencode and n % 3 else scene[: 2 + n]),
+                )
+                for n in range(count)
+            ]
+            tasks = [asyncio.create_task(gw.submit(e)) for e in events]
+            assert set(await asyncio.gather(*tasks)) == {Admission.ACCEPTED}
+            received = await sub.until(lambda ms: len(ms) >= count, timeout=30)
+    for camera in ("cam0", "cam1"):
+        sent = [e.id for e in events if e.camera == camera]
+        got = [m.json()["id"] for m in received if m.topic == f"lpr/{camera}/event"]
+        assert got == sent

@@ -35,7 +35,7 @@ from gateway.codecs.tcp import (
 )
 from gateway.config import TcpCameraConfig
 from gateway.errors import CameraProtocolError
-from gateway.event import utc_now
+from gateway.event import PlateEvent, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ MAX_DATA_SIZE = DEFAULT_MAX_DATA_SIZE
 # A frame still incomplete this long after its header came is taken to be a
 # corrupt header (a real 16 MiB frame takes well under a second on a LAN).
 FRAME_STALL_SECONDS = 15.0
+# Reads of one camera in the pipeline at once (not yet durable in the outbox).
+MAX_PENDING_SUBMITS = 16
 # capture_dir bounds: files kept per camera, bytes kept per file.
 CAPTURE_MAX_FILES = 100
 CAPTURE_MAX_FILE_BYTES = 4 * 1024 * 1024
@@ -85,6 +87,8 @@ class CameraSession:
         self._connect_failure_reported = False
         self._unknown_commands: set[int] = set()
         self._capture_full_reported = False
+        self._submit_slots = asyncio.Semaphore(MAX_PENDING_SUBMITS)
+        self._pending_submits: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         cam = self.camera.id
@@ -308,11 +312,29 @@ class CameraSession:
         event = to_plate_event(result, camera=cam, received=utc_now(), color_table=self.color_table)
         self.frames += 1
         # events_received is counted by the pipeline on submit.
-        admission = await self.ctx.submit(event)
-        if not admission.taken:
-            log.warning(
-                "camera %s: read %s (%s) not taken: %s", cam, event.id, event.plate, admission.value
-            )
+        # The camera cannot be acknowledged, so there is no reason to wait for
+        # each read to be durable before reading the next: up to
+        # MAX_PENDING_SUBMITS go into the pipeline at once (it keeps their
+        # order) and share the outbox's group commits. Beyond that the read
+        # loop waits: the backpressure reaches the socket.
+        await self._submit_slots.acquire()
+        task = asyncio.create_task(self._submit(event))
+        self._pending_submits.add(task)
+        task.add_done_callback(self._pending_submits.discard)
+
+    async def _submit(self, event: PlateEvent) -> None:
+        try:
+            admission = await self.ctx.submit(event)
+            if not admission.taken:
+                log.warning(
+                    "camera %s: read %s (%s) not taken: %s",
+                    self.camera.id,
+                    event.id,
+                    event.plate,
+                    admission.value,
+                )
+        finally:
+            self._submit_slots.release()
 
     def _unknown_command(self, frame: Frame) -> None:
         self._parse_error("unknown_command")
