@@ -112,7 +112,6 @@ class HttpServerConfig:
     listen: str = "0.0.0.0:8080"
     max_body_bytes: int = 20_000_000
     request_timeout_seconds: float = 30.0
-    accept_unknown_senders: bool = False
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
 
@@ -613,7 +612,6 @@ class _Reader:
                 "listen",
                 "max_body_bytes",
                 "request_timeout_seconds",
-                "accept_unknown_senders",
                 "tls_cert_file",
                 "tls_key_file",
             },
@@ -625,9 +623,6 @@ class _Reader:
             ),
             request_timeout_seconds=self.get(
                 section, p, "request_timeout_seconds", self.number(0.1, 3600), 30.0
-            ),
-            accept_unknown_senders=self.get(
-                section, p, "accept_unknown_senders", self.boolean, False
             ),
             tls_cert_file=self.get(section, p, "tls_cert_file", self.readable_file, None),
             tls_key_file=self.get(section, p, "tls_key_file", self.readable_file, None),
