@@ -32,7 +32,7 @@ def _scenarios() -> dict[str, Scenario]:
         ),
     }
     # Protocol scenarios register themselves when their module is present.
-    for name in ("tcp", "http", "rtsp"):
+    for name in ("tcp", "http", "rtsp", "mixed", "outage"):
         try:
             module = __import__(f"bench.{name}", fromlist=["SCENARIOS"])
         except ImportError:
@@ -46,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("names", nargs="*", help=f"scenarios (default all): {', '.join(scenarios)}")
     parser.add_argument("--events", type=int, default=2000, help="events per flat-out scenario")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="bound of the rate-driven scenarios (rtsp, mixed: seconds of reads, default 15; "
+        "outage: the outage, default 30)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write results here")
     parser.add_argument("--compare", type=Path, default=None, help="earlier results JSON")
     args = parser.parse_args(argv)
