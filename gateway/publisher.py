@@ -49,7 +49,10 @@ from gateway.outbox import Outbox, StoredMessage
 log = logging.getLogger(__name__)
 
 RECONNECT_MIN_SECONDS = 0.5
-RECONNECT_MAX_SECONDS = 30.0
+# A broker is usually local and cheap to knock on: a short cap bounds how long
+# a returning broker waits for us (it was 30 s: a 30 s outage then took up to
+# 30 s more to drain).
+RECONNECT_MAX_SECONDS = 5.0
 CONNACK_TIMEOUT_SECONDS = 10.0
 ACK_FLUSH_SECONDS = 0.02
 
