@@ -466,6 +466,9 @@ class RtspCameraSimulator:
             auth, username, password, realm, digest_qop, nonce_lifetime_seconds
         )
         self.rate = rate
+        # Stop producing reads but keep sessions and pictures: lets a test end a
+        # run without cutting off the gateway's fetch of the last pictures.
+        self.paused = False
         self.motion_every = motion_every
         self.session_timeout = session_timeout
         self.enforce_session_timeout = enforce_session_timeout
@@ -626,7 +629,7 @@ class RtspCameraSimulator:
             else:
                 next_at = time.monotonic()  # fell behind: do not burst to catch up
                 await asyncio.sleep(0)
-            if self.playing_sessions:
+            if self.playing_sessions and not self.paused:
                 self._emit_read(None)
                 await self._drain_all()
 
