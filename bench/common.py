@@ -12,6 +12,7 @@ import os
 import statistics
 import time
 import uuid
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -142,3 +143,30 @@ class Subscriber:
         result: dict[str, Any] = self._out.get(timeout=180)
         self._process.join(10)
         return result
+
+
+def publish_read(
+    client: mqtt.Client,
+    outstanding: deque[mqtt.MQTTMessageInfo],
+    prefix: str,
+    plate: bytes,
+    scene: bytes,
+    event: bytes,
+    window: int,
+) -> None:
+    """Publish one read as the gateway does (images, event, last; QoS 1), keeping at
+    most `window` messages unacknowledged: the raw loops' baseline publishing."""
+    for topic, payload, retain in (
+        (f"{prefix}/cam/image/plate", plate, True),
+        (f"{prefix}/cam/image/scene", scene, True),
+        (f"{prefix}/cam/event", event, False),
+        (f"{prefix}/cam/last", event, True),
+    ):
+        outstanding.append(client.publish(topic, payload, qos=1, retain=retain))
+    while len(outstanding) > window:
+        outstanding.popleft().wait_for_publish(30)
+
+
+def wait_published(outstanding: deque[mqtt.MQTTMessageInfo]) -> None:
+    for info in outstanding:
+        info.wait_for_publish(30)

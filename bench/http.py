@@ -37,7 +37,15 @@ import paho.mqtt.client as mqtt
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.common import Result, Subscriber, cpu_seconds, percentile, rss_mb
+from bench.common import (
+    Result,
+    Subscriber,
+    cpu_seconds,
+    percentile,
+    publish_read,
+    rss_mb,
+    wait_published,
+)
 from gateway.broker import MosquittoProcess, free_port
 
 _SPAWN = mp.get_context("spawn")
@@ -115,17 +123,8 @@ def raw_decode_loop(host: str, port: int, events: int) -> Result:
         event = json.dumps(
             {"id": str(uuid.uuid4()), "plate": document["plate"], "raw": {"sent": document["sent"]}}
         ).encode()
-        for topic, payload, retain in (
-            ("rawhttp/cam/image/plate", plate, True),
-            ("rawhttp/cam/image/scene", scene, True),
-            ("rawhttp/cam/event", event, False),
-            ("rawhttp/cam/last", event, True),
-        ):
-            outstanding.append(client.publish(topic, payload, qos=1, retain=retain))
-        while len(outstanding) > WINDOW:
-            outstanding.popleft().wait_for_publish(30)
-    for info in outstanding:
-        info.wait_for_publish(30)
+        publish_read(client, outstanding, "rawhttp", plate, scene, event, WINDOW)
+    wait_published(outstanding)
     cpu = cpu_seconds() - cpu0
     got = subscriber.result()
     client.loop_stop()

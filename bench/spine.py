@@ -17,7 +17,15 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from bench.common import Result, Subscriber, cpu_seconds, percentile, rss_mb
+from bench.common import (
+    Result,
+    Subscriber,
+    cpu_seconds,
+    percentile,
+    publish_read,
+    rss_mb,
+    wait_published,
+)
 from gateway.app import Gateway
 from gateway.config import Config, MetricsConfig, MqttConfig, OutboxConfig
 from gateway.event import Image, PlateEvent, Source, utc_now
@@ -53,18 +61,8 @@ def raw_loop(host: str, port: int, events: int, rate: float | None = None) -> Re
             delay = start + n / rate - time.time()
             if delay > 0:
                 time.sleep(delay)
-        event = _event_json(n)
-        for topic, payload, retain in (
-            ("raw/cam/image/plate", plate, True),
-            ("raw/cam/image/scene", scene, True),
-            ("raw/cam/event", event, False),
-            ("raw/cam/last", event, True),
-        ):
-            outstanding.append(client.publish(topic, payload, qos=1, retain=retain))
-        while len(outstanding) > WINDOW:
-            outstanding.popleft().wait_for_publish(30)
-    for info in outstanding:
-        info.wait_for_publish(30)
+        publish_read(client, outstanding, "raw", plate, scene, _event_json(n), WINDOW)
+    wait_published(outstanding)
     cpu = cpu_seconds() - cpu0
     got = subscriber.result()
     client.loop_stop()
