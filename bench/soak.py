@@ -9,14 +9,13 @@ real mosquitto through a proxy. Every `--restart-minutes` the broker is
 stopped and started again (the gateway is kept out until the counting
 subscriber has subscribed again, so the subscriber cannot miss what the
 gateway publishes). Every 10 s it samples the gateway's RSS and open file
-descriptors (from /proc) and its outbox depth (from /metrics), and prints them
-as a table. The asyncio task count is not sampled: the gateway is a separate
-process and exposes no task metric (the column says n/a).
+descriptors (from /proc), its outbox depth and its asyncio task count (from
+/metrics: lpr_outbox_events, lpr_asyncio_tasks), and prints them as a table.
 
 It fails (exit 1) when an event is lost (TCP/RTSP: every read sent; HTTP: every
 read answered 200), when the outbox does not drain at the end, or when RSS or
 open fds keep growing: the last third of the samples above the middle third by
-more than 15% and 15 MB (RSS) or by more than 8 fds. Writes a PNG plot when
+more than 15% and 15 MB (RSS), by more than 8 fds, or by more than 10 tasks. Writes a PNG plot when
 matplotlib is installed.
 
 The cameras, subscriber and ledger are the fault suite's (tests/faults/harness.py).
@@ -61,6 +60,7 @@ SAMPLE_SECONDS = 10.0
 RSS_GROWTH_FRACTION = 0.15
 RSS_GROWTH_MB = 15.0
 FD_GROWTH = 8
+TASK_GROWTH = 10
 
 
 @dataclass
@@ -69,6 +69,7 @@ class Sample:
     rss_mb: float
     fds: int
     outbox: float
+    tasks: float
     sent: int
     received: int
     broker_restarts: int
@@ -86,15 +87,18 @@ def _fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def _outbox_depth(metrics_port: int) -> float:
+def _scrape(metrics_port: int) -> tuple[float, float]:
+    """(outbox events, asyncio tasks) from the gateway's /metrics; NaN if unreachable."""
+    wanted = {"lpr_outbox_events": float("nan"), "lpr_asyncio_tasks": float("nan")}
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
             for line in r.read().decode().splitlines():
-                if line.startswith("lpr_outbox_events "):
-                    return float(line.split()[1])
+                name, _, value = line.partition(" ")
+                if name in wanted:
+                    wanted[name] = float(value)
     except OSError:
         pass
-    return float("nan")
+    return wanted["lpr_outbox_events"], wanted["lpr_asyncio_tasks"]
 
 
 class Expected:
@@ -201,11 +205,13 @@ async def soak(minutes: float, rate: float, restart_minutes: float, png: Path | 
                                 next_restart += restart_minutes * 60
                             if now >= next_sample:
                                 expected.take(cams.tcp, cams.rtsp, http)
+                                outbox, tasks = await asyncio.to_thread(_scrape, metrics_port)
                                 sample = Sample(
                                     t=now - start,
                                     rss_mb=_rss_mb(gateway.pid),
                                     fds=_fds(gateway.pid),
-                                    outbox=await asyncio.to_thread(_outbox_depth, metrics_port),
+                                    outbox=outbox,
+                                    tasks=tasks,
                                     sent=expected.total,
                                     received=len(collector.arrival),
                                     broker_restarts=restarts,
@@ -227,12 +233,19 @@ async def soak(minutes: float, rate: float, restart_minutes: float, png: Path | 
                             lambda _: book.report(collector.events()).total_lost == 0, timeout=60
                         )
                     report = book.report(collector.events())
-                    depth = await asyncio.to_thread(_outbox_depth, metrics_port)
+                    # The depth gauge follows the broker's acks (flushed every 20 ms):
+                    # give it a moment to catch up with the last deliveries.
+                    for _ in range(25):
+                        depth, tasks = await asyncio.to_thread(_scrape, metrics_port)
+                        if depth == 0:
+                            break
+                        await asyncio.sleep(0.2)
                     final = Sample(
                         t=time.monotonic() - start,
                         rss_mb=_rss_mb(gateway.pid),
                         fds=_fds(gateway.pid),
                         outbox=depth,
+                        tasks=tasks,
                         sent=report.total_sent,
                         received=report.total_sent - report.total_lost,
                         broker_restarts=restarts,
@@ -279,6 +292,10 @@ def growth_problems(samples: list[Sample]) -> list[str]:
     fd_last = min(s.fds for s in last)
     if fd_last > fd_mid + FD_GROWTH:
         problems.append(f"open fds grow: {fd_mid} → {fd_last}")
+    task_mid = max(s.tasks for s in middle)
+    task_last = min(s.tasks for s in last)
+    if task_last > task_mid + TASK_GROWTH:
+        problems.append(f"asyncio tasks grow: {task_mid:.0f} → {task_last:.0f}")
     return problems
 
 
@@ -291,7 +308,7 @@ def _header() -> str:
 
 def _row(s: Sample) -> str:
     return (
-        f"| {s.t:.0f} | {s.rss_mb:.1f} | {s.fds} | n/a | {s.outbox:.0f} | {s.sent} "
+        f"| {s.t:.0f} | {s.rss_mb:.1f} | {s.fds} | {s.tasks:.0f} | {s.outbox:.0f} | {s.sent} "
         f"| {s.received} | {s.broker_restarts} |"
     )
 

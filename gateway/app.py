@@ -178,6 +178,7 @@ class Gateway:
         self.metrics_port = sockets[0].getsockname()[1] if sockets else self.config.metrics.port
 
     async def _handle_metrics(self, _request: web.Request) -> web.Response:
+        self.metrics.asyncio_tasks.set(len(asyncio.all_tasks()))
         body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -93,6 +93,11 @@ class Metrics:
             ["camera", "reason"],
             registry=r,
         )
+        self.asyncio_tasks = Gauge(
+            "lpr_asyncio_tasks",
+            "asyncio tasks alive in the gateway (at scrape time): a leak shows as growth",
+            registry=r,
+        )
         self.bytes_skipped = Counter(
             "lpr_camera_bytes_skipped",
             "Garbage bytes skipped while resynchronising",
