@@ -72,6 +72,12 @@ class Metrics:
         self.camera_reconnects = Counter(
             "lpr_camera_reconnects", "Camera session (re)connect attempts", ["camera"], registry=r
         )
+        self.camera_parse_errors = Counter(
+            "lpr_camera_parse_errors",
+            "Parse errors of a camera session by kind (TCP, RTSP; lpr_parse_errors sums by source)",
+            ["camera", "kind"],
+            registry=r,
+        )
         self.camera_frames = Counter(
             "lpr_camera_frames", "Protocol frames / documents received", ["camera"], registry=r
         )

@@ -193,6 +193,7 @@ class CameraSession:
 
     def _count_error(self, kind: str) -> None:
         self.ctx.metrics.parse_errors.labels(source=SOURCE, kind=kind).inc()
+        self.ctx.metrics.camera_parse_errors.labels(camera=self.camera.id, kind=kind).inc()
 
     # -- one session -------------------------------------------------------------------
 

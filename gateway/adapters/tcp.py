@@ -349,6 +349,7 @@ class CameraSession:
 
     def _parse_error(self, kind: str) -> None:
         self.metrics.parse_errors.labels(source=SOURCE, kind=kind).inc()
+        self.metrics.camera_parse_errors.labels(camera=self.camera.id, kind=kind).inc()
 
     async def _capture(self, raw: bytes, kind: str) -> None:
         directory = self.camera.capture_dir

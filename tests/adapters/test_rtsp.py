@@ -403,6 +403,7 @@ async def test_faults_are_counted_and_later_reads_still_arrive(
             await eventually(
                 lambda: metric(gw, "lpr_parse_errors_total", source="rtsp", kind=kind) >= 1, 10
             )
+            assert metric(gw, "lpr_camera_parse_errors_total", camera=CAMERA, kind=kind) >= 1
             await wait_playing(sim)
             (read,) = sim.push(1, faults=[])
             events = await collector.until(

@@ -312,6 +312,7 @@ async def test_unknown_commands_are_counted_and_logged_once(
     async with ScriptedCamera(script) as camera, running(spine, camera_config(camera.port)):
         await eventually(lambda: len(spine.events) == 1)
     assert spine.sample("lpr_parse_errors_total", source="tcp", kind="unknown_command") == 3
+    assert spine.sample("lpr_camera_parse_errors_total", camera="cam", kind="unknown_command") == 3
     assert sum("0x4242" in r.getMessage() for r in caplog.records) == 1
     assert spine.plates == ["부산02가1234"]
 
