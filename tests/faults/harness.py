@@ -166,6 +166,10 @@ class Report:
 # -- the three cameras -----------------------------------------------------------
 
 
+# Time the gateway gets to fetch the last plate pictures before the camera goes.
+RTSP_PICTURE_GRACE_SECONDS = 1.5
+
+
 @dataclass
 class Cameras:
     tcp: TcpCameraSimulator
@@ -199,6 +203,16 @@ class Cameras:
                 "image_timeout_seconds": 2.0,
             },
         ]
+
+    async def stop(self) -> None:
+        """End the run: no more reads, a moment for the gateway to fetch the last
+        RTSP pictures (a read whose picture it cannot fetch is published without
+        it, and the ledger knows RTSP reads by their picture), then close."""
+        self.tcp.rate = None
+        self.rtsp.paused = True
+        await asyncio.sleep(RTSP_PICTURE_GRACE_SECONDS)
+        await self.tcp.stop()
+        await self.rtsp.stop()
 
     def tcp_keys(self) -> list[str]:
         return [sha(plate) for _, plate, _ in self.tcp.sent_reads]

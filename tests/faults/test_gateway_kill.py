@@ -81,9 +81,6 @@ def start_gateway(config: Path, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-RTSP_PICTURE_GRACE_SECONDS = 1.5
-
-
 async def test_gateway_sigkilled_five_times_keeps_its_promises(
     mqtt_broker: MosquittoProcess, tmp_path: Path
 ) -> None:
@@ -116,15 +113,7 @@ async def test_gateway_sigkilled_five_times_keeps_its_promises(
                         windows.append((killed_at - KILL_WINDOW_SECONDS, time.time()))
                     await asyncio.sleep(1.5)
                     await http.stop()
-                    # No more reads, but sessions stay up a moment: the gateway
-                    # fetches the last pictures before the camera goes (a read whose
-                    # picture it cannot fetch is published without it, and the
-                    # ledger knows RTSP reads by their picture).
-                    cams.tcp.rate = None
-                    cams.rtsp.paused = True
-                    await asyncio.sleep(RTSP_PICTURE_GRACE_SECONDS)
-                    await cams.tcp.stop()
-                    await cams.rtsp.stop()
+                    await cams.stop()
                     book = ledger(cams, http)
                     sent_at = {
                         TCP_CAMERA: {
