@@ -140,6 +140,7 @@ class CameraSession:
         self.pending: set[asyncio.Task[None]] = set()
         self._last_submit: asyncio.Task[None] | None = None
         self._auth_failure_said = False
+        self._connect_failure_said = False
         self._online = False
         self._documents_seen = False  # in the current session: it was a healthy one
         m = ctx.metrics
@@ -174,7 +175,8 @@ class CameraSession:
                 else:
                     delay = backoff_delay(attempt, RECONNECT_INITIAL_SECONDS, RECONNECT_MAX_SECONDS)
                     attempt += 1
-                log.info(
+                log.log(
+                    logging.DEBUG if outcome is Outcome.CONNECT_FAILED else logging.INFO,
                     "camera %s: session ended (%s); reconnecting in %.1f s",
                     self.camera.id,
                     outcome.value,
@@ -205,14 +207,22 @@ class CameraSession:
                 asyncio.open_connection(self.host, self.port), camera.connect_timeout_seconds
             )
         except (OSError, TimeoutError) as exc:
-            log.warning(
-                "camera %s: cannot connect to %s:%d: %s",
-                camera.id,
-                self.host,
-                self.port,
-                str(exc) or type(exc).__name__,
-            )
+            reason = str(exc) or type(exc).__name__
+            # Said once per outage, like the TCP adapter: a camera that is off
+            # for a night must not fill the log.
+            if not self._connect_failure_said:
+                log.warning(
+                    "camera %s: cannot connect to %s:%d: %s (will keep trying)",
+                    camera.id,
+                    self.host,
+                    self.port,
+                    reason,
+                )
+                self._connect_failure_said = True
+            else:
+                log.debug("camera %s: connect failed again: %s", camera.id, reason)
             return Outcome.CONNECT_FAILED, False
+        self._connect_failure_said = False
         client = RtspClient(
             self.url,
             username=self.username,

@@ -611,3 +611,21 @@ async def test_a_silent_camera_is_detected_idle_and_reconnected(
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_unreachable_camera_is_reported_once_and_retried(
+    mqtt_broker: MosquittoProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    entry = {
+        "id": CAMERA,
+        "protocol": "rtsp",
+        "url": f"rtsp://127.0.0.1:{free_port()}/main",  # nothing listens there
+        "username": "admin",
+        "password": "secret",
+    }
+    async with running(mqtt_broker, tmp_path, [entry]) as gw:
+        await eventually(lambda: metric(gw, "lpr_camera_reconnects_total", camera=CAMERA) >= 3, 10)
+    warnings = [
+        r for r in caplog.records if r.levelname == "WARNING" and "cannot connect" in r.getMessage()
+    ]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
