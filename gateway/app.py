@@ -74,7 +74,10 @@ class Gateway:
         loop = asyncio.get_running_loop()
         if self.config.mqtt.url is None:
             self.embedded_broker = MosquittoProcess(port=self.config.mqtt.embedded_port)
-            await loop.run_in_executor(None, self.embedded_broker.start)
+            # Spawned from the loop's thread, which lives as long as the gateway:
+            # the broker is tied to it and goes when we go, even on SIGKILL.
+            self.embedded_broker.spawn()
+            await loop.run_in_executor(None, self.embedded_broker.wait_ready)
             log.info(
                 "no mqtt.url configured: started the embedded mosquitto broker on %s",
                 self.embedded_broker.url,

@@ -9,6 +9,8 @@ subscriptions. The same class starts the brokers of the test suite.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import getpass
 import logging
 import os
@@ -23,6 +25,22 @@ from pathlib import Path
 from gateway.errors import BrokerError
 
 log = logging.getLogger(__name__)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the spawning thread dies (and so when
+    our process dies, even by SIGKILL).
+
+    Otherwise a killed gateway leaves its private broker running, holding the
+    port (a fixed `embedded_port` would then fail at the next start).
+    Linux only; elsewhere the broker is stopped on orderly exit as usual.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -98,6 +116,14 @@ class MosquittoProcess:
         return conf
 
     def start(self, timeout: float = 10.0) -> None:
+        """Spawn and wait until it listens (blocking)."""
+        self.spawn()
+        self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it. Call it from a thread that
+        lives as long as the broker should: the child is told to stop when the
+        thread that spawned it ends (PR_SET_PDEATHSIG), e.g. when we are killed."""
         if self.running:
             return
         conf = self._write_config()
@@ -106,15 +132,18 @@ class MosquittoProcess:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent,
         )
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Block until the broker accepts connections; BrokerError if it does not."""
+        process = self.process
+        if process is None:
+            raise BrokerError("mosquitto was not started")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                err = (
-                    self.process.stderr.read().decode(errors="replace")
-                    if self.process.stderr
-                    else ""
-                )
+            if process.poll() is not None:
+                err = process.stderr.read().decode(errors="replace") if process.stderr else ""
                 raise BrokerError(f"mosquitto exited at start: {err.strip()}")
             with (
                 contextlib.suppress(OSError),
