@@ -170,3 +170,27 @@ def publish_read(
 def wait_published(outstanding: deque[mqtt.MQTTMessageInfo]) -> None:
     for info in outstanding:
         info.wait_for_publish(30)
+
+
+def loop_result(
+    scenario: str, got: dict[str, Any], start: float, cpu: float, events: int, notes: str
+) -> Result:
+    """The row of a raw loop (no gateway): rate and latency as its subscriber saw
+    them, CPU of the loop itself."""
+    seconds = max(got["end"] - start, 1e-9)
+    return Result(
+        scenario=scenario,
+        events=got["received"],
+        seconds=round(seconds, 2),
+        events_per_s=round(got["received"] / seconds, 1),
+        p50_ms=round_ms(percentile(got["latencies"], 50)),
+        p99_ms=round_ms(percentile(got["latencies"], 99)),
+        gateway_cpu_pct=round(100 * cpu / seconds, 1),
+        cpu_ms_per_event=round(1000 * cpu / max(events, 1), 3),
+        peak_rss_mb=None,
+        notes=notes,
+    )
+
+
+def round_ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)

@@ -23,7 +23,6 @@ import base64
 import json
 import multiprocessing as mp
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -41,12 +40,15 @@ from bench.common import (
     Result,
     Subscriber,
     cpu_seconds,
+    loop_result,
     percentile,
     publish_read,
+    round_ms,
     rss_mb,
     wait_published,
 )
 from gateway.broker import MosquittoProcess, free_port
+from tests.helpers import stop_process
 
 _SPAWN = mp.get_context("spawn")
 WINDOW = 32
@@ -129,18 +131,13 @@ def raw_decode_loop(host: str, port: int, events: int) -> Result:
     got = subscriber.result()
     client.loop_stop()
     client.disconnect()
-    seconds = max(got["end"] - start, 1e-9)
-    return Result(
-        scenario="http: raw decode+publish loop",
-        events=got["received"],
-        seconds=round(seconds, 2),
-        events_per_s=round(got["received"] / seconds, 1),
-        p50_ms=_round(percentile(got["latencies"], 50)),
-        p99_ms=_round(percentile(got["latencies"], 99)),
-        gateway_cpu_pct=round(100 * cpu / seconds, 1),
-        cpu_ms_per_event=round(1000 * cpu / max(events, 1), 3),
-        peak_rss_mb=None,
-        notes="loop's own CPU; json + stdlib base64 + paho, bodies built in the loop",
+    return loop_result(
+        "http: raw decode+publish loop",
+        got,
+        start,
+        cpu,
+        events,
+        "loop's own CPU; json + stdlib base64 + paho, bodies built in the loop",
     )
 
 
@@ -230,12 +227,7 @@ def gateway_http(broker: MosquittoProcess, events: int, clients: int = CLIENTS) 
             peak = rss_mb(gateway.pid)
             load.join(10)
         finally:
-            gateway.send_signal(signal.SIGTERM)
-            try:
-                gateway.wait(20)
-            except subprocess.TimeoutExpired:
-                gateway.kill()
-                gateway.wait()
+            stop_process(gateway, 20)
     seconds = max(got["end"] - sent["start"], 1e-9)
     received = got["received"]
     return Result(
@@ -243,16 +235,16 @@ def gateway_http(broker: MosquittoProcess, events: int, clients: int = CLIENTS) 
         events=received,
         seconds=round(seconds, 2),
         events_per_s=round(received / seconds, 1),
-        p50_ms=_round(percentile(got["latencies"], 50)),
-        p99_ms=_round(percentile(got["latencies"], 99)),
+        p50_ms=round_ms(percentile(got["latencies"], 50)),
+        p99_ms=round_ms(percentile(got["latencies"], 99)),
         gateway_cpu_pct=round(100 * cpu / seconds, 1),
         cpu_ms_per_event=round(1000 * cpu / max(received, 1), 3),
         peak_rss_mb=round(peak, 1),
         notes="separate processes; latency = body's send time → subscriber",
         extra={
             "statuses": sent["statuses"],
-            "reply_p50_ms": _round(percentile(sent["latencies"], 50)),
-            "reply_p99_ms": _round(percentile(sent["latencies"], 99)),
+            "reply_p50_ms": round_ms(percentile(sent["latencies"], 50)),
+            "reply_p99_ms": round_ms(percentile(sent["latencies"], 99)),
             "load_generator_cpu_s": round(sent["cpu"], 2),
             "gateway_cpu_s": round(cpu, 2),
         },
@@ -299,10 +291,6 @@ def http_scenario(broker: MosquittoProcess, args: argparse.Namespace) -> Result:
         file=sys.stderr,
     )
     return result
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
 
 
 SCENARIOS = {

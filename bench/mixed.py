@@ -33,7 +33,7 @@ import paho.mqtt.client as mqtt
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.common import Result, cpu_seconds, percentile, rss_mb
+from bench.common import Result, cpu_seconds, percentile, round_ms, rss_mb
 from gateway.broker import MosquittoProcess, free_port
 
 _SPAWN = mp.get_context("spawn")
@@ -338,8 +338,8 @@ def run_load(broker: MosquittoProcess, name: str, load: Load, notes: str = "") -
         events=received,
         seconds=round(seconds, 2),
         events_per_s=round(received / seconds, 1),
-        p50_ms=_round(percentile(all_latencies, 50)),
-        p99_ms=_round(percentile(all_latencies, 99)),
+        p50_ms=round_ms(percentile(all_latencies, 50)),
+        p99_ms=round_ms(percentile(all_latencies, 99)),
         gateway_cpu_pct=round(100 * gw["cpu"] / seconds, 1),
         cpu_ms_per_event=round(1000 * gw["cpu"] / received, 3) if received else None,
         peak_rss_mb=round(gw["peak_rss"], 1),
@@ -350,12 +350,12 @@ def run_load(broker: MosquittoProcess, name: str, load: Load, notes: str = "") -
             "sent": {k: cams[k] for k in ("tcp_sent", "rtsp_sent", "http_ok", "http_sent")},
             "lost": sent - received,
             "p99_ms_by_source": {
-                source: _round(percentile(values, 99))
+                source: round_ms(percentile(values, 99))
                 for source, values in got["latencies"].items()
                 if values
             },
             "p50_ms_by_source": {
-                source: _round(percentile(values, 50))
+                source: round_ms(percentile(values, 50))
                 for source, values in got["latencies"].items()
                 if values
             },
@@ -365,10 +365,6 @@ def run_load(broker: MosquittoProcess, name: str, load: Load, notes: str = "") -
             "load_average": [round(x, 2) for x in os.getloadavg()],
         },
     )
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
 
 
 def mixed(broker: MosquittoProcess, args: argparse.Namespace) -> Result:

@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,7 @@ from tests.faults.harness import (
     three_cameras,
 )
 from tests.faults.proxy import GateProxy
+from tests.helpers import stop_process
 
 SAMPLE_SECONDS = 10.0
 RSS_GROWTH_FRACTION = 0.15
@@ -252,12 +252,7 @@ async def soak(minutes: float, rate: float, restart_minutes: float, png: Path | 
                     )
                     print(_row(final) + "  (after the drain)", flush=True)
                 finally:
-                    if gateway.poll() is None:
-                        gateway.send_signal(signal.SIGTERM)
-                        try:
-                            gateway.wait(15)
-                        except subprocess.TimeoutExpired:
-                            gateway.kill()
+                    stop_process(gateway)
                     log.close()
     await proxy.close()
     broker.close()

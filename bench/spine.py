@@ -21,8 +21,10 @@ from bench.common import (
     Result,
     Subscriber,
     cpu_seconds,
+    loop_result,
     percentile,
     publish_read,
+    round_ms,
     rss_mb,
     wait_published,
 )
@@ -67,18 +69,13 @@ def raw_loop(host: str, port: int, events: int, rate: float | None = None) -> Re
     got = subscriber.result()
     client.loop_stop()
     client.disconnect()
-    seconds = max(got["end"] - start, 1e-9) if got["received"] >= events else got["end"] - start
-    return Result(
-        scenario="raw paho loop" + (f" @{rate:g}/s" if rate else ""),
-        events=got["received"],
-        seconds=round(seconds, 2),
-        events_per_s=round(got["received"] / seconds, 1),
-        p50_ms=_round(percentile(got["latencies"], 50)),
-        p99_ms=_round(percentile(got["latencies"], 99)),
-        gateway_cpu_pct=round(100 * cpu / seconds, 1),
-        cpu_ms_per_event=round(1000 * cpu / max(events, 1), 3),
-        peak_rss_mb=None,
-        notes="publisher CPU (the loop itself)",
+    return loop_result(
+        "raw paho loop" + (f" @{rate:g}/s" if rate else ""),
+        got,
+        start,
+        cpu,
+        events,
+        "publisher CPU (the loop itself)",
     )
 
 
@@ -101,8 +98,8 @@ def pipeline(
         events=got["received"],
         seconds=round(elapsed, 2),
         events_per_s=round(got["received"] / elapsed, 1),
-        p50_ms=_round(percentile(got["latencies"], 50)),
-        p99_ms=_round(percentile(got["latencies"], 99)),
+        p50_ms=round_ms(percentile(got["latencies"], 50)),
+        p99_ms=round_ms(percentile(got["latencies"], 99)),
         gateway_cpu_pct=round(100 * cpu / elapsed, 1),
         cpu_ms_per_event=round(1000 * cpu / max(events, 1), 3),
         peak_rss_mb=round(rss_mb(), 1),
@@ -141,7 +138,3 @@ async def _drive_pipeline(config: Config, events: int, rate: float | None) -> tu
             await asyncio.sleep(0.005)
         cpu = cpu_seconds() - cpu0
     return cpu, start
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)

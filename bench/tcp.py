@@ -28,7 +28,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.common import Result, cpu_seconds, percentile, rss_mb
+from bench.common import Result, cpu_seconds, percentile, round_ms, rss_mb
 from gateway.broker import MosquittoProcess
 
 _SPAWN = mp.get_context("spawn")
@@ -297,8 +297,8 @@ def _run(
         events=received,
         seconds=round(seconds, 2),
         events_per_s=round(received / seconds, 1) if seconds > 0 else 0.0,
-        p50_ms=_round(percentile(got["latencies"], 50)),
-        p99_ms=_round(percentile(got["latencies"], 99)),
+        p50_ms=round_ms(percentile(got["latencies"], 50)),
+        p99_ms=round_ms(percentile(got["latencies"], 99)),
         gateway_cpu_pct=round(100 * gw["cpu"] / seconds, 1) if seconds > 0 else None,
         cpu_ms_per_event=round(1000 * gw["cpu"] / received, 3) if received else None,
         peak_rss_mb=round(gw["peak_rss"], 1),
@@ -310,9 +310,9 @@ def _run(
             "camera_process_cpu_s": round(cams["cpu"], 2),
             "gateway_cpu_s": round(gw["cpu"], 2),
             "rss_all_online_mb": None if gw["online_rss"] is None else round(gw["online_rss"], 1),
-            "p99_ms_from_gateway_intake": _round(percentile(got["from_received"], 99)),
+            "p99_ms_from_gateway_intake": round_ms(percentile(got["from_received"], 99)),
             "publish_latency_p99_bucket_s": gw["publish_p99_le_s"],
-            "max_ms": _round(max(got["latencies"], default=None)),
+            "max_ms": round_ms(max(got["latencies"], default=None)),
             "load_average": [round(x, 2) for x in os.getloadavg()],
         },
     )
@@ -331,10 +331,6 @@ def idle_sessions(broker: MosquittoProcess, args: argparse.Namespace) -> Result:
     result = _run(broker, "tcp: 500 idle sessions", 500, None, None, "")
     result.notes = f"gateway RSS with all online: {result.extra['rss_all_online_mb']} MB"
     return result
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
 
 
 SCENARIOS = {

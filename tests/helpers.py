@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -18,7 +20,7 @@ import yaml
 from gateway.broker import free_port
 from gateway.config import Config, parse_config
 
-__all__ = ["MqttCollector", "Received", "free_port", "gateway_config"]
+__all__ = ["MqttCollector", "Received", "free_port", "gateway_config", "stop_process"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,3 +154,16 @@ def gateway_config(
     for name, values in sections.items():
         document.setdefault(name, {}).update(values)
     return parse_config(yaml.safe_dump(document, allow_unicode=True), {})
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """Orderly stop of a gateway (or other) subprocess: SIGTERM, then SIGKILL after
+    `timeout`. Nothing to do if it already ended."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -44,7 +44,7 @@ from gateway.event import AnyEvent, CameraEvent, Direction, Image, PlateEvent
 from gateway.metrics import Metrics
 from gateway.pipeline import Admission
 from gateway.simulate.http import HttpCameraSimulator
-from tests.helpers import MqttCollector, free_port, gateway_config
+from tests.helpers import MqttCollector, free_port, gateway_config, stop_process
 
 USER, PASSWORD = "cam", "s3cret"
 
@@ -747,10 +747,4 @@ async def test_a_200_is_never_given_for_an_event_not_in_the_outbox(
         arrived = {m.json()["id"] for m in messages}
         assert {s.reply["id"] for s in accepted} <= arrived
     finally:
-        if gateway.poll() is None:
-            gateway.send_signal(signal.SIGTERM)
-            try:
-                gateway.wait(10)
-            except subprocess.TimeoutExpired:
-                gateway.kill()
-                gateway.wait()
+        stop_process(gateway, 10)

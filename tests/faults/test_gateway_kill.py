@@ -45,7 +45,7 @@ from tests.faults.harness import (
     three_cameras,
     wait_listening,
 )
-from tests.helpers import free_port
+from tests.helpers import free_port, stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.timeout(110)]
 
@@ -153,13 +153,7 @@ async def test_gateway_sigkilled_five_times_keeps_its_promises(
                     await asyncio.sleep(0.5)  # late redeliveries, for the count
                     statuses = http.statuses()
             finally:
-                if gateway.poll() is None:
-                    gateway.send_signal(signal.SIGTERM)
-                    try:
-                        gateway.wait(15)
-                    except subprocess.TimeoutExpired:
-                        gateway.kill()
-                        gateway.wait()
+                stop_process(gateway)
     report = book.report(collector.events())
     in_window = {cam: len(report.lost[cam]) for cam in (TCP_CAMERA, RTSP_CAMERA)}
     record(
