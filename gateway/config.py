@@ -99,6 +99,9 @@ class ImagesConfig:
     scene: SceneMode = SceneMode.SEND
     quality: int | None = None  # JPEG quality 1-95 when re-encoding
     max_width: int | None = None  # scale down (keeping the aspect ratio) when wider
+    # Refuse to decode a picture larger than this (pixels), checked from its
+    # header before decoding: a small JPEG can claim 10000x10000 and cost GBs.
+    max_pixels: int = 40_000_000
 
     @property
     def reencode(self) -> bool:
@@ -112,6 +115,13 @@ class HttpServerConfig:
     listen: str = "0.0.0.0:8080"
     max_body_bytes: int = 20_000_000
     request_timeout_seconds: float = 30.0
+    # A request whose headers are not complete this long after its first byte
+    # (or after the connection opened) is closed: slowloris protection.
+    header_timeout_seconds: float = 10.0
+    # An idle keep-alive connection is closed after this long.
+    keepalive_timeout_seconds: float = 60.0
+    max_connections: int = 512  # open connections in total; beyond it, new ones are closed
+    max_connections_per_source: int = 64  # open connections per source address
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
 
@@ -484,11 +494,14 @@ class _Reader:
 
     def images(self, p: str, value: Any, base: ImagesConfig) -> ImagesConfig:
         """`images:` globally, or per camera on top of the global one."""
-        section = self.mapping(p, value, {"scene", "quality", "max_width"})
+        section = self.mapping(p, value, {"scene", "quality", "max_width", "max_pixels"})
         return ImagesConfig(
             scene=self.get(section, p, "scene", self.choice(SceneMode), base.scene),
             quality=self.get(section, p, "quality", self.integer(1, 95), base.quality),
             max_width=self.get(section, p, "max_width", self.integer(16, 16384), base.max_width),
+            max_pixels=self.get(
+                section, p, "max_pixels", self.integer(1, 1 << 32), base.max_pixels
+            ),
         )
 
     def known_plates(self, value: Any) -> dict[str, tuple[str, ...]]:
@@ -612,6 +625,10 @@ class _Reader:
                 "listen",
                 "max_body_bytes",
                 "request_timeout_seconds",
+                "header_timeout_seconds",
+                "keepalive_timeout_seconds",
+                "max_connections",
+                "max_connections_per_source",
                 "tls_cert_file",
                 "tls_key_file",
             },
@@ -623,6 +640,18 @@ class _Reader:
             ),
             request_timeout_seconds=self.get(
                 section, p, "request_timeout_seconds", self.number(0.1, 3600), 30.0
+            ),
+            header_timeout_seconds=self.get(
+                section, p, "header_timeout_seconds", self.number(0.1, 3600), 10.0
+            ),
+            keepalive_timeout_seconds=self.get(
+                section, p, "keepalive_timeout_seconds", self.number(0.1, 3600), 60.0
+            ),
+            max_connections=self.get(
+                section, p, "max_connections", self.integer(1, 1_000_000), 512
+            ),
+            max_connections_per_source=self.get(
+                section, p, "max_connections_per_source", self.integer(1, 1_000_000), 64
             ),
             tls_cert_file=self.get(section, p, "tls_cert_file", self.readable_file, None),
             tls_key_file=self.get(section, p, "tls_key_file", self.readable_file, None),
