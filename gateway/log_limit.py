@@ -32,8 +32,12 @@ class RateLimitedLog:
         logger: logging.Logger,
         interval: float = DEFAULT_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        on_suppressed: Callable[[], None] | None = None,
     ) -> None:
         self._logger = logger
+        # e.g. `metrics.log_lines_suppressed.inc`: the count is exact even if no
+        # later line ever reports it.
+        self._on_suppressed = on_suppressed
         self._interval = interval
         self._clock = clock
         # key → (time of the last line logged, lines suppressed since)
@@ -47,6 +51,8 @@ class RateLimitedLog:
         last = self._state.get(key)
         if last is not None and now - last[0] < self._interval:
             self._state[key] = (last[0], last[1] + 1)
+            if self._on_suppressed is not None:
+                self._on_suppressed()
             return False
         suppressed = last[1] if last is not None else 0
         if suppressed:

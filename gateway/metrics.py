@@ -122,6 +122,44 @@ class Metrics:
             ["camera"],
             registry=r,
         )
+        self.http_connections_open = Gauge(
+            "lpr_http_connections_open", "Open connections to the HTTP push receiver", registry=r
+        )
+        self.http_connections_closed = Counter(
+            "lpr_http_connections_closed",
+            "HTTP connections the gateway closed on a camera: over a cap (total, per_source), "
+            "headers not sent in time (header_timeout), idle keep-alive (idle_timeout)",
+            ["reason"],
+            registry=r,
+        )
+        self.outbox_dead_letters = Gauge(
+            "lpr_outbox_dead_letters",
+            "Events set aside in the outbox's dead-letter table (kept, not published)",
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "lpr_outbox_dead_lettered",
+            "Events moved to the dead-letter table, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.topics_refused = Counter(
+            "lpr_topics_refused",
+            "Events refused at intake because a topic could not be made valid",
+            ["camera"],
+            registry=r,
+        )
+        self.task_restarts = Counter(
+            "lpr_task_restarts",
+            "Long-lived tasks (publisher, adapters, HTTP server) restarted after a crash",
+            ["task"],
+            registry=r,
+        )
+        self.log_lines_suppressed = Counter(
+            "lpr_log_lines_suppressed",
+            "Repeated camera complaints not written to the log (rate limit)",
+            registry=r,
+        )
         self.retained_republished = Counter(
             "lpr_retained_republished",
             "Retained messages re-sent from the gateway's own copy after a reconnect",
