@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.topics import safe_slug
+
 SCHEMA_VERSION = 1
 
 
@@ -249,10 +251,6 @@ def image_topic(base_topic: str, camera: str, kind: ImageKind) -> str:
     return f"{base_topic}/{camera}/image/{kind.value}"
 
 
-_KIND_UNSAFE = str.maketrans({"/": "_", "+": "_", "#": "_", " ": "_"})
-
-
 def camera_event_kind_topic_segment(kind: str) -> str:
-    """A camera-supplied kind made safe as one MQTT topic level."""
-    cleaned = kind.strip().lower().translate(_KIND_UNSAFE)
-    return cleaned or "unknown"
+    """A camera-supplied kind made safe as one MQTT topic level (see `safe_slug`)."""
+    return safe_slug(kind)

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.event import ListMembership, normalize_plate
+from gateway.topics import safe_slug
 
 # Fuzzy matching only for plates (and entries) with at least this many literal
 # characters: with tolerance 1, "AB1" would otherwise match half the car park.
@@ -213,18 +214,11 @@ def _deletions(text: str, depth: int) -> set[str]:
 
 
 def topic_slug(name: str) -> str:
-    """A known-plates name as one MQTT topic level: lower case, `_` for anything unsafe.
+    """A known-plates name as one MQTT topic level (`safe_slug`: `[a-z0-9_.-]`, ≤ 64).
 
-    Letters of any script are kept (MQTT topics are UTF-8); wildcards, `/`,
-    spaces and punctuation become `_`.
+    A name in a script without a Latin form becomes a short stable hash.
     """
-    out: list[str] = []
-    for ch in normalize_name(name).lower():
-        if ch.isalnum() or ch in "-_":
-            out.append(ch)
-        elif not out or out[-1] != "_":
-            out.append("_")
-    return "".join(out).strip("_") or "known"
+    return safe_slug(normalize_name(name), fallback="known")
 
 
 def normalize_name(name: str) -> str:

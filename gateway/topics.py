@@ -1,0 +1,86 @@
+"""MQTT topic safety: camera data never reaches a topic unchecked.
+
+A topic level built from what a camera sent (a camera-event kind, a known
+plate's name) goes through `safe_slug`; every topic is checked by
+`check_topic` before its message enters the outbox, and again before it is
+published (rows stored by an older version). A topic the broker would refuse
+(mosquitto drops the connection on a NUL or a control character) would
+otherwise be replayed first after every reconnect and stop all delivery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+
+SLUG_MAX_CHARS = 64
+# A policy bound well below MQTT's 65,535 bytes: our topics are
+# `<base>/<camera>/<kind>/<slug>`, so anything longer is a bug or an attack.
+TOPIC_MAX_BYTES = 1024
+
+_UNSAFE_RUN = re.compile(r"[^a-z0-9_.-]+")
+# C0 and C1 controls, DEL, the wildcards and the Unicode noncharacters: the
+# MQTT spec says topics SHOULD NOT hold controls and noncharacters, and
+# mosquitto disconnects a client that sends them.
+_FORBIDDEN_IN_TOPIC = re.compile(
+    "[\x00-\x1f\x7f-\x9f+#\ufdd0-\ufdef\ufffe\uffff"
+    "\U0001fffe\U0001ffff\U0002fffe\U0002ffff\U0003fffe\U0003ffff"
+    "\U0004fffe\U0004ffff\U0005fffe\U0005ffff\U0006fffe\U0006ffff"
+    "\U0007fffe\U0007ffff\U0008fffe\U0008ffff\U0009fffe\U0009ffff"
+    "\U000afffe\U000affff\U000bfffe\U000bffff\U000cfffe\U000cffff"
+    "\U000dfffe\U000dffff\U000efffe\U000effff\U000ffffe\U000fffff"
+    "\U0010fffe\U0010ffff]"
+)
+
+
+class InvalidTopicError(ValueError):
+    """A topic the broker would refuse (or that could match other topics)."""
+
+
+def safe_slug(text: str, fallback: str = "unknown") -> str:
+    """`text` as one safe topic level: `[a-z0-9_.-]`, at most 64 characters.
+
+    Accented Latin letters lose their accents (`Müller` → `muller`); any other
+    run of characters becomes one `_`. Where nothing is left (a name in
+    another script, only punctuation), or the text was cut, a short stable
+    hash of the whole text stands in, so different names stay apart.
+    `fallback` is used for empty text.
+    """
+    if not text.strip():
+        return fallback
+    decomposed = unicodedata.normalize("NFKD", text)
+    ascii_only = "".join(ch for ch in decomposed if not unicodedata.combining(ch)).lower()
+    slug = _UNSAFE_RUN.sub("_", ascii_only).strip("_.-")
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    if not slug or slug in (".", ".."):
+        return f"hash-{digest}"
+    if len(slug) > SLUG_MAX_CHARS:
+        return f"{slug[: SLUG_MAX_CHARS - 11]}-{digest}"
+    return slug
+
+
+def check_topic(topic: str) -> None:
+    """Raise `InvalidTopicError` (with the reason) unless `topic` is safe to publish to."""
+    if not topic:
+        raise InvalidTopicError("empty topic")
+    try:
+        encoded = topic.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidTopicError("not valid UTF-8 (lone surrogate)") from exc
+    if len(encoded) > TOPIC_MAX_BYTES:
+        raise InvalidTopicError(f"{len(encoded)} bytes long (at most {TOPIC_MAX_BYTES})")
+    bad = _FORBIDDEN_IN_TOPIC.search(topic)
+    if bad is not None:
+        raise InvalidTopicError(f"holds U+{ord(bad.group()):04X} at {bad.start()}")
+    if "//" in topic or topic.startswith("/") or topic.endswith("/"):
+        raise InvalidTopicError("holds an empty level")
+
+
+def topic_problem(topic: str) -> str | None:
+    """The reason `topic` is unsafe, or None."""
+    try:
+        check_topic(topic)
+    except InvalidTopicError as exc:
+        return str(exc)
+    return None
