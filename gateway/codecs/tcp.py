@@ -8,7 +8,9 @@ the COMM_RECOG_POST payload with construct. No sockets, no clock, no logging.
 from __future__ import annotations
 
 import codecs
+import collections
 import enum
+import heapq
 import json
 import math
 import struct
@@ -99,22 +101,45 @@ class Frame:
 
 @dataclass(frozen=True, slots=True)
 class GarbageSkipped:
-    """Bytes between frames that start no frame; the decoder scanned past them."""
+    """Bytes between frames that start no frame; the decoder scanned past them.
+
+    One loss of synchronisation (the bytes from where a frame should have
+    started to the next good frame) is a *garbage region*. The decoder does not
+    hold the region's bytes, so a long region is reported in several events (at
+    most one per `receive_data` slice, never one per false header inside it);
+    `starts_region` is True on the first event of a region that no
+    `CorruptFrame` already reported. A caller counts one parse error for it and
+    adds every `count` to its skipped-bytes total.
+    """
 
     count: int
     offset: int
+    starts_region: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class CorruptFrame:
     """A header at a frame boundary whose frame is broken (bad SIG END, bad size,
-    cut by the end of the stream). The decoder rescans from just after its SIG."""
+    cut by the end of the stream). The decoder rescans from just after its SIG;
+    the bytes skipped by that rescan belong to this event's region (their
+    `GarbageSkipped` events have `starts_region` False)."""
 
     offset: int
     command: int
     data_size: int
     reason: str  # short stable label: bad_sig_end | bad_data_size | truncated | stalled
     raw: bytes  # the bytes the header claimed (for capture files)
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownCommand:
+    """A whole, well-formed frame at a frame boundary with a command the spec does
+    not name. Skipped whole (its SIG END was where DATA_SIZE said): the stream
+    stays in sync and its bytes are not rescanned."""
+
+    command: int
+    length: int  # the whole frame, header and SIG END included
+    offset: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +159,12 @@ class EndOfStream:
     offset: int
 
 
-DecoderEvent = Frame | GarbageSkipped | CorruptFrame | StreamBroken | EndOfStream
+DecoderEvent = Frame | GarbageSkipped | CorruptFrame | UnknownCommand | StreamBroken | EndOfStream
+
+# While waiting for a hunted candidate's frame, later plausible headers whose
+# frames are still incomplete are remembered (to check them once their SIG END
+# has arrived) up to this many: a bound on memory, whatever the stream holds.
+MAX_LOOKAHEAD_HEADERS = 1024
 
 
 class DecoderState(enum.Enum):
@@ -149,12 +179,18 @@ class FrameDecoder:
     """Frames from a byte stream fed in arbitrary slices.
 
     At a frame boundary (stream start, or right after a good frame) any header is
-    taken at its word: an unknown command is a frame to skip, a DATA_SIZE over the
-    limit breaks the stream before anything is buffered. Once in garbage, a `CC FF`
-    counts as a frame start only if its header is plausible (known command, size
-    within limits) and its SIG END turns up where it should; otherwise scanning
-    goes on from the byte after that `CC FF`, so a false start delays frames but
-    never swallows them.
+    taken at its word: an unknown command is a frame to skip whole
+    (`UnknownCommand`), a DATA_SIZE over the limit breaks the stream before
+    anything is buffered, a SIG END out of place is a `CorruptFrame`. Once in
+    garbage, a `CC FF` counts as a frame start only if its header is plausible
+    (known command, size within limits) and its SIG END turns up where it
+    should; otherwise scanning goes on from the byte after that `CC FF`, so a
+    false start delays frames but never swallows them. While a plausible header
+    in garbage waits for the rest of its frame, a later complete frame wins: a
+    stream of false headers claiming megabytes cannot hold a good frame back.
+
+    Work is linear in the bytes fed, and events are few: a garbage region full
+    of false headers is one `GarbageSkipped` per slice fed, not one per header.
     """
 
     def __init__(
@@ -174,7 +210,18 @@ class FrameDecoder:
         self._state = DecoderState.SYNCED if synced else DecoderState.HUNTING
         self._eof = False
         self._broken: StreamBroken | None = None
-        self._queued: CorruptFrame | None = None
+        self._queued: collections.deque[DecoderEvent] = collections.deque()
+        # Garbage skipped but not yet reported: (stream offset, count).
+        self._garbage_offset = 0
+        self._garbage_count = 0
+        # Whether the garbage being skipped belongs to a loss of sync already
+        # reported (by a CorruptFrame or an earlier GarbageSkipped).
+        self._in_region = False
+        # Look-ahead past a waiting candidate (stream offsets, so that compacting
+        # the buffer does not move them): where the SIG scan resumes, and
+        # plausible headers seen whose frames were incomplete, as (end, start).
+        self._look_from = 0
+        self._look_pending: list[tuple[int, int]] = []
 
     @property
     def state(self) -> DecoderState:
@@ -182,12 +229,12 @@ class FrameDecoder:
 
     @property
     def buffered(self) -> int:
-        """Bytes received but not yet reported."""
+        """Bytes held in the buffer (received, not yet consumed)."""
         return len(self._buffer) - self._pos
 
     @property
     def offset(self) -> int:
-        """Stream offset of the first byte not yet reported."""
+        """Stream offset of the first byte not yet consumed."""
         return self._base + self._pos
 
     def receive_data(self, data: bytes) -> None:
@@ -237,34 +284,56 @@ class FrameDecoder:
             pos, self._state is DecoderState.CANDIDATE, command, data_size, "stalled"
         )
         if isinstance(event, CorruptFrame):
-            self._queued = event
+            self._queued.append(self._emitted(event))
         return True
 
     def next_event(self) -> DecoderEvent | Literal[NeedData.NEED_DATA]:
-        if self._queued is not None:
-            queued, self._queued = self._queued, None
-            return queued
+        if self._queued:
+            return self._queued.popleft()
         while True:
-            state = self._state
+            state, pos = self._state, self._pos
+            event: DecoderEvent | None
             if state is DecoderState.BROKEN:
                 assert self._broken is not None
-                return self._broken
-            if state is DecoderState.ENDED:
-                return EndOfStream(self.offset)
-            if state is DecoderState.HUNTING:
+                event = self._broken
+            elif state is DecoderState.ENDED:
+                event = EndOfStream(self.offset)
+            elif state is DecoderState.HUNTING:
                 event = self._hunt()
             else:
                 event = self._frame_at_pos(hunted=state is DecoderState.CANDIDATE)
             if event is not None:
-                return event
-            if self._state is state:
+                # Garbage skipped on the way comes first, in stream order.
+                garbage = self._flush_garbage()
+                if garbage is not None:
+                    self._queued.append(self._emitted(event))
+                    return garbage
+                return self._emitted(event)
+            if self._state is state and self._pos == pos:
                 # no progress possible with what is buffered
                 if self._eof and self.buffered == 0:
                     self._state = DecoderState.ENDED
                     continue
-                return NEED_DATA
+                garbage = self._flush_garbage()
+                return garbage if garbage is not None else NEED_DATA
 
     # -- internals ---------------------------------------------------------
+
+    def _emitted(self, event: DecoderEvent) -> DecoderEvent:
+        if isinstance(event, Frame | UnknownCommand):
+            self._in_region = False  # in sync again: the next garbage is a new region
+            self._look_pending.clear()
+        elif isinstance(event, CorruptFrame):
+            self._in_region = True  # the garbage rescanned after it is its region
+        return event
+
+    def _flush_garbage(self) -> GarbageSkipped | None:
+        if not self._garbage_count:
+            return None
+        event = GarbageSkipped(self._garbage_count, self._garbage_offset, not self._in_region)
+        self._in_region = True
+        self._garbage_count = 0
+        return event
 
     def _frame_at_pos(self, *, hunted: bool) -> DecoderEvent | None:
         buf, pos = self._buffer, self._pos
@@ -302,17 +371,69 @@ class FrameDecoder:
         if len(buf) < end:
             if self._eof:
                 return self._abandon(pos, hunted, command, data_size, "truncated")
+            if hunted:
+                later = self._look_ahead(pos)
+                if later is not None:
+                    # A complete frame behind this candidate: the candidate was
+                    # garbage that looked like a header.
+                    self._skip_to(later)
+                    self._scan = later
+                    return None
             return None
         if buf[end - 2 : end] != SIG_END:
             return self._abandon(pos, hunted, command, data_size, "bad_sig_end")
+        self._state = DecoderState.SYNCED
+        if command not in _KNOWN_COMMANDS:
+            # Only reached at a frame boundary (hunting takes known commands only).
+            self._pos = end
+            return UnknownCommand(command, end - pos, self._base + pos)
         frame = Frame(command, bytes(buf[pos + HEADER_SIZE : end - 2]), self._base + pos)
         self._pos = end
-        self._state = DecoderState.SYNCED
         return frame
+
+    def _plausible(self, command: int, data_size: int) -> bool:
+        return command in _KNOWN_COMMANDS and 2 <= data_size <= self.max_data_size
+
+    def _look_ahead(self, pos: int) -> int | None:
+        """The buffer index of the first complete, valid frame after the candidate
+        at `pos`, or None. Each buffered byte is scanned once over all calls; the
+        incomplete headers met are kept (bounded) and checked once complete."""
+        buf, base = self._buffer, self._base
+        size = len(buf)
+        after = base + pos + len(SIG)
+        best: int | None = None
+        pending = self._look_pending
+        while pending and pending[0][0] <= base + size:
+            end_abs, at_abs = heapq.heappop(pending)
+            end = end_abs - base
+            if at_abs >= after and buf[end - 2 : end] == SIG_END:
+                best = at_abs - base if best is None else min(best, at_abs - base)
+        scan = max(self._look_from - base, pos + len(SIG))
+        while True:
+            found = buf.find(SIG, scan)
+            if found < 0:
+                scan = max(scan, size - 1)  # a last CC may be half a SIG
+                break
+            if (best is not None and found >= best) or size - found < HEADER_SIZE:
+                scan = found
+                break
+            _, command, data_size = _HEADER.unpack_from(buf, found)
+            scan = found + len(SIG)
+            if not self._plausible(command, data_size):
+                continue
+            end = found + HEADER_SIZE + data_size
+            if end > size:
+                if len(pending) < MAX_LOOKAHEAD_HEADERS:
+                    heapq.heappush(pending, (base + end, base + found))
+            elif buf[end - 2 : end] == SIG_END:
+                best = found  # headers are met in order: nothing earlier is complete
+                break
+        self._look_from = base + scan
+        return best
 
     def _abandon(
         self, pos: int, hunted: bool, command: int, data_size: int, reason: str
-    ) -> DecoderEvent | None:
+    ) -> CorruptFrame | None:
         """The frame that starts at `pos` is not one: rescan from just after its SIG."""
         self._start_hunting(pos + len(SIG))
         if hunted:
@@ -322,7 +443,7 @@ class FrameDecoder:
             self._base + pos, command, data_size, reason, bytes(self._buffer[pos:end])
         )
         # The event accounts for its SIG; what follows is rescanned and, if no
-        # frame, reported as garbage.
+        # frame, reported as garbage (of this event's region).
         self._pos = pos + len(SIG)
         return event
 
@@ -339,25 +460,29 @@ class FrameDecoder:
                 # A last byte CC may be the first half of a SIG.
                 keep = 1 if (not self._eof and len(buf) > scan and buf[-1] == SIG[0]) else 0
                 self._scan = len(buf) - keep
-                return self._skip_to(len(buf) - keep)
+                self._skip_to(len(buf) - keep)
+                return None
             if len(buf) - found < HEADER_SIZE and not self._eof:
                 self._scan = found
-                return self._skip_to(found)
+                self._skip_to(found)
+                return None
             if len(buf) - found >= HEADER_SIZE:
                 _, command, data_size = _HEADER.unpack_from(buf, found)
-                if command in _KNOWN_COMMANDS and 2 <= data_size <= self.max_data_size:
-                    event = self._skip_to(found)
+                if self._plausible(command, data_size):
+                    self._skip_to(found)
                     self._state = DecoderState.CANDIDATE
-                    return event
+                    return None
             scan = found + len(SIG)
 
-    def _skip_to(self, index: int) -> GarbageSkipped | None:
+    def _skip_to(self, index: int) -> None:
+        """Skip buffer bytes up to `index` as garbage (reported later, coalesced)."""
         count = index - self._pos
         if count <= 0:
-            return None
-        event = GarbageSkipped(count, self._base + self._pos)
+            return
+        if not self._garbage_count:
+            self._garbage_offset = self._base + self._pos
+        self._garbage_count += count
         self._pos = index
-        return event
 
 
 def encode_frame(command: int, data: bytes) -> bytes:

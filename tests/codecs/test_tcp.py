@@ -27,6 +27,7 @@ from gateway.codecs.tcp import (
     GarbageSkipped,
     RecognitionMetadata,
     StreamBroken,
+    UnknownCommand,
     classify_images,
     effective_color_table,
     encode_frame,
@@ -483,15 +484,27 @@ def test_image_count_lying(
 def test_frame_round_trip_and_offsets() -> None:
     stream = encode_login_reply(200) + recog_frame() + encode_frame(0x1234, b"xyz")
     events = decode_all([stream])
-    assert [type(e) for e in events] == [Frame, Frame, Frame]
-    assert [e.offset for e in events if isinstance(e, Frame)] == [
+    assert [type(e) for e in events] == [Frame, Frame, UnknownCommand]
+    assert [e.offset for e in events] == [
         0,
         len(encode_login_reply(200)),
         len(stream) - len(encode_frame(0x1234, b"xyz")),
     ]
-    unknown = events[2]
-    assert isinstance(unknown, Frame) and unknown.known_command is None and unknown.data == b"xyz"
-    assert sum(e.size for e in events if isinstance(e, Frame)) == len(stream)
+    # An unknown command at a frame boundary is skipped whole: in sync, no garbage.
+    assert events[2] == UnknownCommand(0x1234, len(encode_frame(0x1234, b"xyz")), events[2].offset)
+    assert sum(e.size for e in events if isinstance(e, Frame)) + events[2].length == len(stream)
+
+
+def test_unknown_command_frame_is_skipped_whole_not_rescanned() -> None:
+    # Its DATA holds what looks like a whole frame: skipped whole, that is not seen.
+    inner = encode_login_reply(401)
+    unknown = encode_frame(0x4242, b"ab" + inner + b"cd")
+    good = encode_login_reply(200)
+    events = decode_all([unknown + good])
+    assert events == [
+        UnknownCommand(0x4242, len(unknown), 0),
+        Frame(0x8001, good[8:-2], len(unknown)),
+    ]
 
 
 def test_empty_data_frame() -> None:
@@ -522,8 +535,9 @@ def test_bad_sig_end_reports_corrupt_frame_and_resyncs() -> None:
     assert isinstance(events[0], CorruptFrame)
     assert (events[0].offset, events[0].reason, events[0].command) == (0, "bad_sig_end", 0x8001)
     assert events[0].raw == bad
-    # the rest of the broken frame (after its SIG) is skipped as garbage
-    assert events[1] == GarbageSkipped(len(bad) - 2, 2)
+    # the rest of the broken frame (after its SIG) is skipped as garbage of its
+    # region: the CorruptFrame is the one parse error, not a second "garbage"
+    assert events[1] == GarbageSkipped(len(bad) - 2, 2, starts_region=False)
     assert frames_of(events[2:]) == [(0x8001, b'{"result": "200"}')]
 
 
@@ -553,7 +567,7 @@ def test_truncated_frame_at_end_of_stream() -> None:
     assert isinstance(events[0], Frame)
     assert isinstance(events[1], CorruptFrame) and events[1].reason == "truncated"
     assert events[1].offset == len(frame) and events[1].raw == frame[:5000]
-    assert isinstance(events[2], GarbageSkipped)
+    assert isinstance(events[2], GarbageSkipped) and not events[2].starts_region
     assert events[2].offset + events[2].count == len(frame) + 5000
 
 
@@ -594,12 +608,19 @@ def test_oversize_header_inside_garbage_is_not_fatal() -> None:
     assert not any(isinstance(e, StreamBroken) for e in events)
     assert frames_of(events) == [(0x8001, b'{"result": "200"}')]
     assert sum(e.count for e in events if isinstance(e, GarbageSkipped)) == len(garbage)
+    # one region: one event carries it, and it starts the region
+    assert [e for e in events if isinstance(e, GarbageSkipped)] == [
+        GarbageSkipped(len(garbage), 0, starts_region=True)
+    ]
 
 
 def test_unknown_command_inside_garbage_is_garbage() -> None:
+    # Out of sync, a header with any command word would too often claim real
+    # frames: only known commands end a garbage region.
     garbage = b"junk" + encode_frame(0x4242, b"abc")
     events = decode_all([garbage + encode_login_reply(200)])
     assert frames_of(events) == [(0x8001, b'{"result": "200"}')]
+    assert not any(isinstance(e, UnknownCommand) for e in events)
 
 
 def test_plausible_false_header_in_garbage_delays_but_loses_nothing() -> None:
@@ -609,7 +630,9 @@ def test_plausible_false_header_in_garbage_delays_but_loses_nothing() -> None:
     events = decode_all([b"xx" + false_start + good + good])
     assert len(frames_of(events)) == 2
     assert not any(isinstance(e, CorruptFrame) for e in events)
-    assert sum(e.count for e in events if isinstance(e, GarbageSkipped)) == 2 + len(false_start)
+    assert [e for e in events if isinstance(e, GarbageSkipped)] == [
+        GarbageSkipped(2 + len(false_start), 0, starts_region=True)
+    ]
 
 
 @pytest.mark.parametrize("command", [0x4242, Command.RECOG_POST])
@@ -631,7 +654,7 @@ def test_abandon_a_stalled_frame_recovers_the_frames_behind_it(command: int) -> 
         len(good),
         1 << 20,
     )
-    assert events[1] == GarbageSkipped(len(bogus) - 2, len(good) + 2)
+    assert events[1] == GarbageSkipped(len(bogus) - 2, len(good) + 2, starts_region=False)
     assert frames_of(events) == [(0x8001, good[8:-2])] * 2
     assert not decoder.awaiting_frame and not decoder.abandon_partial_frame()
 
@@ -640,14 +663,60 @@ def test_abandon_a_hunted_candidate_reports_garbage_only() -> None:
     false_start = b"\xcc\xff\x01\x80" + struct.pack("<I", 5000)
     good = encode_login_reply(200)
     decoder = FrameDecoder()
-    decoder.receive_data(b"junk" + false_start + good)
-    assert decoder.next_event() == GarbageSkipped(4, 0)
+    decoder.receive_data(b"junk" + false_start + good[:-1])  # no complete frame behind
+    assert decoder.next_event() == GarbageSkipped(4, 0, starts_region=True)
     assert decoder.next_event() is NEED_DATA
     assert decoder.state is DecoderState.CANDIDATE
     assert decoder.abandon_partial_frame()
+    decoder.receive_data(good[-1:])
     events = drain(decoder)
-    assert events[0] == GarbageSkipped(len(false_start), 4)
+    # the same region goes on: no second "garbage" parse error
+    assert events[0] == GarbageSkipped(len(false_start), 4, starts_region=False)
     assert frames_of(events) == [(0x8001, good[8:-2])]
+
+
+def test_a_complete_frame_behind_a_waiting_candidate_wins() -> None:
+    # A false header in garbage claims far more than follows; the good frame
+    # behind it is taken as soon as it is whole, without the caller's clock.
+    false_start = b"\xcc\xff\x01\x88" + struct.pack("<I", 1 << 20)
+    good = encode_login_reply(200)
+    events = decode_all([b"junk" + false_start + b"x" * 50 + good], eof=False)
+    assert events == [
+        GarbageSkipped(4 + len(false_start) + 50, 0, starts_region=True),
+        Frame(0x8001, good[8:-2], 4 + len(false_start) + 50),
+    ]
+
+
+def test_many_false_headers_claiming_megabytes_hold_no_frame_back() -> None:
+    # The stall attack: every false header claims 4 MiB. Each one waited for
+    # would cost the caller's stall timeout; a complete frame behind them wins.
+    unit = b"\xcc\xff\x01\x88" + struct.pack("<I", 4 << 20) + b"\x00\x00"
+    good = encode_login_reply(200)
+    stream = b"junk" + unit * 20_000 + good
+    pieces = [stream[i : i + 4096] for i in range(0, len(stream), 4096)]
+    events = decode_all(pieces, eof=False)
+    assert frames_of(events) == [(0x8001, good[8:-2])]
+    garbage = [e for e in events if isinstance(e, GarbageSkipped)]
+    assert sum(e.count for e in garbage) == len(stream) - len(good)
+    assert [e.starts_region for e in garbage] == [True] + [False] * (len(garbage) - 1)
+    assert len(garbage) <= len(pieces)
+
+
+def test_a_fake_header_every_ten_bytes_is_one_region_not_one_event_each() -> None:
+    # The log-amplification stream: 1 MiB of false headers (known command,
+    # DATA_SIZE 2, no SIG END). At the frame boundary the first is a corrupt
+    # frame; all the rest is its region, reported in a few events.
+    unit = b"\xcc\xff\x01\x88\x02\x00\x00\x00\x00\x00"
+    good = encode_login_reply(200)
+    hostile = unit * ((1 << 20) // len(unit))
+    events = decode_all([good, hostile[: 1 << 19], hostile[1 << 19 :], good], eof=False)
+    assert frames_of(events) == [(0x8001, good[8:-2])] * 2
+    corrupt = [e for e in events if isinstance(e, CorruptFrame)]
+    assert [(e.offset, e.reason) for e in corrupt] == [(len(good), "bad_sig_end")]
+    garbage = [e for e in events if isinstance(e, GarbageSkipped)]
+    assert sum(e.count for e in garbage) == len(hostile) - 2  # the SIG is the corrupt frame's
+    assert not any(e.starts_region for e in garbage)
+    assert len(events) <= 6
 
 
 def test_nothing_to_abandon() -> None:
@@ -663,9 +732,9 @@ def test_garbage_offsets_and_counts() -> None:
     stream = b"abc" + good + b"defgh" + good
     events = decode_all([stream])
     assert events == [
-        GarbageSkipped(3, 0),
+        GarbageSkipped(3, 0, starts_region=True),
         Frame(0x8001, good[8:-2], 3),
-        GarbageSkipped(5, 3 + len(good)),
+        GarbageSkipped(5, 3 + len(good), starts_region=True),  # a new region after a frame
         Frame(0x8001, good[8:-2], 8 + len(good)),
     ]
 
@@ -756,6 +825,8 @@ def _accounted(events: list[DecoderEvent]) -> int:
             total += event.size
         elif isinstance(event, GarbageSkipped):
             total += event.count
+        elif isinstance(event, UnknownCommand):
+            total += event.length
         elif isinstance(event, CorruptFrame):
             total += 2  # the rest of it is rescanned and reported again
     return total
