@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
@@ -48,6 +49,9 @@ RAW_MAX_DEPTH = 8
 RAW_MAX_ITEMS = 256  # per object or list kept in `raw`
 # Strings at least this long (in bytes) are cut out of the body before parsing.
 LONG_STRING_BYTES = 1024
+
+# Parameters of a GET query beyond this are ignored (a camera sends two or three).
+MAX_QUERY_FIELDS = 256
 
 _DATA_URI_MAX_HEADER = 200  # "data:image/jpeg;base64," and friends
 _MAX_SCANNED_STRINGS = 4096
@@ -121,7 +125,41 @@ def parse_json_body(body: bytes, options: BodyOptions = BodyOptions()) -> HttpBo
         raise CameraProtocolError(
             "not_object", f"the body is JSON but not an object ({type(document).__name__})"
         )
+    # Only a `\uD8xx`-style escape can put a surrogate into a str (bytes that
+    # would encode one are already refused as not UTF-8): in the usual UTF-8
+    # body without such an escape there is nothing to look for.
+    if (
+        _SURROGATE_ESCAPE.search(body) is not None
+        or json.detect_encoding(body) not in _ASCII_COMPATIBLE
+    ):
+        _refuse_invalid_text(document)
     return _interpret(document, options, images=True)
+
+
+def parse_query_string(query: str, options: BodyOptions = BodyOptions()) -> HttpBody:
+    """A GET query as it came on the request line (still percent-encoded) → read or notice.
+
+    Decoded strictly: a percent-escape that is not UTF-8 (`%FF`, or `%ED%A0%80`,
+    an encoded surrogate) is refused as `invalid_text`, where a lenient decoder
+    would have put U+FFFD into the plate.
+    """
+    pairs: list[tuple[str, str]] = []
+    for part in query.split("&")[:MAX_QUERY_FIELDS]:
+        if not part:
+            continue
+        raw_key, _, raw_value = part.partition("=")
+        key = _unquote(raw_key, raw_key)
+        pairs.append((key, _unquote(raw_value, key)))
+    return parse_query(pairs, options)
+
+
+def _unquote(text: str, field_name: str) -> str:
+    try:
+        return urllib.parse.unquote_plus(text, encoding="utf-8", errors="strict")
+    except UnicodeDecodeError as exc:
+        raise CameraProtocolError(
+            "invalid_text", f"invalid text in field {field_name[:64]!r}: not UTF-8 ({exc.reason})"
+        ) from None
 
 
 def parse_query(pairs: Iterable[tuple[str, str]], options: BodyOptions = BodyOptions()) -> HttpBody:
@@ -129,6 +167,7 @@ def parse_query(pairs: Iterable[tuple[str, str]], options: BodyOptions = BodyOpt
     document: dict[str, Any] = {}
     for key, value in pairs:
         document.setdefault(key, value)
+    _refuse_invalid_text(document)
     fields = _Fields(document)
     fields.alias("description", "plate")
     fields.alias("caption", "event")
@@ -172,6 +211,53 @@ def camera_event(notice: HttpCameraNotice, camera: str, received: datetime) -> C
         received=received,
         time=notice.time,
         data=notice.data,
+    )
+
+
+# --------------------------------------------------------------------------
+# Text that cannot be stored
+#
+# JSON lets a body escape half of a UTF-16 pair (`"\ud800"`); Python keeps it as
+# a lone surrogate, which no UTF-8 encoder (the outbox, MQTT, the log) accepts.
+# Such a body is refused whole, so nothing of it reaches the pipeline. Control
+# characters are legal JSON text and are kept: topics are made safe elsewhere.
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_ASCII_COMPATIBLE = ("utf-8", "utf-8-sig")
+
+
+def _refuse_invalid_text(document: Mapping[str, Any]) -> None:
+    """Raise CameraProtocolError naming the top-level field that holds a lone surrogate."""
+    for key, value in document.items():
+        if _SURROGATE.search(key):
+            raise _invalid_text(key, "field name")
+        stack: list[Any] = [value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, str):
+                bad = _SURROGATE.search(item) is not None
+            elif isinstance(item, LongString):
+                bad = (
+                    _SURROGATE_ESCAPE.search(item.body, item.start, item.end) is not None
+                    and _SURROGATE.search(item.text()) is not None
+                )
+            elif isinstance(item, dict):
+                bad = any(_SURROGATE.search(str(k)) for k in item)
+                stack.extend(item.values())
+            elif isinstance(item, list):
+                bad = False
+                stack.extend(item)
+            else:
+                bad = False
+            if bad:
+                raise _invalid_text(key, "field")
+
+
+def _invalid_text(key: str, what: str) -> CameraProtocolError:
+    # repr() escapes the surrogate itself, so the detail is safe to log and to send.
+    return CameraProtocolError(
+        "invalid_text", f"invalid text in {what} {key[:64]!r}: lone surrogate"
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.parse
 import zoneinfo
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -27,6 +28,7 @@ from gateway.codecs.http_body import (
     parse_camera_time,
     parse_json_body,
     parse_query,
+    parse_query_string,
     plate_event,
     to_event,
 )
@@ -604,6 +606,118 @@ def test_broken_long_strings_are_protocol_errors_or_summarised(inside: bytes, fi
     assert summary[field]["omitted"] == "long string"
 
 
+# --------------------------------------------------------------------------
+# Text that cannot be stored: lone surrogates, undecodable query escapes
+
+LONE = "\\ud800"  # the JSON escape, as a camera would send it
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b'{"plate": "AB' + LONE.encode() + b'1"}', "plate"),
+        (b'{"plate": "AB1", "event": "x\\udfff"}', "event"),
+        (b'{"plate": "AB1", "region": "\\uDC00"}', "region"),
+        (b'{"plate": "AB1", "extra": {"deep": ["ok", "\\ud83d"]}}', "extra"),
+        (b'{"plate": "AB1", "extra": {"\\ud800": 1}}', "extra"),
+        (b'{"event": "Counting", "count": "\\ud800"}', "count"),
+        (b'{"plate": "AB1", "region": "' + b"x" * LONG_STRING_BYTES + b'\\ud800"}', "region"),
+        (b'{"plate": "A", "full_image": "' + b"A" * LONG_STRING_BYTES + b'\\udbff"}', "full_image"),
+        ('{"plate": "AB1", "vehicle_type": "\\ud800"}'.encode("utf-16"), "vehicle_type"),
+    ],
+    ids=[
+        "plate", "event", "low half", "nested", "nested key", "notice",
+        "long text", "long image", "utf-16 body",
+    ],
+)  # fmt: skip
+def test_lone_surrogate_in_any_field_refuses_the_body(raw: bytes, field: str) -> None:
+    with pytest.raises(CameraProtocolError) as caught:
+        parse_json_body(raw)
+    assert caught.value.kind == "invalid_text"
+    assert caught.value.detail == f"invalid text in field {field!r}: lone surrogate"
+
+
+def test_lone_surrogate_in_a_field_name_is_named_escaped() -> None:
+    with pytest.raises(CameraProtocolError) as caught:
+        parse_json_body(b'{"plate": "AB1", "\\ud800x": 1}')
+    assert caught.value.detail == "invalid text in field name '\\ud800x': lone surrogate"
+    caught.value.detail.encode("utf-8")  # safe to log and to send
+
+
+@pytest.mark.parametrize(
+    ("raw", "plate"),
+    [
+        (b'{"plate": "AB\\ud83d\\ude00"}', "AB\U0001f600"),  # a pair is one character
+        (b'{"plate": "AB\\\\ud800"}', "AB\\ud800"),  # an escaped backslash, then text
+        ('{"plate": "AB\U0001f600"}'.encode(), "AB\U0001f600"),
+    ],
+)
+def test_surrogate_pairs_and_lookalikes_are_fine(raw: bytes, plate: str) -> None:
+    assert read(raw).plate == plate
+
+
+@pytest.mark.parametrize("char", ["\x00", "\t", "\x7f", "\x85", "\ufdd0", "\x1b"])
+def test_control_characters_are_legal_text_and_kept(char: str) -> None:
+    # Legal JSON: kept as sent. Topic segments are made safe elsewhere.
+    notice = parse_json_body(json.dumps({"event": f"a{char}b", "note": char}).encode())
+    assert isinstance(notice, HttpCameraNotice)
+    assert notice.data == {"event": f"a{char}b", "note": char}
+    result = parse_query_string("Caption=" + urllib.parse.quote(f"a{char}b") + "&description=AB1")
+    assert isinstance(result, HttpCameraNotice | HttpPlateRead)
+
+
+@pytest.mark.parametrize(
+    ("query", "detail"),
+    [
+        ("Caption=%ED%A0%80&description=AB1", "invalid text in field 'Caption': not UTF-8"),
+        ("Caption=LPR&description=AB%FF", "invalid text in field 'description': not UTF-8"),
+        ("description=%C3", "invalid text in field 'description': not UTF-8"),
+        ("%ED%A0%80=1&description=AB1", "invalid text in field '%ED%A0%80': not UTF-8"),
+        ("description=AB\udcff", "invalid text in field 'description': lone surrogate"),
+    ],
+)
+def test_query_that_is_not_utf8_is_refused(query: str, detail: str) -> None:
+    with pytest.raises(CameraProtocolError) as caught:
+        parse_query_string(query)
+    assert caught.value.kind == "invalid_text"
+    assert caught.value.detail.startswith(detail)
+
+
+def test_query_string_is_decoded_like_a_form() -> None:
+    result = parse_query_string("Caption=LPR&description=%EB%B6%80%EC%82%B0+02&x=&y&&z=1=2")
+    assert isinstance(result, HttpPlateRead)
+    assert result.plate == "부산 02"
+    assert result.raw == {"Caption": "LPR", "x": "", "y": "", "z": "1=2"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.text(max_size=12), st.text(max_size=40)), max_size=6))
+def test_query_string_means_what_its_pairs_mean(pairs: list[tuple[str, str]]) -> None:
+    query = urllib.parse.urlencode(pairs)
+    try:
+        direct = parse_query(pairs, DEFAULT)
+    except CameraProtocolError as exc:
+        with pytest.raises(CameraProtocolError) as caught:
+            parse_query_string(query, DEFAULT)
+        assert caught.value.kind == exc.kind
+        return
+    assert parse_query_string(query, DEFAULT) == direct
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["plate", "event", "region", "other", "time"]),
+    st.text(
+        # surrogates included on purpose (hypothesis leaves them out by default)
+        alphabet=st.characters(min_codepoint=0xD7F0, max_codepoint=0xE010, exclude_categories=()),
+        max_size=6,
+    ),
+)
+def test_any_text_is_stored_as_utf8_or_refused(field: str, text: str) -> None:
+    raw = json.dumps({"plate": "AB1", field: text}).encode()  # surrogates as \\u escapes
+    _parse_or_protocol_error(raw)
+
+
 def test_utf8_bom_and_utf16_bodies_are_json_too() -> None:
     assert read(b"\xef\xbb\xbf" + body()).plate == "AB123CD"
     assert read(json.dumps({"plate": "AB1"}).encode("utf-16")).plate == "AB1"
@@ -817,12 +931,19 @@ def _parse_or_protocol_error(raw: bytes) -> None:
     except CameraProtocolError as exc:
         assert exc.kind
         return
-    json.dumps(result.raw if isinstance(result, HttpPlateRead) else result.data, allow_nan=False)
+    # ensure_ascii=False and a strict encode: what the outbox and MQTT will do
+    # (a lone surrogate would pass an ASCII-escaped dump).
+    json.dumps(
+        result.raw if isinstance(result, HttpPlateRead) else result.data,
+        allow_nan=False,
+        ensure_ascii=False,
+    ).encode("utf-8")
     event = to_event(result, "cam", RECEIVED)
     json.dumps(
         event.to_json_dict("lpr") if isinstance(event, PlateEvent) else event.to_json_dict(),
         allow_nan=False,
-    )
+        ensure_ascii=False,
+    ).encode("utf-8")
 
 
 @settings(max_examples=300, deadline=None)
@@ -906,6 +1027,21 @@ def test_random_queries(pairs: list[tuple[str, str]]) -> None:
     except CameraProtocolError:
         return
     assert isinstance(result, HttpPlateRead | HttpCameraNotice)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=120) | st.binary(max_size=60).map(urllib.parse.quote_from_bytes))
+def test_random_query_strings(query: str) -> None:
+    try:
+        result = parse_query_string(query, BodyOptions(tz=BERLIN))
+    except CameraProtocolError as exc:
+        assert exc.kind and exc.detail.encode("utf-8")
+        return
+    event = to_event(result, "cam", RECEIVED)
+    json.dumps(
+        event.to_json_dict("lpr") if isinstance(event, PlateEvent) else event.to_json_dict(),
+        ensure_ascii=False,
+    ).encode("utf-8")
 
 
 text_fields = st.sampled_from(
