@@ -24,7 +24,13 @@ from gateway.errors import ConfigError
 
 T = TypeVar("T")
 
-CAMERA_ID_RE = re.compile(r"^[a-z0-9_-]+$")
+REDACTED = "***"
+
+# A camera id is one MQTT topic level and part of entity ids: a safe slug,
+# checked with fullmatch (`re.match` with `$` lets a trailing "\n" through).
+CAMERA_ID_RE = re.compile(r"[a-z0-9_-]+")
+CAMERA_ID_MAX = 64
+NODE_ID_RE = re.compile(r"[a-zA-Z0-9_-]+")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _MISSING = object()
 
@@ -261,7 +267,7 @@ def parse_config(text: str, environ: Mapping[str, str], origin: str = "<config>"
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{origin}: not valid YAML: {exc}"]) from exc
+        raise ConfigError([f"{origin}: not valid YAML: {_yaml_problem(exc)}"]) from exc
     if document is None:
         document = {}
     reader = _Reader(environ)
@@ -278,26 +284,62 @@ class _Reader:
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.environ = environ
         self.problems: list[str] = []
+        # Key paths whose value came out of ${...} empty: the variables that were
+        # unset or empty there, to name the likely culprit in a later problem.
+        self.empty_from_env: dict[str, list[str]] = {}
+        self._reported: set[str] = set()  # key paths with a problem already
 
     def problem(self, path: str, message: str) -> None:
         self.problems.append(f"{path}: {message}")
+        self._reported.add(path)
 
     # -- scalars -----------------------------------------------------------
 
     def interpolate(self, path: str, value: Any) -> Any:
         if not isinstance(value, str) or "${" not in value:
             return value
+        empty: list[str] = []
 
         def substitute(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
             if name in self.environ:
+                if not self.environ[name]:
+                    empty.append(name)
                 return self.environ[name]
             if default is not None:
+                if not default:
+                    empty.append(name)
                 return default
             self.problem(path, f"environment variable {name} is not set")
             return ""
 
-        return _ENV_RE.sub(substitute, value)
+        result = _ENV_RE.sub(substitute, value)
+        if not result and empty:
+            self.empty_from_env[path] = empty
+        return result
+
+    def secret(self, path: str, value: Any) -> str | None:
+        """A password: like `string`, but a message never repeats the value."""
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            self.problem(path, f"expected a string, got {type(value).__name__} (value not shown)")
+            return None
+        return str(value)
+
+    def require_password(
+        self, username_path: str, username: str | None, password_path: str, password: str | None
+    ) -> None:
+        """A login with an empty password is almost always an unset variable, and
+        for the HTTP intake it means `Basic user:` is accepted: refuse it."""
+        if not username or password:
+            return
+        if password_path in self._reported:
+            return  # already said (e.g. "environment variable X is not set")
+        if password is None:
+            self.problem(password_path, f"missing while {_leaf(username_path)} is set")
+            return
+        names = self.empty_from_env.get(password_path)
+        hint = f" (is {' / '.join(names)} set?)" if names else ""
+        self.problem(password_path, f"empty while {_leaf(username_path)} is set{hint}")
 
     def mapping(self, path: str, value: Any, allowed: set[str]) -> dict[str, Any]:
         if value is None:
@@ -359,7 +401,7 @@ class _Reader:
             number: int | None = None
             if isinstance(value, int) and not isinstance(value, bool):
                 number = value
-            elif isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+            elif isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]{1,20}\s*", value):
                 number = int(value)
             if number is None or not low <= number <= high:
                 self.problem(path, f"expected an integer {low}-{high}, got {_show(value)}")
@@ -414,7 +456,8 @@ class _Reader:
         if text is None:
             return None
         _host, sep, port = text.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        # ASCII digits only: str.isdigit() is true for "²", which int() refuses.
+        if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 <= int(port) <= 65535:
             self.problem(path, f"expected host:port (port 0-65535), got {_show(value)}")
             return None
         return text
@@ -561,24 +604,40 @@ class _Reader:
         url = self.get(section, p, "url", self.string, None)
         if url is not None:
             parts = urlsplit(url)
+            shown = redact_url(url)
             if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
-                self.problem(f"{p}.url", f"expected mqtt://host[:port] or mqtts://..., got {url!r}")
+                self.problem(
+                    f"{p}.url", f"expected mqtt://host[:port] or mqtts://..., got {shown!r}"
+                )
             else:
                 try:
                     _ = parts.port
                 except ValueError:
-                    self.problem(f"{p}.url", f"bad port in {url!r}")
+                    self.problem(f"{p}.url", f"bad port in {shown!r}")
         protocol = self.get(section, p, "protocol", self.string, "3.1.1")
         versions = {"3.1.1": 4, "311": 4, "4": 4, "5": 5, "5.0": 5}
         if protocol not in versions:
             self.problem(f"{p}.protocol", f"expected 3.1.1 or 5, got {protocol!r}")
         tls = self.tls(_join(p, "tls"), section.get("tls"))
-        if url is not None and url.startswith("mqtts://") and tls is None:
+        secure = url is not None and url.startswith("mqtts://")
+        if tls is not None and not secure:
+            # paho only sets TLS up for mqtts://: the block would be ignored and
+            # the login would go over the network in clear.
+            self.problem(
+                f"{p}.tls",
+                "has no effect without TLS: mqtt.url is "
+                f"{_show(redact_url(url)) if url else 'absent (the embedded broker)'}; "
+                "use mqtts://host[:port] (or remove the tls block)",
+            )
+        if secure and tls is None:
             tls = TlsConfig()
+        username = self.get(section, p, "username", self.string, None)
+        password = self.get(section, p, "password", self.secret, None)
+        self.require_password(f"{p}.username", username, f"{p}.password", password)
         return MqttConfig(
             url=url,
-            username=self.get(section, p, "username", self.string, None),
-            password=self.get(section, p, "password", self.string, None),
+            username=username,
+            password=password,
             client_id=self.get(section, p, "client_id", self.string, "lpr-gateway"),
             base_topic=self.get(section, p, "base_topic", self.topic_level, "lpr"),
             protocol_version=versions.get(protocol, 4),
@@ -606,7 +665,7 @@ class _Reader:
         p = "homeassistant"
         section = self.mapping(p, value, {"enabled", "discovery_prefix", "node_id"})
         node_id = self.get(section, p, "node_id", self.string, None)
-        if node_id is not None and not re.fullmatch(r"[a-zA-Z0-9_-]+", node_id):
+        if node_id is not None and not NODE_ID_RE.fullmatch(node_id):
             self.problem(f"{p}.node_id", f"expected [a-zA-Z0-9_-]+, got {node_id!r}")
         return HomeAssistantConfig(
             enabled=self.get(section, p, "enabled", self.boolean, False),
@@ -761,8 +820,13 @@ class _Reader:
         allowed = self._COMMON | (self._BY_PROTOCOL[protocol] if protocol else set())
         section = self.mapping(p, value, allowed)
         camera_id = self.required(section, p, "id", self.string)
-        if camera_id is not None and not CAMERA_ID_RE.match(camera_id):
+        if camera_id is not None and not CAMERA_ID_RE.fullmatch(camera_id):
             self.problem(f"{p}.id", f"expected [a-z0-9_-]+ (used in topics), got {camera_id!r}")
+        elif camera_id is not None and len(camera_id) > CAMERA_ID_MAX:
+            self.problem(
+                f"{p}.id",
+                f"at most {CAMERA_ID_MAX} characters (used in topics), got {len(camera_id)}",
+            )
         timezone = self.get(section, p, "timezone", self.string, "UTC")
         try:
             zoneinfo.ZoneInfo(timezone)
@@ -782,13 +846,16 @@ class _Reader:
         }
         port = self.integer(1, 65535)
         timeout = self.number(0.1, 86400)
+        username = self.get(section, p, "username", self.string, None)
+        password = self.get(section, p, "password", self.secret, None)
+        self.require_password(f"{p}.username", username, f"{p}.password", password)
         if protocol is Protocol.TCP:
             return TcpCameraConfig(
                 **common,
                 host=self.required(section, p, "host", self.string) or "",
                 port=self.get(section, p, "port", port, 5000),
-                username=self.get(section, p, "username", self.string, "admin"),
-                password=self.get(section, p, "password", self.string, ""),
+                username="admin" if username is None else username,
+                password=password or "",
                 connect_timeout_seconds=self.get(
                     section, p, "connect_timeout_seconds", timeout, 5.0
                 ),
@@ -802,8 +869,8 @@ class _Reader:
             return HttpCameraConfig(
                 **common,
                 path=path,
-                username=self.get(section, p, "username", self.string, None),
-                password=self.get(section, p, "password", self.string, None),
+                username=username,
+                password=password,
                 allowed_sources=self.sources(
                     f"{p}.allowed_sources", section.get("allowed_sources")
                 ),
@@ -811,12 +878,21 @@ class _Reader:
             )
         url = self.required(section, p, "url", self.string) or ""
         if url and (urlsplit(url).scheme != "rtsp" or not urlsplit(url).hostname):
-            self.problem(f"{p}.url", f"expected rtsp://host[:port]/path, got {url!r}")
+            self.problem(f"{p}.url", f"expected rtsp://host[:port]/path, got {redact_url(url)!r}")
+        elif url and username is None:
+            # Credentials in the URL are used when username is absent: the same rule.
+            url_user, url_password = _url_credentials(url)
+            if url_user and not url_password:
+                self.problem(
+                    f"{p}.url",
+                    f"has user {url_user!r} but no password: set password "
+                    "(and username) instead of credentials in the URL",
+                )
         return RtspCameraConfig(
             **common,
             url=url,
-            username=self.get(section, p, "username", self.string, None),
-            password=self.get(section, p, "password", self.string, None),
+            username=username,
+            password=password,
             http_port=self.get(section, p, "http_port", port, 80),
             connect_timeout_seconds=self.get(section, p, "connect_timeout_seconds", timeout, 5.0),
             idle_timeout_seconds=self.get(section, p, "idle_timeout_seconds", timeout, 120.0),
@@ -836,6 +912,92 @@ class _Reader:
             except ValueError:
                 self.problem(f"{p}[{index}]", f"not an address or network: {_show(item)}")
         return tuple(result)
+
+
+# --------------------------------------------------------------------------
+# Warnings: accepted, but said at every start and by `lpr-gateway check`
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What the config allows but should not be left that way, each with its key path."""
+    warnings: list[str] = []
+    tls = config.mqtt.tls
+    if tls is not None and tls.insecure and config.mqtt.use_tls:
+        warnings.append(
+            "mqtt.tls.insecure: true: the broker's certificate and host name are not "
+            "checked; anyone on the network path can pose as the broker and read the "
+            "login and every read (for testing only)"
+        )
+    for index, camera in enumerate(config.cameras):
+        p = f"cameras[{index}]"
+        if (
+            isinstance(camera, HttpCameraConfig)
+            and camera.username is None
+            and camera.password is None
+            and not camera.allowed_sources
+        ):
+            warnings.append(
+                f"{p}: HTTP camera {camera.id!r} has no username/password and no "
+                f"allowed_sources: anyone who can reach {config.http.listen} can post "
+                f"reads as {camera.id!r}"
+            )
+        if isinstance(camera, TcpCameraConfig) and not camera.password:
+            warnings.append(
+                f"{p}.password: TCP camera {camera.id!r} logs in as "
+                f"{camera.username!r} with an empty password"
+            )
+    return warnings
+
+
+# --------------------------------------------------------------------------
+# Redaction: no message from here repeats a secret
+
+# Query parameters some cameras take credentials in (rtsp://host/stream?password=...).
+_SECRET_QUERY_RE = re.compile(
+    r"([?&;](?:password|passwd|pass|pwd|token|secret|key|auth)=)[^&;#]*", re.IGNORECASE
+)
+
+
+def redact_url(url: str) -> str:
+    """`url` with the password of its user-info (and secret-looking query values)
+    replaced by `***`: `rtsp://admin:secret@host/x` → `rtsp://admin:***@host/x`.
+
+    Deliberately not urlsplit: a password with an unencoded `/`, `?` or `#` would
+    end the authority early there and be shown. The user-info ends at the last
+    `@` instead (over-redacting the rare path with `@` and `:` in it).
+    """
+    start = url.find("://")
+    start = 0 if start < 0 else start + 3
+    at = url.rfind("@", start)
+    if at >= 0:
+        user, colon, _password = url[start:at].partition(":")
+        url = f"{url[:start]}{user}{':' + REDACTED if colon else ''}{url[at:]}"
+    return _SECRET_QUERY_RE.sub(lambda m: m.group(1) + REDACTED, url)
+
+
+def _url_credentials(url: str) -> tuple[str, str]:
+    """(user, password) of a URL's user-info; empty strings when absent."""
+    start = url.find("://")
+    start = 0 if start < 0 else start + 3
+    at = url.rfind("@", start)
+    if at < 0:
+        return "", ""
+    user, _, password = url[start:at].partition(":")
+    return user, password
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's message without its snippet of the document: that line may hold a password."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        where = exc.problem_mark
+        position = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        context = f" ({exc.context})" if exc.context else ""
+        return f"{exc.problem or 'syntax error'}{position}{context}"
+    return type(exc).__name__
+
+
+def _leaf(path: str) -> str:
+    return path.rpartition(".")[2]
 
 
 def _plate_entry_usable(entry: str) -> bool:

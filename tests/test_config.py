@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gateway.config import (
     HttpCameraConfig,
@@ -14,13 +15,22 @@ from gateway.config import (
     Protocol,
     RtspCameraConfig,
     TcpCameraConfig,
+    config_warnings,
     load_config,
     parse_config,
+    redact_url,
 )
 from gateway.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.yaml"
+# The example's logins all come from the environment; with one unset it is refused.
+EXAMPLE_ENV = {
+    "MQTT_PASSWORD": "mqtt-pw",
+    "GATE_IN_PASSWORD": "tcp-pw",
+    "GATE_OUT_PASSWORD": "http-pw",
+    "LOBBY_PASSWORD": "rtsp-pw",
+}
 
 
 def problems(text: str, environ: dict[str, str] | None = None) -> list[str]:
@@ -30,7 +40,7 @@ def problems(text: str, environ: dict[str, str] | None = None) -> list[str]:
 
 
 def test_example_config_loads() -> None:
-    config = load_config(EXAMPLE, environ={})
+    config = load_config(EXAMPLE, environ=EXAMPLE_ENV)
     assert [c.id for c in config.cameras] == ["gate_in", "gate_out", "lobby"]
     tcp, http, rtsp = config.cameras
     assert isinstance(tcp, TcpCameraConfig) and tcp.port == 5000
@@ -142,7 +152,7 @@ def test_not_yaml() -> None:
 
 
 def test_protocol_helpers() -> None:
-    config = parse_config(EXAMPLE.read_text(), {})
+    config = parse_config(EXAMPLE.read_text(), EXAMPLE_ENV)
     assert [c.id for c in config.cameras_of(Protocol.HTTP)] == ["gate_out"]
     assert config.mqtt.port == 1883 and config.mqtt.host == "127.0.0.1"
 
@@ -173,3 +183,206 @@ def test_run_with_bad_config_exits_2(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert 'cameras[0].port: expected an integer 1-65535, got "abc"' in result.stderr
+
+
+# -- refusing the unsafe --------------------------------------------------------------
+
+
+def test_example_without_a_camera_password_fails_check_naming_the_variable() -> None:
+    # Before: GATE_OUT_PASSWORD unset gave password "" and the HTTP intake accepted
+    # `Authorization: Basic cam:` from anyone.
+    env = {k: v for k, v in EXAMPLE_ENV.items() if k != "GATE_OUT_PASSWORD"}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", "-c", str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin", **env},
+    )
+    assert result.returncode == 2, result.stdout
+    assert (
+        "cameras[1].password: empty while username is set (is GATE_OUT_PASSWORD set?)"
+        in result.stderr
+    )
+    assert "1 problem(s)" in result.stderr  # the other three logins are fine
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "expected"),
+    [
+        (
+            "mqtt: {url: 'mqtt://b', username: gw, password: '${MQTT_PW:-}'}",
+            {},
+            "mqtt.password: empty while username is set (is MQTT_PW set?)",
+        ),
+        (
+            "mqtt: {url: 'mqtt://b', username: gw, password: '${MQTT_PW}'}",
+            {"MQTT_PW": ""},  # set, but to nothing
+            "mqtt.password: empty while username is set (is MQTT_PW set?)",
+        ),
+        (
+            "mqtt: {url: 'mqtt://b', username: gw}",
+            {},
+            "mqtt.password: missing while username is set",
+        ),
+        (
+            "cameras: [{id: a, protocol: tcp, host: h, username: admin, password: ''}]",
+            {},
+            "cameras[0].password: empty while username is set",
+        ),
+        (
+            "cameras: [{id: a, protocol: http, username: cam, password: '${A:-}${B:-}'}]",
+            {},
+            "cameras[0].password: empty while username is set (is A / B set?)",
+        ),
+        (
+            "cameras: [{id: a, protocol: rtsp, url: 'rtsp://h/x', username: admin}]",
+            {},
+            "cameras[0].password: missing while username is set",
+        ),
+        (
+            "cameras: [{id: a, protocol: rtsp, url: 'rtsp://admin:@h/x'}]",
+            {},
+            "cameras[0].url: has user 'admin' but no password",
+        ),
+        (
+            "cameras: [{id: a, protocol: rtsp, url: 'rtsp://admin@h/x'}]",
+            {},
+            "cameras[0].url: has user 'admin' but no password",
+        ),
+    ],
+)
+def test_a_login_with_an_empty_password_is_refused(
+    text: str, environ: dict[str, str], expected: str
+) -> None:
+    found = problems(text, environ)
+    assert any(p.startswith(expected) for p in found), found
+
+
+def test_an_unset_variable_is_reported_once() -> None:
+    found = problems("mqtt: {url: 'mqtt://b', username: gw, password: '${NOPE}'}")
+    assert found == ["mqtt.password: environment variable NOPE is not set"]
+
+
+def test_logins_with_passwords_and_no_logins_are_accepted() -> None:
+    config = parse_config(
+        """
+mqtt: {url: 'mqtt://b', username: gw, password: '${PW}'}
+cameras:
+  - {id: a, protocol: tcp, host: h, username: admin, password: '${PW}'}
+  - {id: b, protocol: http, username: cam, password: x}
+  - {id: c, protocol: http, allowed_sources: [10.0.0.0/8]}
+  - {id: d, protocol: rtsp, url: 'rtsp://admin:x@h/x'}
+  - {id: e, protocol: rtsp, url: 'rtsp://h/x'}
+""",
+        {"PW": "p"},
+    )
+    assert len(config.cameras) == 5
+    assert config_warnings(config) == []
+
+
+def test_tls_with_a_plain_mqtt_url_is_refused() -> None:
+    found = problems("mqtt: {url: 'mqtt://broker:1883', tls: {insecure: false}}")
+    assert len(found) == 1
+    assert found[0].startswith("mqtt.tls: has no effect without TLS")
+    assert "use mqtts://" in found[0]
+    embedded = problems("mqtt: {tls: {insecure: false}}")
+    assert "absent (the embedded broker)" in embedded[0] and "use mqtts://" in embedded[0]
+    config = parse_config("mqtt: {url: 'mqtts://broker', tls: {insecure: false}}", {})
+    assert config.mqtt.use_tls and config.mqtt.tls is not None
+
+
+def test_risky_settings_are_warnings() -> None:
+    config = parse_config(
+        """
+mqtt: {url: 'mqtts://broker', tls: {insecure: true}}
+http: {listen: '0.0.0.0:8080'}
+cameras:
+  - {id: open, protocol: http}
+  - {id: gate, protocol: tcp, host: h}
+""",
+        {},
+    )
+    warnings = config_warnings(config)
+    assert len(warnings) == 3, warnings
+    assert warnings[0].startswith("mqtt.tls.insecure: true: the broker's certificate")
+    assert warnings[1].startswith("cameras[0]: HTTP camera 'open' has no username/password")
+    assert "0.0.0.0:8080" in warnings[1]
+    assert warnings[2] == (
+        "cameras[1].password: TCP camera 'gate' logs in as 'admin' with an empty password"
+    )
+
+
+def test_example_config_has_no_warnings() -> None:
+    assert config_warnings(load_config(EXAMPLE, environ=EXAMPLE_ENV)) == []
+
+
+# -- ids --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("camera_id", "expected"),
+    [
+        ("gate\n", r"cameras[0].id: expected [a-z0-9_-]+ (used in topics), got 'gate\n'"),
+        ("gate/in", "cameras[0].id: expected [a-z0-9_-]+ (used in topics), got 'gate/in'"),
+        ("Gate", "cameras[0].id: expected [a-z0-9_-]+ (used in topics), got 'Gate'"),
+        ("g" * 65, "cameras[0].id: at most 64 characters (used in topics), got 65"),
+    ],
+)
+def test_camera_id_is_a_whole_safe_topic_level(camera_id: str, expected: str) -> None:
+    text = yaml.safe_dump({"cameras": [{"id": camera_id, "protocol": "http"}]})
+    assert expected in problems(text)
+
+
+def test_camera_id_of_64_characters_is_accepted() -> None:
+    config = parse_config(yaml.safe_dump({"cameras": [{"id": "g" * 64, "protocol": "http"}]}), {})
+    assert config.cameras[0].id == "g" * 64
+
+
+def test_node_id_is_matched_whole() -> None:
+    assert "homeassistant.node_id" in problems('homeassistant: {node_id: "lpr\\n"}')[0]
+
+
+@pytest.mark.parametrize("listen", ["h:²", "h:٣", "h:99999", "h:"])
+def test_listen_port_is_ascii_digits_and_never_a_traceback(listen: str) -> None:
+    assert problems(yaml.safe_dump({"http": {"listen": listen}}, allow_unicode=True))[0].startswith(
+        "http.listen: expected host:port"
+    )
+
+
+# -- redaction --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("rtsp://admin:secret@host/main", "rtsp://admin:***@host/main"),
+        ("rtsp://admin:se/cr?et#x@host:554/main", "rtsp://admin:***@host:554/main"),
+        ("mqtt://:secret@broker", "mqtt://:***@broker"),
+        ("rtsp://admin@host/main", "rtsp://admin@host/main"),  # no password to hide
+        ("rtsp://host/main?user=a&password=secret&x=1", "rtsp://host/main?user=a&password=***&x=1"),
+        ("rtsp://host:554/main", "rtsp://host:554/main"),
+        ("admin:secret@host", "admin:***@host"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "mqtt: {url: 'http://gw:s3cr3t@broker'}",
+        "mqtt: {url: 'mqtt://gw:s3cr3t@broker:port'}",
+        "cameras: [{id: a, protocol: rtsp, url: 'http://admin:s3cr3t@cam/x'}]",
+        "cameras: [{id: a, protocol: rtsp, url: 'rtsp://cam/x?password=s3cr3t', port: 1}]",
+        "mqtt: {username: gw, password: {s3cr3t: 1}}",
+        "cameras: [{id: a, protocol: http, username: cam, password: [s3cr3t]}]",
+        'mqtt:\n  password: "s3cr3t\n  url: [',  # a YAML error on the password's line
+        "mqtt: {password: s3cr3t, pasword: s3cr3t}",
+    ],
+)
+def test_no_problem_repeats_a_secret(text: str) -> None:
+    found = problems(text)
+    assert found
+    assert not any("s3cr3t" in p for p in found), found
