@@ -892,6 +892,13 @@ def run_addon(
 
 def test_addon_run_script_with_default_options(tmp_path: Path) -> None:
     options = yaml.safe_load((ADDON / "config.yaml").read_text())["options"]
+    # The default HTTP camera has a user name but no password: port 8080 is open to
+    # the LAN, so the add-on refuses to start until the password is set.
+    result = run_addon(tmp_path, options)
+    assert result.returncode != 0
+    assert "cameras[0] (gate): username is set but password is empty" in result.stderr
+    assert not (tmp_path / "gateway.yaml").exists()
+    options["cameras"][0]["password"] = "camera-pw"
     result = run_addon(tmp_path, options)
     assert result.returncode == 0, result.stderr
     assert "OK (1 cameras)" in result.stdout  # `lpr-gateway check` accepted the config
@@ -917,7 +924,7 @@ def test_addon_maps_every_protocol(tmp_path: Path) -> None:
             {"id": "gate_in", "protocol": "tcp", "host": "192.0.2.10", "port": 5000,
              "username": "admin", "password": "a${b}c", "path": "/ignored"},
             {"id": "gate_out", "protocol": "http", "path": "/lpr/gate_out", "swap_direction": True,
-             "timezone": "Europe/Berlin"},
+             "timezone": "Europe/Berlin", "allowed_sources": ["192.0.2.11", "198.51.100.0/24"]},
             {"id": "lobby", "protocol": "rtsp", "url": "rtsp://192.0.2.12:554/main",
              "http_port": 8081, "username": "", "other_events": "skip"},
         ],
@@ -944,6 +951,58 @@ def test_addon_maps_every_protocol(tmp_path: Path) -> None:
     assert config.log_level == "DEBUG" and config.outbox.max_bytes == 50_000_000
     assert "path" not in generated["cameras"][0]
     assert "username" not in generated["cameras"][2]  # empty fields are left to defaults
+    http_camera = config.cameras[1]
+    assert isinstance(http_camera, HttpCameraConfig)
+    assert http_camera.allowed_sources == ("192.0.2.11/32", "198.51.100.0/24")
+
+
+@pytest.mark.parametrize(
+    ("camera", "expected"),
+    [
+        (
+            {"id": "gate", "protocol": "http", "path": "/lpr/gate", "allowed_sources": []},
+            "cameras[0] (gate): an HTTP camera needs username and password, or allowed_sources",
+        ),
+        (
+            {"id": "gate", "protocol": "http", "password": "pw"},
+            "cameras[0] (gate): an HTTP camera needs username and password, or allowed_sources",
+        ),
+        (
+            {"id": "gate", "protocol": "tcp", "host": "192.0.2.10", "username": "admin",
+             "password": ""},
+            "cameras[0] (gate): username is set but password is empty",
+        ),
+    ],
+)  # fmt: skip
+def test_addon_refuses_a_camera_anyone_could_post_as(
+    tmp_path: Path, camera: dict[str, Any], expected: str
+) -> None:
+    options = yaml.safe_load((ADDON / "config.yaml").read_text())["options"]
+    options["cameras"] = [camera]
+    result = run_addon(tmp_path, options)
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert not (tmp_path / "gateway.yaml").exists()
+
+
+def test_addon_generated_config_refuses_an_empty_broker_password() -> None:
+    """The Supervisor's broker password arrives as ${LPR_MQTT_PASSWORD}: empty is refused."""
+    import importlib.util
+
+    from gateway.errors import ConfigError
+
+    spec = importlib.util.spec_from_file_location("addon_options", ADDON / "options_to_config.py")
+    assert spec is not None and spec.loader is not None
+    helper = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helper)
+    build_config = helper.build_config
+    options = {"cameras": [{"id": "gate", "protocol": "http", "allowed_sources": ["192.0.2.1"]}]}
+    text = yaml.safe_dump(build_config(options, {"LPR_MQTT_USERNAME": "addons"}))
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, {"LPR_MQTT_USERNAME": "addons"})
+    assert caught.value.problems == [
+        "mqtt.password: empty while username is set (is LPR_MQTT_PASSWORD set?)"
+    ]
 
 
 def test_addon_refuses_to_start_without_broker(tmp_path: Path) -> None:

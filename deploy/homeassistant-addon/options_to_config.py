@@ -6,7 +6,9 @@ The broker comes from the environment that run.sh fills through bashio's service
 (LPR_MQTT_HOST, LPR_MQTT_PORT, LPR_MQTT_SSL; LPR_MQTT_USERNAME/PASSWORD stay in the
 environment and are referenced as ${...} so that they are never written to disk).
 Camera fields that do not apply to the camera's protocol are dropped with a warning
-(the add-on UI shows every field for every camera). Exit 2 on unusable options.
+(the add-on UI shows every field for every camera). Exit 2 on unusable options,
+among them an HTTP camera with neither a login nor allowed_sources: the add-on's port
+8080 is reachable from the whole network, and a read posted there can open a gate.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import yaml
 COMMON_KEYS = ("id", "name", "protocol", "timezone", "other_events")
 PROTOCOL_KEYS = {
     "tcp": ("host", "port", "username", "password"),
-    "http": ("path", "username", "password", "swap_direction"),
+    "http": ("path", "username", "password", "allowed_sources", "swap_direction"),
     "rtsp": ("url", "username", "password", "http_port"),
 }
 DATA_DIR = "/data"  # the add-on's persistent folder: the outbox lives there
@@ -30,6 +32,21 @@ DATA_DIR = "/data"  # the add-on's persistent folder: the outbox lives there
 
 class OptionsError(Exception):
     """Options the gateway could not use as they are."""
+
+
+def _require_login(index: int, camera: dict[str, Any]) -> None:
+    """Refuse a login without a password, and an HTTP camera anyone could post as."""
+    where = f"cameras[{index}] ({camera.get('id')})"
+    if camera.get("username") and not camera.get("password"):
+        raise OptionsError(f"{where}: username is set but password is empty; set the password")
+    if camera.get("protocol") == "http" and not (
+        camera.get("username") or camera.get("allowed_sources")
+    ):
+        raise OptionsError(
+            f"{where}: an HTTP camera needs username and password, or allowed_sources "
+            "(its address), or anyone on your network could post plate reads to port 8080 "
+            "that your automations act on"
+        )
 
 
 def build_config(options: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
@@ -50,7 +67,7 @@ def build_config(options: dict[str, Any], environ: dict[str, str]) -> dict[str, 
         allowed = COMMON_KEYS + PROTOCOL_KEYS.get(str(protocol), ())
         entry: dict[str, Any] = {}
         for key, value in camera.items():
-            if value is None or value == "":
+            if value is None or value == "" or value == []:
                 continue
             if key not in allowed:
                 print(
@@ -66,6 +83,7 @@ def build_config(options: dict[str, Any], environ: dict[str, str]) -> dict[str, 
                     "an environment variable reference; choose a value without it"
                 )
             entry[key] = value
+        _require_login(index, entry)
         cameras.append(entry)
     return {
         "log_level": str(options.get("log_level") or "info").upper(),
