@@ -25,6 +25,7 @@ from gateway.codecs.tcp import (
     GarbageSkipped,
     RecognitionResult,
     StreamBroken,
+    UnknownCommand,
     command_name,
     jpeg_dimensions,
     parse_login_reply,
@@ -92,6 +93,21 @@ class _Printer:
             self.problems += 1
             record["error"] = {"kind": exc.kind, "detail": exc.detail}
         self.emit(record)
+
+    def unknown(self, event: UnknownCommand) -> None:
+        # A whole frame the spec does not name: printed as a frame, skipped whole.
+        self.frames += 1
+        self.problems += 1
+        self.emit(
+            {
+                "type": "frame",
+                "offset": event.offset,
+                "size": event.length,
+                "command": f"0x{event.command:04x}",
+                "name": command_name(event.command),
+                "data": event.head.hex(" "),
+            }
+        )
 
     def recognition(self, result: RecognitionResult, offset: int) -> dict[str, Any]:
         meta = result.metadata
@@ -173,6 +189,8 @@ def decode_stream(
             continue
         if isinstance(event, Frame):
             printer.frame(event)
+        elif isinstance(event, UnknownCommand):
+            printer.unknown(event)
         elif isinstance(event, GarbageSkipped):
             printer.problems += 1
             printer.emit({"type": "garbage", "offset": event.offset, "count": event.count})

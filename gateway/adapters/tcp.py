@@ -27,6 +27,7 @@ from gateway.codecs.tcp import (
     FrameDecoder,
     GarbageSkipped,
     StreamBroken,
+    UnknownCommand,
     effective_color_table,
     encode_login_request,
     parse_login_reply,
@@ -36,6 +37,7 @@ from gateway.codecs.tcp import (
 from gateway.config import TcpCameraConfig
 from gateway.errors import CameraProtocolError
 from gateway.event import PlateEvent, utc_now
+from gateway.log_limit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +88,11 @@ class CameraSession:
         self.frames = 0  # reads in the current session
         self._auth_reported = False
         self._connect_failure_reported = False
-        self._unknown_commands: set[int] = set()
         self._capture_full_reported = False
+        # Every complaint the camera can repeat goes through this, keyed by
+        # (camera, kind): a hostile stream cannot turn its bytes into log lines.
+        # The metrics keep the exact counts.
+        self._complaints = RateLimitedLog(log, on_suppressed=self.metrics.log_lines_suppressed.inc)
         self._submit_slots = asyncio.Semaphore(MAX_PENDING_SUBMITS)
         self._pending_submits: set[asyncio.Task[None]] = set()
 
@@ -226,18 +231,29 @@ class CameraSession:
                         return outcome
                     logged_in = True
                 else:
-                    self._unknown_command(event)
+                    # LOGIN_REQ is ours to send, not the camera's: skipped like
+                    # an unknown command, and counted as one.
+                    self._unknown_command(event.command, event.size, event.offset)
+            elif isinstance(event, UnknownCommand):
+                self.metrics.camera_frames.labels(camera=cam).inc()
+                self._unknown_command(event.command, event.length, event.offset)
             elif isinstance(event, GarbageSkipped):
                 self.metrics.bytes_skipped.labels(camera=cam).inc(event.count)
-                log.warning(
-                    "camera %s: skipped %d bytes of garbage at stream offset %d",
-                    cam,
-                    event.count,
-                    event.offset,
-                )
+                if event.starts_region:
+                    # One loss of sync is one parse error, however long it
+                    # lasts and however many false headers it holds.
+                    self._parse_error("garbage")
+                    self._complaints.warning(
+                        (cam, "garbage"),
+                        "camera %s: garbage between frames at stream offset %d, "
+                        "resynchronising (bytes skipped: lpr_camera_bytes_skipped_total)",
+                        cam,
+                        event.offset,
+                    )
             elif isinstance(event, CorruptFrame):
                 self._parse_error(event.reason)
-                log.warning(
+                self._complaints.warning(
+                    (cam, event.reason),
                     "camera %s: corrupt %s frame at offset %d (%s, DATA_SIZE %d), resynchronising",
                     cam,
                     f"0x{event.command:04x}",
@@ -248,7 +264,9 @@ class CameraSession:
                 await self._capture(event.raw, event.reason)
             elif isinstance(event, StreamBroken):
                 self._parse_error(event.kind)
-                log.error(
+                self._complaints.log(
+                    logging.ERROR,
+                    (cam, event.kind),
                     "camera %s: %s at offset %d; dropping the connection",
                     cam,
                     event.detail,
@@ -265,7 +283,9 @@ class CameraSession:
             reply = parse_login_reply(frame.data)
         except CameraProtocolError as exc:
             self._parse_error(exc.kind)
-            log.warning("camera %s: unreadable login reply: %s", cam, exc.detail)
+            self._complaints.warning(
+                (cam, exc.kind), "camera %s: unreadable login reply: %s", cam, exc.detail
+            )
             return Outcome.LOGIN_FAILED
         if reply.unauthorized:
             self.metrics.camera_auth_failures.labels(camera=cam).inc()
@@ -280,7 +300,9 @@ class CameraSession:
                 self._auth_reported = True
             return Outcome.AUTH_FAILED
         if not reply.ok:
-            log.warning("camera %s: login answered with status %d", cam, reply.status)
+            self._complaints.warning(
+                (cam, "login_status"), "camera %s: login answered with status %d", cam, reply.status
+            )
             return Outcome.LOGIN_FAILED
         if self._auth_reported:
             log.info("camera %s: login accepted again", cam)
@@ -295,7 +317,8 @@ class CameraSession:
             result = parse_recognition_result(frame.data)
         except CameraProtocolError as exc:
             self._parse_error(exc.kind)
-            log.warning(
+            self._complaints.warning(
+                (cam, exc.kind),
                 "camera %s: unreadable recognition frame at offset %d: %s",
                 cam,
                 frame.offset,
@@ -305,7 +328,8 @@ class CameraSession:
             return
         for issue in result.issues:
             self._parse_error(issue.kind)
-            log.warning(
+            self._complaints.warning(
+                (cam, issue.kind),
                 "camera %s: recognition frame at offset %d: %s: %s",
                 cam,
                 frame.offset,
@@ -331,7 +355,8 @@ class CameraSession:
         try:
             admission = await self.ctx.submit(event)
             if not admission.taken:
-                log.warning(
+                self._complaints.warning(
+                    (self.camera.id, "not_taken"),
                     "camera %s: read %s (%s) not taken: %s",
                     self.camera.id,
                     event.id,
@@ -341,16 +366,16 @@ class CameraSession:
         finally:
             self._submit_slots.release()
 
-    def _unknown_command(self, frame: Frame) -> None:
+    def _unknown_command(self, command: int, length: int, offset: int) -> None:
         self._parse_error("unknown_command")
-        if frame.command not in self._unknown_commands:
-            self._unknown_commands.add(frame.command)
-            log.warning(
-                "camera %s: unknown command 0x%04x (%d bytes) skipped; further ones not logged",
-                self.camera.id,
-                frame.command,
-                len(frame.data),
-            )
+        self._complaints.warning(
+            (self.camera.id, "unknown_command"),
+            "camera %s: frame with unknown command 0x%04x (%d bytes) at offset %d skipped whole",
+            self.camera.id,
+            command,
+            length,
+            offset,
+        )
 
     def _parse_error(self, kind: str) -> None:
         self.metrics.parse_errors.labels(source=SOURCE, kind=kind).inc()
@@ -361,11 +386,17 @@ class CameraSession:
         if directory is None:
             return
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        name = f"{self.camera.id}-{stamp}-{time.time_ns() % 10**9:09d}-{kind}.bin"
+        name = f"{_capture_prefix(self.camera.id)}{stamp}-{time.time_ns() % 10**9:09d}-{kind}.bin"
         try:
-            written = await asyncio.to_thread(_write_capture, directory, name, raw)
+            written = await asyncio.to_thread(_write_capture, directory, self.camera.id, name, raw)
         except OSError as exc:
-            log.warning("camera %s: cannot save capture in %s: %s", self.camera.id, directory, exc)
+            self._complaints.warning(
+                (self.camera.id, "capture_failed"),
+                "camera %s: cannot save capture in %s: %s",
+                self.camera.id,
+                directory,
+                exc,
+            )
             return
         if written:
             log.info("camera %s: saved the frame as %s", self.camera.id, directory / name)
@@ -379,10 +410,21 @@ class CameraSession:
             )
 
 
-def _write_capture(directory: Path, name: str, raw: bytes) -> bool:
+def _capture_prefix(camera_id: str) -> str:
+    """`<camera id>.`: a dot is not allowed in ids, so no camera's prefix is the
+    start of another's file names (`gate.` never matches `gate-in.…`)."""
+    return f"{camera_id}."
+
+
+def _write_capture(directory: Path, camera_id: str, name: str, raw: bytes) -> bool:
+    """Write one capture unless `camera_id` already has its quota of files there.
+
+    Counted by the full camera id: cameras may share a capture_dir, and one
+    camera's files must not use up another's quota.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    camera = name.split("-", 1)[0]
-    if sum(1 for _ in directory.glob(f"{camera}-*.bin")) >= CAPTURE_MAX_FILES:
+    prefix = _capture_prefix(camera_id)
+    if sum(1 for _ in directory.glob(f"{prefix}*.bin")) >= CAPTURE_MAX_FILES:
         return False
     (directory / name).write_bytes(raw[:CAPTURE_MAX_FILE_BYTES])
     return True

@@ -140,6 +140,7 @@ class UnknownCommand:
     command: int
     length: int  # the whole frame, header and SIG END included
     offset: int
+    head: bytes = b""  # the first bytes of its DATA (for logs and the decode tool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +166,8 @@ DecoderEvent = Frame | GarbageSkipped | CorruptFrame | UnknownCommand | StreamBr
 # frames are still incomplete are remembered (to check them once their SIG END
 # has arrived) up to this many: a bound on memory, whatever the stream holds.
 MAX_LOOKAHEAD_HEADERS = 1024
+# Bytes of an unknown command's DATA kept in its event.
+UNKNOWN_HEAD = 64
 
 
 class DecoderState(enum.Enum):
@@ -385,8 +388,9 @@ class FrameDecoder:
         self._state = DecoderState.SYNCED
         if command not in _KNOWN_COMMANDS:
             # Only reached at a frame boundary (hunting takes known commands only).
+            head = bytes(buf[pos + HEADER_SIZE : min(end - 2, pos + HEADER_SIZE + UNKNOWN_HEAD)])
             self._pos = end
-            return UnknownCommand(command, end - pos, self._base + pos)
+            return UnknownCommand(command, end - pos, self._base + pos, head)
         frame = Frame(command, bytes(buf[pos + HEADER_SIZE : end - 2]), self._base + pos)
         self._pos = end
         return frame

@@ -10,7 +10,7 @@ import logging
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -356,9 +356,9 @@ async def test_bad_frames_are_saved_in_capture_dir(
         running(spine, camera_config(camera.port, capture_dir=capture)),
     ):
         await eventually(lambda: len(spine.events) == 1)
-        await eventually(lambda: len(list(capture.glob("cam-*.bin"))) == 3)
+        await eventually(lambda: len(list(capture.glob("cam.*.bin"))) == 3)
         await asyncio.sleep(0.1)
-    files = sorted(capture.glob("cam-*.bin"))
+    files = sorted(capture.glob("cam.*.bin"))
     assert len(files) == 3
     contents = {f.read_bytes() for f in files}
     assert bad in contents and corrupt in contents
@@ -565,3 +565,157 @@ async def test_end_to_end_drop_mid_frame_then_no_lost_read(
                 plates = [m.json()["plate"] for m in sub.on("lpr/gate_in/event")]
                 assert plates == [plate for plate, _, _ in sim.sent_reads]
                 assert len(events) == 4
+
+
+# --------------------------------------------------------------------------
+# Hostile streams: counted exactly, logged a little
+
+# The log-amplification stream of issue 11: a plausible fake header (known
+# command, DATA_SIZE 2, no SIG END) every 10 bytes, 1 MiB of it.
+FAKE_HEADER = b"\xcc\xff\x01\x88\x02\x00\x00\x00\x00\x00"
+HOSTILE = FAKE_HEADER * ((1 << 20) // len(FAKE_HEADER))
+
+
+def _read(plate: str) -> bytes:
+    return encode_recognition_frame(
+        replace(FULL, license_plate=plate, car_number=plate, plate_length=None), [PLATE, SCENE]
+    )
+
+
+def _camera_warnings(caplog: pytest.LogCaptureFixture, camera: str) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name == "gateway.adapters.tcp"
+        and r.levelno >= logging.WARNING
+        and f"camera {camera}:" in r.getMessage()
+    ]
+
+
+async def test_fake_header_stream_is_counted_exactly_and_logged_a_few_times(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway.adapters.tcp")
+    unknown = encode_frame(0x4242, b"abc")
+
+    async def script(writer: asyncio.StreamWriter) -> None:
+        # A frame boundary, then garbage ("x") full of fake headers, then a read;
+        # then a corrupt frame at a boundary whose region is the same fake
+        # stream, three unknown commands, a last read.
+        writer.write(_read("GOOD1") + b"x" + HOSTILE + _read("GOOD2"))
+        writer.write(HOSTILE + _read("GOOD3") + unknown * 3 + _read("GOOD4"))
+
+    spine = FakeSpine()
+    async with ScriptedCamera(script) as camera, running(spine, camera_config(camera.port)):
+        await eventually(lambda: len(spine.events) == 4, timeout=30)
+        assert spine.online() is True
+    assert spine.plates == ["GOOD1", "GOOD2", "GOOD3", "GOOD4"]
+    assert camera.connections == 1  # garbage never costs the session
+    # exact counts: one garbage region, one corrupt frame (whose rescanned rest
+    # is skipped, not a second error), three unknown commands skipped whole
+    assert spine.sample("lpr_parse_errors_total", source="tcp", kind="garbage") == 1
+    assert spine.sample("lpr_parse_errors_total", source="tcp", kind="bad_sig_end") == 1
+    assert spine.sample("lpr_parse_errors_total", source="tcp", kind="unknown_command") == 3
+    assert spine.sample("lpr_camera_parse_errors_total", camera="cam", kind="garbage") == 1
+    assert spine.sample("lpr_camera_parse_errors_total", camera="cam", kind="bad_sig_end") == 1
+    assert spine.sample("lpr_camera_parse_errors_total", camera="cam", kind="unknown_command") == 3
+    skipped = spine.sample("lpr_camera_bytes_skipped_total", camera="cam")
+    assert skipped == (1 + len(HOSTILE)) + (len(HOSTILE) - 2)
+    # One line per kind; the two unknown commands after the first are suppressed.
+    warnings = _camera_warnings(caplog, "cam")
+    assert len(warnings) == 3, [r.getMessage() for r in warnings]
+    assert spine.sample("lpr_log_lines_suppressed_total") == 2
+
+
+def test_capture_quota_is_counted_by_the_full_camera_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `gate-in` and `gate` share a capture_dir: neither uses up the other's quota.
+    monkeypatch.setattr(tcp, "CAPTURE_MAX_FILES", 2)
+    for n in range(3):
+        name = f"{tcp._capture_prefix('gate-in')}{n}-x.bin"
+        assert tcp._write_capture(tmp_path, "gate-in", name, b"in") is (n < 2)
+    for n in range(3):
+        name = f"{tcp._capture_prefix('gate')}{n}-x.bin"
+        assert tcp._write_capture(tmp_path, "gate", name, b"g") is (n < 2)
+    assert tcp._write_capture(tmp_path, "gate-out", f"{tcp._capture_prefix('gate-out')}0.bin", b"")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [
+        "gate-in.0-x.bin",
+        "gate-in.1-x.bin",
+        "gate-out.0.bin",
+        "gate.0-x.bin",
+        "gate.1-x.bin",
+    ]
+
+
+async def test_capture_quota_of_two_cameras_sharing_a_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Through the adapter: `gate-in` fills its quota first, `gate` still saves.
+    monkeypatch.setattr(tcp, "CAPTURE_MAX_FILES", 2)
+    bad = encode_frame(Command.RECOG_POST, b"\x33\xff\x00\x00\x00\x00\x00\x00")
+
+    async def script(writer: asyncio.StreamWriter) -> None:
+        writer.write(bad * 3 + _read("DONE"))
+
+    capture = tmp_path / "captures"
+    spine = FakeSpine()
+    async with ScriptedCamera(script) as first:
+        cfg = camera_config(first.port, id="gate-in", capture_dir=capture)
+        async with running(spine, cfg):
+            await eventually(lambda: len(spine.events) == 1)
+            await eventually(lambda: len(list(capture.glob("gate-in.*.bin"))) == 2)
+    spine2 = FakeSpine()
+    async with ScriptedCamera(script) as second:
+        cfg = camera_config(second.port, id="gate", capture_dir=capture)
+        async with running(spine2, cfg):
+            await eventually(lambda: len(spine2.events) == 1)
+            await eventually(lambda: len(list(capture.glob("gate.*.bin"))) == 2)
+    assert len(list(capture.glob("gate-in.*.bin"))) == 2
+
+
+@e2e
+async def test_end_to_end_fake_header_flood_then_a_good_read_is_published(
+    mqtt_broker: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The real gateway: 1 MiB of fake headers from a camera, then a read.
+    from gateway.app import Gateway
+    from tests.helpers import MqttCollector, gateway_config
+
+    caplog.set_level(logging.WARNING, logger="gateway.adapters.tcp")
+
+    async def script(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"junk" + HOSTILE + _read("AFTER1"))
+
+    async with ScriptedCamera(script) as camera:
+        config = gateway_config(
+            mqtt_broker.url,
+            tmp_path,
+            cameras=[
+                {
+                    "id": "gate_in",
+                    "protocol": "tcp",
+                    "host": "127.0.0.1",
+                    "port": camera.port,
+                    "username": "admin",
+                    "password": "1234",
+                }
+            ],
+        )
+        with MqttCollector(mqtt_broker.host, mqtt_broker.port) as sub:
+            async with Gateway(config) as gateway:
+                events = await sub.until_count("lpr/gate_in/event", 1, timeout=30)
+                assert events[0].json()["plate"] == "AFTER1"
+
+                def sample(name: str, **labels: str) -> float:
+                    return gateway.metrics.registry.get_sample_value(name, labels) or 0.0
+
+                assert sample("lpr_parse_errors_total", source="tcp", kind="garbage") == 1
+                assert (
+                    sample("lpr_camera_parse_errors_total", camera="gate_in", kind="garbage") == 1
+                )
+                assert sample("lpr_camera_bytes_skipped_total", camera="gate_in") == 4 + len(
+                    HOSTILE
+                )
+    assert len(_camera_warnings(caplog, "gate_in")) <= 2

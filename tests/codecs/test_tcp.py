@@ -491,7 +491,9 @@ def test_frame_round_trip_and_offsets() -> None:
         len(stream) - len(encode_frame(0x1234, b"xyz")),
     ]
     # An unknown command at a frame boundary is skipped whole: in sync, no garbage.
-    assert events[2] == UnknownCommand(0x1234, len(encode_frame(0x1234, b"xyz")), events[2].offset)
+    assert events[2] == UnknownCommand(
+        0x1234, len(encode_frame(0x1234, b"xyz")), events[2].offset, b"xyz"
+    )
     assert sum(e.size for e in events if isinstance(e, Frame)) + events[2].length == len(stream)
 
 
@@ -502,7 +504,7 @@ def test_unknown_command_frame_is_skipped_whole_not_rescanned() -> None:
     good = encode_login_reply(200)
     events = decode_all([unknown + good])
     assert events == [
-        UnknownCommand(0x4242, len(unknown), 0),
+        UnknownCommand(0x4242, len(unknown), 0, (b"ab" + inner + b"cd")[:64]),
         Frame(0x8001, good[8:-2], len(unknown)),
     ]
 
@@ -731,12 +733,15 @@ def test_garbage_offsets_and_counts() -> None:
     good = encode_login_reply(200)
     stream = b"abc" + good + b"defgh" + good
     events = decode_all([stream])
-    assert events == [
-        GarbageSkipped(3, 0, starts_region=True),
-        Frame(0x8001, good[8:-2], 3),
-        GarbageSkipped(5, 3 + len(good), starts_region=True),  # a new region after a frame
-        Frame(0x8001, good[8:-2], 8 + len(good)),
-    ]
+    assert (
+        events
+        == [
+            GarbageSkipped(3, 0, starts_region=True),
+            Frame(0x8001, good[8:-2], 3),
+            GarbageSkipped(5, 3 + len(good), starts_region=True),  # a new region after a frame
+            Frame(0x8001, good[8:-2], 8 + len(good)),
+        ]
+    )
 
 
 def test_start_in_hunting_mode_and_at_an_offset() -> None:
