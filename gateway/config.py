@@ -25,6 +25,9 @@ from gateway.errors import ConfigError
 T = TypeVar("T")
 
 REDACTED = "***"
+# Upper bound of images.max_pixels: Pillow's own guard in images.py is set to it.
+MAX_PIXELS_LIMIT = 128_000_000
+DEFAULT_MAX_PIXELS = 40_000_000  # images.max_pixels: 40 MP, far above any camera's scene
 
 # A camera id is one MQTT topic level and part of entity ids: a safe slug,
 # checked with fullmatch (`re.match` with `$` lets a trailing "\n" through).
@@ -107,7 +110,7 @@ class ImagesConfig:
     max_width: int | None = None  # scale down (keeping the aspect ratio) when wider
     # Refuse to decode a picture larger than this (pixels), checked from its
     # header before decoding: a small JPEG can claim 10000x10000 and cost GBs.
-    max_pixels: int = 40_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     @property
     def reencode(self) -> bool:
@@ -543,7 +546,7 @@ class _Reader:
             quality=self.get(section, p, "quality", self.integer(1, 95), base.quality),
             max_width=self.get(section, p, "max_width", self.integer(16, 16384), base.max_width),
             max_pixels=self.get(
-                section, p, "max_pixels", self.integer(1, 1 << 32), base.max_pixels
+                section, p, "max_pixels", self.integer(1, MAX_PIXELS_LIMIT), base.max_pixels
             ),
         )
 

@@ -200,3 +200,133 @@ async def test_undecodable_scene_is_published_as_received(
             failures = gw.metrics.image_transform_failures.labels(camera="small")
             assert failures._value.get() == 1
     assert scene.payload == garbage
+
+
+# -- pixel limit: refused from the header, before decoding --------------------------------
+
+
+@pytest.fixture(scope="module")
+def huge_jpeg(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A real, decodable 10000x10000 JPEG (1 colour: ~1.2 MB). Made once per module:
+    encoding it costs ~0.2 s and ~100 MiB; decoding it (what the limit prevents) costs
+    ~480 MiB and seconds."""
+    path = tmp_path_factory.mktemp("images") / "huge.jpg"
+    PilImage.new("L", (10_000, 10_000), 128).save(path, format="JPEG", quality=50)
+    return path.read_bytes()
+
+
+def claiming(width: int, height: int) -> bytes:
+    """A tiny real JPEG whose frame header (SOF0) claims width x height."""
+    out = io.BytesIO()
+    PilImage.new("L", (16, 16), 128).save(out, format="JPEG")
+    data = bytearray(out.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Records the size of every image Pillow decodes (ImageFile.load)."""
+    from PIL import ImageFile
+
+    seen: list[tuple[int, int]] = []
+    original = ImageFile.ImageFile.load
+
+    def load(self: ImageFile.ImageFile) -> object:
+        seen.append(self.size)
+        return original(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    return seen
+
+
+def test_huge_scene_is_refused_before_decoding(
+    huge_jpeg: bytes, decodes: list[tuple[int, int]]
+) -> None:
+    assert size_of(huge_jpeg) == (10_000, 10_000)
+    with pytest.raises(ImageTransformError) as caught:
+        reencode_jpeg(huge_jpeg, 80, 1280)  # the default limit: 40 MP
+    assert str(caught.value) == (
+        "the scene image claims 10000x10000 = 100,000,000 pixels, "
+        "more than images.max_pixels (40,000,000); not decoded"
+    )
+    assert decodes == []  # nothing was decoded
+    # The same path does decode a scene under the limit (the spy sees it).
+    reencode_jpeg(READ.scene_jpeg, 80, 1280)
+    assert set(decodes) == {(1920, 1080)}
+
+
+def test_a_few_bytes_claiming_huge_dimensions_are_refused(
+    decodes: list[tuple[int, int]],
+) -> None:
+    with pytest.raises(ImageTransformError, match="claims 9000x8000 = 72,000,000 pixels"):
+        reencode_jpeg(claiming(9000, 8000), 80, None)
+    assert decodes == []
+
+
+def test_pixel_limit_is_inclusive_and_configurable() -> None:
+    pixels = 1920 * 1080
+    event = event_with(READ.scene_jpeg)
+    at_limit = ImagesConfig(max_width=640, max_pixels=pixels)
+    scene = apply_image_options(event, at_limit).scene_image
+    assert scene is not None and scene.data is not None and size_of(scene.data) == (640, 360)
+    with pytest.raises(ImageTransformError, match=r"more than images.max_pixels \(2,073,599\)"):
+        apply_image_options(event, ImagesConfig(max_width=640, max_pixels=pixels - 1))
+
+
+def test_only_jpeg_is_decoded(decodes: list[tuple[int, int]]) -> None:
+    png = io.BytesIO()
+    PilImage.new("RGB", (64, 36)).save(png, format="PNG")
+    with pytest.raises(ImageTransformError, match="cannot re-encode"):
+        reencode_jpeg(png.getvalue(), 50, None)
+    assert decodes == []
+
+
+def test_pillow_itself_refuses_a_bomb_once_images_ran() -> None:
+    """Pillow's own guard (process-wide) is set too: a picture opened elsewhere
+    than reencode_jpeg is refused above twice the limit."""
+    from PIL import Image as PillowImage
+
+    from gateway.config import MAX_PIXELS_LIMIT
+
+    reencode_jpeg(READ.scene_jpeg, 80, None)
+    assert PillowImage.MAX_IMAGE_PIXELS == MAX_PIXELS_LIMIT
+    with pytest.raises(PillowImage.DecompressionBombError):
+        PillowImage.open(io.BytesIO(claiming(20_000, 20_000)))
+
+
+def test_config_max_pixels_bounds() -> None:
+    assert parse_config("images: {max_pixels: 1000000}", {}).images.max_pixels == 1_000_000
+    assert parse_config("", {}).images.max_pixels == 40_000_000
+    with pytest.raises(ConfigError) as caught:
+        parse_config("images: {max_pixels: 200000000}", {})
+    assert caught.value.problems == [
+        "images.max_pixels: expected an integer 1-128000000, got 200000000"
+    ]
+
+
+async def test_huge_scene_is_published_as_received_and_counted(
+    mqtt_broker: MosquittoProcess, tmp_path: Path, huge_jpeg: bytes
+) -> None:
+    config = gateway_config(
+        mqtt_broker.url,
+        tmp_path,
+        cameras=[{"id": "small", "protocol": "http", "images": {"max_width": 640}}],
+    )
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port) as sub:
+        async with Gateway(config) as gw:
+            event = PlateEvent(
+                camera="small",
+                source=Source.INJECT,
+                plate="AB123",
+                received=utc_now(),
+                scene_image=Image(huge_jpeg),
+            )
+            assert (await gw.submit(event)).taken
+            (scene,) = await sub.until_count("lpr/small/image/scene", 1)
+            (published,) = await sub.until_count("lpr/small/event", 1)
+            failures = gw.metrics.image_transform_failures.labels(camera="small")
+            assert failures._value.get() == 1
+    assert scene.payload == huge_jpeg  # the read and its picture, as the camera sent them
+    assert published.json()["images"]["scene"]["bytes"] == len(huge_jpeg)
