@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
+import enum
 import hmac
 import ipaddress
 import json
@@ -28,6 +30,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 
 from gateway.adapters.base import AdapterContext
 from gateway.codecs.http_body import (
@@ -35,12 +38,14 @@ from gateway.codecs.http_body import (
     HttpBody,
     HttpCameraNotice,
     parse_json_body,
-    parse_query,
+    parse_query_string,
     to_event,
 )
-from gateway.config import HttpCameraConfig, OtherEvents
+from gateway.config import HttpCameraConfig, HttpServerConfig, OtherEvents
 from gateway.errors import CameraProtocolError
 from gateway.event import utc_now
+from gateway.log_limit import RateLimitedLog
+from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,9 @@ MAX_BUFFERED_BYTES = 256 * 1024 * 1024
 # adapters); a camera cut off without a 200 sends its read again.
 SHUTDOWN_SECONDS = 1.0
 _READ_CHUNK = 256 * 1024
+# aiohttp's own keep-alive timer is only a backstop behind ours (which count
+# what they close): it fires this long after ours would have.
+_BACKSTOP_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +107,195 @@ def _path_key(path: str) -> str:
     return path.rstrip("/") or "/"
 
 
+# -- connections -------------------------------------------------------------
+
+# Sent (then the connection closed) to a connection over a cap, before any of
+# its request is read: a camera sees a 503 and retries.
+_OVER_CAP_BODY = b'{"error": "too many connections, retry later"}'
+_OVER_CAP_REPLY = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"Content-Type: application/json\r\n"
+    + f"Content-Length: {len(_OVER_CAP_BODY)}\r\n".encode()
+    + f"Retry-After: {RETRY_AFTER_SECONDS}\r\n".encode()
+    + b"Connection: close\r\n\r\n"
+    + _OVER_CAP_BODY
+)
+
+
+class ConnectionLimits:
+    """Open connections to the camera port, in total and per source address.
+
+    Without a cap, a flood of half-open connections uses up the process's file
+    descriptors and real cameras (and the metrics port) are refused by the OS.
+    """
+
+    def __init__(self, settings: HttpServerConfig, metrics: Metrics, complaints: RateLimitedLog):
+        self.total_cap = settings.max_connections
+        self.source_cap = settings.max_connections_per_source
+        self.metrics = metrics
+        self.complaints = complaints
+        self.open = 0
+        self.by_source: collections.Counter[str] = collections.Counter()
+        metrics.http_connections_open.set(0)
+
+    def admit(self, source: str) -> bool:
+        """Take a slot for a new connection from `source`; False (counted, logged) if over a cap."""
+        if self.open >= self.total_cap:
+            reason, cap = "max_connections", self.total_cap
+        elif self.by_source[source] >= self.source_cap:
+            reason, cap = "per_source", self.source_cap
+        else:
+            self.open += 1
+            self.by_source[source] += 1
+            self.metrics.http_connections_open.set(self.open)
+            return True
+        self.metrics.http_connections_closed.labels(reason=reason).inc()
+        self.complaints.warning(
+            (source, reason),
+            "HTTP connection from %s refused: %s open (%s cap %d); answered 503",
+            source,
+            self.open if reason == "max_connections" else self.by_source[source],
+            "total" if reason == "max_connections" else "per source",
+            cap,
+        )
+        return False
+
+    def release(self, source: str) -> None:
+        self.open -= 1
+        left = self.by_source[source] - 1
+        if left > 0:
+            self.by_source[source] = left
+        else:
+            del self.by_source[source]  # the map holds only sources with connections
+        self.metrics.http_connections_open.set(self.open)
+
+
+class _Phase(enum.Enum):
+    HEADERS = "headers"  # waiting for a request's headers: header_timeout runs
+    REQUEST = "request"  # our handler has the request: request_timeout_seconds applies
+    IDLE = "idle"  # keep-alive between requests: keepalive_timeout runs
+
+
+class CameraConnection(RequestHandler):
+    """aiohttp's connection protocol with the camera port's limits.
+
+    A connection over a cap is answered 503 and closed before anything is read.
+    A request's headers must be complete within `header_timeout_seconds` of
+    the connection opening or of the first byte after a keep-alive pause
+    (slowloris); a keep-alive connection idle for `keepalive_timeout_seconds`
+    is closed. Each closing is counted in lpr_http_connections_closed.
+    """
+
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        limits: ConnectionLimits,
+        settings: HttpServerConfig,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(manager, **kwargs)
+        self._limits = limits
+        self._header_timeout = settings.header_timeout_seconds
+        self._idle_timeout = settings.keepalive_timeout_seconds
+        self._source = ""
+        self._admitted = False
+        self._phase = _Phase.HEADERS
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._source = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        if not self._limits.admit(self._source):
+            # aiohttp never sees this connection: no task, no parser state.
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(_OVER_CAP_REPLY)
+            transport.close()
+            return
+        self._admitted = True
+        super().connection_made(transport)
+        self._enter(_Phase.HEADERS)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_deadline()
+        if self._admitted:
+            self._admitted = False
+            self._limits.release(self._source)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._admitted:
+            return
+        if self._phase is _Phase.IDLE:
+            self._enter(_Phase.HEADERS)  # the next request's first byte
+        super().data_received(data)
+
+    def request_started(self) -> None:
+        """The headers are in and the handler has the request: no header deadline."""
+        self._enter(_Phase.REQUEST)
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        result = await super().finish_response(request, resp, start_time)
+        if self._admitted and self.transport is not None:
+            self._enter(_Phase.IDLE)
+        return result
+
+    def _enter(self, phase: _Phase) -> None:
+        self._cancel_deadline()
+        self._phase = phase
+        if phase is _Phase.HEADERS:
+            self._deadline = self._loop.call_later(self._header_timeout, self._expire)
+        elif phase is _Phase.IDLE:
+            self._deadline = self._loop.call_later(self._idle_timeout, self._expire)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if self.transport is None or self._phase is _Phase.REQUEST:
+            return
+        if self._phase is _Phase.HEADERS:
+            reason = "header_timeout"
+            self._limits.complaints.info(
+                (self._source, reason),
+                "HTTP connection from %s closed: request headers not complete within %gs",
+                self._source,
+                self._header_timeout,
+            )
+        else:
+            reason = "idle_timeout"
+            log.debug(
+                "HTTP connection from %s closed: idle for %gs", self._source, self._idle_timeout
+            )
+        self._limits.metrics.http_connections_closed.labels(reason=reason).inc()
+        self.force_close()
+
+
+class _CameraServer(web.Server):
+    """web.Server whose connections are `CameraConnection`s."""
+
+    def __init__(
+        self, *args: Any, limits: ConnectionLimits, settings: HttpServerConfig, **kwargs: Any
+    ):
+        super().__init__(*args, **kwargs)
+        self._limits = limits
+        self._settings = settings
+
+    def __call__(self) -> RequestHandler:
+        return CameraConnection(
+            self,
+            loop=self._loop,
+            limits=self._limits,
+            settings=self._settings,
+            **self._kwargs,
+        )
+
+
 class HttpPushServer:
     """The listening server for every HTTP camera; `start()` then `stop()`."""
 
@@ -121,6 +318,10 @@ class HttpPushServer:
             )
             self.metrics.camera_known(camera.id, SOURCE)
         self._any_auth = any(c.user is not None for c in self._cameras.values())
+        # Complaints a camera (or anyone who can reach the port) can repeat at
+        # will: one line per (camera or source, kind) per interval; metrics count all.
+        self._complaints = RateLimitedLog(log, on_suppressed=self.metrics.log_lines_suppressed.inc)
+        self.limits = ConnectionLimits(self.settings, self.metrics, self._complaints)
         self._runner: web.ServerRunner | None = None
         self.port: int | None = None
         self._buffered = 0  # body bytes held by requests being read or parsed
@@ -128,7 +329,18 @@ class HttpPushServer:
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
-        server = web.Server(self._handle, lingering_time=LINGER_SECONDS, access_log=None)
+        settings = self.settings
+        server = _CameraServer(
+            self._handle,
+            limits=self.limits,
+            settings=settings,
+            lingering_time=LINGER_SECONDS,
+            access_log=None,
+            keepalive_timeout=max(
+                settings.keepalive_timeout_seconds, settings.header_timeout_seconds
+            )
+            + _BACKSTOP_SECONDS,
+        )
         runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_SECONDS)
         await runner.setup()
         tls = self._tls_context()
@@ -162,6 +374,9 @@ class HttpPushServer:
     # -- one request -------------------------------------------------------
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        connection = request.protocol
+        if isinstance(connection, CameraConnection):
+            connection.request_started()
         try:
             reply = await self._reply(request)
         except Exception:  # a bug, never bad input: say so loudly, keep serving
@@ -185,21 +400,37 @@ class HttpPushServer:
         if not self._authorized(camera, request.headers.get("Authorization")):
             if camera is None:
                 if not self._any_auth:
-                    log.info("request for unknown path %r from %s", request.path, request.remote)
+                    self._complaints.info(
+                        (request.remote, "unknown_path"),
+                        "request for unknown path %r from %s",
+                        request.path[:200],
+                        request.remote,
+                    )
                     return _NOT_FOUND
-                log.info(
-                    "refused request for unknown path %r from %s", request.path, request.remote
+                self._complaints.info(
+                    (request.remote, "unknown_path"),
+                    "refused request for unknown path %r from %s",
+                    request.path[:200],
+                    request.remote,
                 )
             else:
                 cid = camera.config.id
                 self.metrics.camera_auth_failures.labels(camera=cid).inc()
-                log.warning("camera %s: missing or wrong credentials from %s", cid, request.remote)
+                self._complaints.warning(
+                    (cid, "auth"),
+                    "camera %s: missing or wrong credentials from %s",
+                    cid,
+                    request.remote,
+                )
             return _UNAUTHORIZED
         assert camera is not None
         cid = camera.config.id
         if camera.networks and not _source_allowed(request.remote, camera.networks):
-            log.warning(
-                "camera %s: refused request from %s (not in allowed_sources)", cid, request.remote
+            self._complaints.warning(
+                (cid, "source_not_allowed"),
+                "camera %s: refused request from %s (not in allowed_sources)",
+                cid,
+                request.remote,
             )
             return _FORBIDDEN
         if request.method == "GET":
@@ -246,7 +477,13 @@ class HttpPushServer:
         limit = self.settings.max_body_bytes
         declared = request.content_length
         if declared is not None and declared > limit:
-            log.warning("camera %s: body of %d bytes refused (limit %d)", cid, declared, limit)
+            self._complaints.warning(
+                (cid, "too_large"),
+                "camera %s: body of %d bytes refused (limit %d)",
+                cid,
+                declared,
+                limit,
+            )
             self.metrics.parse_errors.labels(source=SOURCE, kind="too_large").inc()
             return _Reply(413, {"error": f"body larger than {limit} bytes"}, close=True)
         chunks: list[bytes] = []
@@ -256,13 +493,17 @@ class HttpPushServer:
                 while chunk := await request.content.readany():
                     total += len(chunk)
                     if total > limit:
-                        log.warning(
-                            "camera %s: body over %d bytes refused while streaming", cid, limit
+                        self._complaints.warning(
+                            (cid, "too_large"),
+                            "camera %s: body over %d bytes refused while streaming",
+                            cid,
+                            limit,
                         )
                         self.metrics.parse_errors.labels(source=SOURCE, kind="too_large").inc()
                         return _Reply(413, {"error": f"body larger than {limit} bytes"}, close=True)
                     if self._buffered + len(chunk) > MAX_BUFFERED_BYTES:
-                        log.warning(
+                        self._complaints.warning(
+                            (cid, "server_busy"),
                             "camera %s: %d bytes of bodies already buffered; answered 503",
                             cid,
                             self._buffered,
@@ -273,7 +514,8 @@ class HttpPushServer:
                     reserved[0] += len(chunk)
                     chunks.append(chunk)
         except TimeoutError:
-            log.warning(
+            self._complaints.warning(
+                (cid, "timeout"),
                 "camera %s: body not received within %ss",
                 cid,
                 self.settings.request_timeout_seconds,
@@ -281,7 +523,9 @@ class HttpPushServer:
             self.metrics.parse_errors.labels(source=SOURCE, kind="timeout").inc()
             return _Reply(408, {"error": "request body timed out"}, close=True)
         except (ConnectionError, HttpProcessingError) as exc:
-            log.warning("camera %s: request body broken off: %s", cid, exc)
+            self._complaints.warning(
+                (cid, "incomplete_body"), "camera %s: request body broken off: %s", cid, exc
+            )
             self.metrics.parse_errors.labels(source=SOURCE, kind="incomplete_body").inc()
             return _Reply(400, {"error": "incomplete body"}, close=True)
         self.metrics.camera_bytes.labels(camera=cid).inc(total)
@@ -293,17 +537,28 @@ class HttpPushServer:
                 return await asyncio.to_thread(parse_json_body, body, camera.options)
             return parse_json_body(body, camera.options)
         except CameraProtocolError as exc:
-            log.warning(
-                "camera %s: unreadable body (%d bytes): %s", camera.config.id, len(body), exc
+            self._complaints.warning(
+                (camera.config.id, exc.kind),
+                "camera %s: unreadable body (%d bytes): %s",
+                camera.config.id,
+                len(body),
+                exc,
             )
             self.metrics.parse_errors.labels(source=SOURCE, kind=exc.kind).inc()
             return _Reply(400, {"error": exc.kind, "detail": exc.detail})
 
     def _parse_query(self, request: web.BaseRequest, camera: _Camera) -> HttpBody | _Reply:
         try:
-            return parse_query(request.query.items(), camera.options)
+            # The raw query: aiohttp's decoded one has already turned what is
+            # not UTF-8 into U+FFFD; the codec refuses it instead.
+            return parse_query_string(request.rel_url.raw_query_string, camera.options)
         except CameraProtocolError as exc:
-            log.warning("camera %s: unreadable query: %s", camera.config.id, exc)
+            self._complaints.warning(
+                (camera.config.id, exc.kind),
+                "camera %s: unreadable query: %s",
+                camera.config.id,
+                exc,
+            )
             self.metrics.parse_errors.labels(source=SOURCE, kind=exc.kind).inc()
             return _Reply(400, {"error": exc.kind, "detail": exc.detail})
 
@@ -311,7 +566,8 @@ class HttpPushServer:
         cid = camera.config.id
         self.metrics.camera_frames.labels(camera=cid).inc()
         for problem in parsed.problems:
-            log.warning(
+            self._complaints.warning(
+                (cid, problem.kind),
                 "camera %s: field %r unusable (%s): %s",
                 cid,
                 problem.field,
@@ -335,7 +591,12 @@ class HttpPushServer:
                 asyncio.shield(pending), self.settings.request_timeout_seconds
             )
         except TimeoutError:
-            log.warning("camera %s: event %s not accepted in time; answered 503", cid, event.id)
+            self._complaints.warning(
+                (cid, "submit_timeout"),
+                "camera %s: event %s not accepted in time; answered 503",
+                cid,
+                event.id,
+            )
             return _UNAVAILABLE
         if admission.taken:
             log.debug(
@@ -347,8 +608,12 @@ class HttpPushServer:
                 admission.value,
             )
             return _Reply(200, {"status": admission.value, "id": event.id})
-        log.warning(
-            "camera %s: event %s refused (%s); answered 503", cid, event.id, admission.value
+        self._complaints.warning(
+            (cid, admission.value),
+            "camera %s: event %s refused (%s); answered 503",
+            cid,
+            event.id,
+            admission.value,
         )
         return _UNAVAILABLE
 

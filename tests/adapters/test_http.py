@@ -748,3 +748,270 @@ async def test_a_200_is_never_given_for_an_event_not_in_the_outbox(
         assert {s.reply["id"] for s in accepted} <= arrived
     finally:
         stop_process(gateway, 10)
+
+
+# --------------------------------------------------------------------------
+# Text that cannot be stored: refused before it reaches the pipeline
+
+
+async def until(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"plate": "AB\\ud800C"}', "plate"),
+        (b'{"plate": "AB1", "event": "LPR", "region": "\\udc00"}', "region"),
+        (b'{"event": "Counting", "extra": {"n": ["\\udbff"]}}', "extra"),
+    ],
+)
+async def test_lone_surrogate_is_400_with_reason_and_never_submitted(
+    body: bytes, field: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serving() as served:
+        for _ in range(3):  # repeated by the camera: one log line, every one counted
+            status, _, reply = await request("POST", served.url(), data=body)
+            assert status == 400
+            assert reply == {
+                "error": "invalid_text",
+                "detail": f"invalid text in field {field!r}: lone surrogate",
+            }
+        assert served.intake.events == []
+        assert served.count("lpr_parse_errors_total", source="http", kind="invalid_text") == 3
+        assert served.count("lpr_http_requests_total", status="400") == 3
+        lines = [r for r in caplog.records if "unreadable body" in r.getMessage()]
+        assert len(lines) == 1 and "camera gate" in lines[0].getMessage()
+        assert served.count("lpr_log_lines_suppressed_total") == 2
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("Caption=%ED%A0%80&description=AB1", "Caption"),  # an encoded surrogate
+        ("Caption=LPR&description=AB%FF", "description"),
+        ("Caption=LPR&description=%C3", "description"),
+    ],
+)
+async def test_undecodable_query_is_400_not_a_replacement_character(query: str, field: str) -> None:
+    async with serving() as served:
+        status, _, reply = await request("GET", served.url() + "?" + query)
+        assert status == 400
+        assert reply["error"] == "invalid_text"
+        assert reply["detail"].startswith(f"invalid text in field {field!r}: not UTF-8")
+        assert served.intake.events == []
+        assert served.count("lpr_parse_errors_total", source="http", kind="invalid_text") == 1
+
+
+async def test_control_characters_are_legal_and_accepted() -> None:
+    async with serving() as served:
+        body = json.dumps({"event": "a\u0000b\t\u007f\u0085\ufdd0", "n": 1}).encode()
+        status, _, _ = await request("POST", served.url(), data=body)
+        assert status == 200
+        status, _, _ = await request("GET", served.url() + "?Caption=a%00b%7F&x=1")
+        assert status == 200
+        assert [type(e) for e in served.intake.events] == [CameraEvent, CameraEvent]
+
+
+# --------------------------------------------------------------------------
+# Connections: header and idle deadlines, caps
+
+
+async def connect(port: int, head: bytes = b"", source: str = "127.0.0.1") -> Any:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    if head:
+        writer.write(head)
+        await writer.drain()
+    return reader, writer
+
+
+async def read_to_eof(reader: asyncio.StreamReader, timeout: float = 10.0) -> bytes:
+    """Everything the server sends until it closes (the timeout only bounds a failing test)."""
+    return await asyncio.wait_for(reader.read(), timeout)
+
+
+HALF_SENT = b"POST /lpr/gate HTTP/1.1\r\nHost: a\r\n"
+
+
+def get_request(keep_alive: bool = True) -> bytes:
+    connection = b"keep-alive" if keep_alive else b"close"
+    return (
+        b"GET /lpr/gate?description=AB1 HTTP/1.1\r\nHost: a\r\nConnection: "
+        + connection
+        + b"\r\n"
+        + auth_header()
+        + b"\r\n"
+    )
+
+
+async def test_half_sent_headers_are_closed_after_the_header_timeout() -> None:
+    async with serving(header_timeout_seconds=0.3) as served:
+        port = served.server.port
+        assert port is not None
+        half = [await connect(port, HALF_SENT) for _ in range(5)]
+        silent = [await connect(port) for _ in range(2)]  # not a byte
+        await until(lambda: served.count("lpr_http_connections_open") == 7)
+        # a well-behaved request meanwhile is served
+        status, _, _ = await request("POST", served.url(), data=plate_body())
+        assert status == 200
+        for reader, writer in half + silent:
+            assert await read_to_eof(reader) == b""  # closed without a reply
+            writer.close()
+        closed = served.count("lpr_http_connections_closed_total", reason="header_timeout")
+        assert closed == 7
+        await until(lambda: served.count("lpr_http_connections_open") == 0)
+        assert served.intake.events and len(served.intake.events) == 1
+
+
+async def test_a_request_trickled_byte_by_byte_is_cut_at_the_header_deadline() -> None:
+    async with serving(header_timeout_seconds=0.5) as served:
+        assert served.server.port is not None
+        reader, writer = await connect(served.server.port)
+        sent = 0
+        with contextlib.suppress(ConnectionError):
+            for byte in get_request():  # every byte in time, the whole never
+                writer.write(bytes([byte]))
+                await writer.drain()
+                sent += 1
+                if reader.at_eof():
+                    break
+                await asyncio.sleep(0.05)
+        assert await read_to_eof(reader) == b""
+        assert sent < len(get_request())
+        assert served.count("lpr_http_connections_closed_total", reason="header_timeout") == 1
+        assert served.intake.events == []
+
+
+async def test_idle_keepalive_connection_is_closed_and_counted() -> None:
+    async with serving(keepalive_timeout_seconds=0.3, header_timeout_seconds=5) as served:
+        assert served.server.port is not None
+        reader, writer = await connect(served.server.port, get_request())
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        rest = await read_to_eof(reader)  # the reply's remainder, then the close
+        assert b'"status": "accepted"' in rest
+        writer.close()
+        assert served.count("lpr_http_connections_closed_total", reason="idle_timeout") == 1
+        assert served.count("lpr_http_connections_closed_total", reason="header_timeout") == 0
+
+
+async def test_keepalive_pause_longer_than_the_header_timeout_is_fine() -> None:
+    """The header deadline runs from a request's first byte, not from the last reply."""
+    async with serving(keepalive_timeout_seconds=10, header_timeout_seconds=0.3) as served:
+        assert served.server.port is not None
+        reader, writer = await connect(served.server.port, get_request())
+        replies = []
+        for _ in range(2):
+            replies.append(await reader.readuntil(b"}"))
+            await asyncio.sleep(0.6)  # idle, twice the header timeout
+            writer.write(get_request())
+            await writer.drain()
+        replies.append(await reader.readuntil(b"}"))
+        assert all(r.startswith(b"HTTP/1.1 200") for r in replies), replies
+        # ... and the next request, begun but not finished, is cut at its deadline
+        writer.write(HALF_SENT)
+        await writer.drain()
+        assert await read_to_eof(reader) == b""
+        writer.close()
+        assert len(served.intake.events) == 3
+        assert served.count("lpr_http_connections_closed_total", reason="header_timeout") == 1
+        assert served.count("lpr_http_connections_closed_total", reason="idle_timeout") == 0
+
+
+OVER_CAP = b"HTTP/1.1 503 Service Unavailable\r\n"
+
+
+async def test_connections_over_the_per_source_cap_get_503_and_are_closed() -> None:
+    async with serving(max_connections_per_source=3, header_timeout_seconds=10) as served:
+        port = served.server.port
+        assert port is not None
+        held = [await connect(port) for _ in range(3)]
+        await until(lambda: served.count("lpr_http_connections_open") == 3)
+        refused = [await connect(port) for _ in range(4)]
+        for reader, writer in refused:
+            reply = await read_to_eof(reader)
+            assert reply.startswith(OVER_CAP) and b"Retry-After: 5\r\n" in reply, reply
+            writer.close()
+        assert served.count("lpr_http_connections_closed_total", reason="per_source") == 4
+        assert served.count("lpr_http_connections_open") == 3
+        # another source address is not affected by this one's cap
+        reader, writer = await connect(port, get_request(keep_alive=False), source="127.0.0.2")
+        assert (await read_to_eof(reader)).startswith(b"HTTP/1.1 200")
+        writer.close()
+        # once one is closed, this source is served again
+        held.pop()[1].close()
+        await until(lambda: served.count("lpr_http_connections_open") == 2)
+        status, _, _ = await request("POST", served.url(), data=plate_body())
+        assert status == 200
+        for _, writer in held:
+            writer.close()
+        await until(lambda: served.count("lpr_http_connections_open") == 0)
+        assert served.count("lpr_http_connections_closed_total", reason="max_connections") == 0
+
+
+async def test_connections_over_the_total_cap_get_503_and_are_closed() -> None:
+    async with serving(max_connections=2, max_connections_per_source=10) as served:
+        port = served.server.port
+        assert port is not None
+        held = [await connect(port, source=f"127.0.0.{n}") for n in (2, 3)]
+        await until(lambda: served.count("lpr_http_connections_open") == 2)
+        reader, writer = await connect(port, source="127.0.0.4")
+        assert (await read_to_eof(reader)).startswith(OVER_CAP)
+        writer.close()
+        assert served.count("lpr_http_connections_closed_total", reason="max_connections") == 1
+        assert served.count("lpr_http_connections_closed_total", reason="per_source") == 0
+        for _, held_writer in held:
+            held_writer.close()
+        await until(lambda: served.count("lpr_http_connections_open") == 0)
+        status, _, _ = await request("POST", served.url(), data=plate_body())
+        assert status == 200
+
+
+async def test_repeated_complaints_are_one_log_line_and_exact_counts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with serving(max_body_bytes=1000) as served:
+        for _ in range(5):
+            status, _, _ = await request(
+                "POST", served.url(), auth=BasicAuth(USER, "Gu3ssW0rd"), data=plate_body()
+            )
+            assert status == 401
+            status, _, _ = await request("POST", served.url(), data=b"x" * 1001)
+            assert status == 413
+        assert served.count("lpr_camera_auth_failures_total", camera="gate") == 5
+        assert served.count("lpr_parse_errors_total", source="http", kind="too_large") == 5
+        messages = [r.getMessage() for r in caplog.records if r.name == http_adapter.__name__]
+        assert sum("wrong credentials" in m for m in messages) == 1
+        assert sum("refused (limit 1000)" in m for m in messages) == 1
+        assert served.count("lpr_log_lines_suppressed_total") == 8
+        assert not any("Gu3ssW0rd" in m or PASSWORD in m for m in messages)
+
+
+@pytest.mark.broker
+async def test_surrogate_body_is_refused_then_the_same_plate_clean_is_published(
+    mqtt_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    """The refused body leaves nothing behind: not in the outbox, not in dedup."""
+    config = gateway_config(
+        mqtt_broker.url, tmp_path, cameras=[E2E_CAMERA], dedup={"window_seconds": 60}
+    )
+    url = f"http://{config.http.listen}/lpr/gate"
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port) as sub:
+        async with Gateway(config) as gw:
+            await _wait_listening(config.http.port)
+            bad = await request("POST", url, data=b'{"plate": "AB123CD", "region": "\\ud800"}')
+            again = await request("POST", url, data=b'{"plate": "AB123CD", "region": "\\ud800"}')
+            clean = await request("POST", url, data=plate_body(region="KR"))
+            messages = await sub.until_count("lpr/gate/event", 1)
+            parse_errors = gw.metrics.registry.get_sample_value(
+                "lpr_parse_errors_total", {"source": "http", "kind": "invalid_text"}
+            )
+    assert bad[0] == again[0] == 400
+    assert bad[2]["detail"] == "invalid text in field 'region': lone surrogate"
+    assert clean[0] == 200 and clean[2]["status"] == "accepted"
+    (event,) = [m.json() for m in messages]
+    assert event["id"] == clean[2]["id"]
+    assert event["plate"] == "AB123CD" and event["region"] == "KR"
+    assert parse_errors == 2
