@@ -19,6 +19,7 @@ from typing import Any
 from lxml import etree
 
 from gateway.codecs import assumed
+from gateway.codecs.numbers import ascii_decimal_or_none, ascii_int_or_none, finite_or_none
 from gateway.errors import CameraProtocolError
 from gateway.event import CameraEvent, Direction, Image, PlateEvent, Source
 
@@ -236,7 +237,12 @@ def parse_metadata(
 
     results: list[MetadataResult] = []
     for message in root.iter(_WSNT + "NotificationMessage"):
-        results.append(_notification(message, plate_topics))
+        # One notification's trouble is that notification's alone: the plate
+        # read beside it in the same document is still a read.
+        try:
+            results.append(_notification(message, plate_topics))
+        except CameraProtocolError as exc:
+            results.append(OnvifProblem(exc.kind, exc.detail))
     return results
 
 
@@ -294,6 +300,10 @@ def _plate_read(
         return OnvifProblem(
             "onvif_no_plate", f"plate notification {topic.text!r} without a plate value"
         )
+    # A field that does not read (speed "²", direction "-0x1", confidence "nan")
+    # becomes null and its text goes to raw["unreadable"]; the read itself is
+    # kept. That is what a user expects: the plate is the point of the
+    # notification, a camera's odd speed format must not cost the read.
     unreadable: dict[str, str] = {}
     slotted = {plate_item[0]} if plate_item else set()
 
@@ -393,10 +403,11 @@ def _short(text: str, limit: int = 200) -> str:
 # --------------------------------------------------------------------------
 # Field readers (pure; exposed for tests and other vendors' mappings)
 
+# ASCII digits only (re.ASCII): `\d` would also match "٥" and "５".
 _UTC_TIME = re.compile(
-    r"^\s*(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?"
+    r"^\s*(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,32}))?"
     r"\s*(Z|[+-]\d{2}:?\d{2})?\s*$",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,
 )
 
 
@@ -410,21 +421,24 @@ def parse_utc_time(text: str) -> datetime | None:
         return None
     year, month, day, hour, minute, second, fraction, zone = match.groups()
     microsecond = int((fraction or "0")[:6].ljust(6, "0"))
-    tz = UTC
-    if zone and zone.upper() != "Z":
-        sign = -1 if zone[0] == "-" else 1
-        digits = zone[1:].replace(":", "")
-        tz = timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
     try:
+        tz = UTC
+        if zone and zone.upper() != "Z":
+            sign = -1 if zone[0] == "-" else 1
+            digits = zone[1:].replace(":", "")
+            # An offset of 24 h or more is refused by timezone() (ValueError).
+            tz = timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
         moment = datetime(
             int(year), int(month), int(day), int(hour), int(minute), int(second), microsecond, tz
         )
-    except ValueError:
+        # Year 1 with a positive offset, or 9999 with a negative one, leaves
+        # the range of datetime in UTC (OverflowError).
+        return moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
-    return moment.astimezone(UTC)
 
 
-_SPEED = re.compile(r"^\s*([+]?\d+(?:[.,]\d+)?)\s*([a-z/]*)\s*$", re.IGNORECASE)
+_SPEED = re.compile(r"^\s*([+]?\d+(?:[.,]\d+)?)\s*([a-z/]*)\s*$", re.IGNORECASE | re.ASCII)
 _SPEED_UNITS_TO_KMH = {"km/h": 1.0, "kmh": 1.0, "kph": 1.0, "mph": 1.609344, "m/s": 3.6}
 
 
@@ -441,9 +455,10 @@ def parse_speed(text: str) -> tuple[float | None, bool]:
         return None, False
     number, unit = match.groups()
     factor = _SPEED_UNITS_TO_KMH.get((unit or assumed.DEFAULT_SPEED_UNIT).lower())
-    if factor is None:
+    parsed = ascii_decimal_or_none(number)  # bounded: 5,000 digits are not a speed
+    if factor is None or parsed is None:
         return None, False
-    value = float(number.replace(",", ".")) * factor
+    value = parsed * factor
     if not math.isfinite(value):
         return None, False
     return (value if factor == 1.0 else round(value, 1)), True
@@ -455,8 +470,9 @@ _DIRECTION_BY_VALUE = {d.value: d for d in Direction}
 def parse_direction(text: str) -> Direction | None:
     """A code of `assumed.DIRECTION_CODES` (`1`), or a word (`in`, `out`, `approach`)."""
     stripped = text.strip().lower()
-    if stripped.isdigit():
-        name = assumed.DIRECTION_CODES.get(int(stripped))
+    code = ascii_int_or_none(stripped)
+    if code is not None:
+        name = assumed.DIRECTION_CODES.get(code)
         return _DIRECTION_BY_VALUE.get(name) if name else None
     word = assumed.HTTP_DIRECTION_WORDS.get(stripped, stripped)
     return _DIRECTION_BY_VALUE.get(word)
@@ -464,11 +480,9 @@ def parse_direction(text: str) -> Direction | None:
 
 def parse_confidence(text: str) -> float | None:
     """0..1, or a percentage (a value above 1) divided by 100; None when unreadable."""
-    try:
-        value = float(text.strip().rstrip("%"))
-    except ValueError:
-        return None
-    if not math.isfinite(value) or value < 0:
+    # ASCII decimals only: float() would take "nan", "1e400", "１" and "1_0".
+    value = finite_or_none(ascii_decimal_or_none(text.strip().removesuffix("%")))
+    if value is None:
         return None
     if value > 1:
         value /= 100

@@ -23,6 +23,7 @@ from typing import Any, Final, Literal
 from construct import Bytes, Float32l, Int8ul, Int16ul, Int32sl, Int32ul, Int64ul, Struct
 
 from gateway.codecs import assumed
+from gateway.codecs.numbers import finite_or_none, parse_ascii_int
 from gateway.errors import CameraProtocolError
 from gateway.event import (
     Box,
@@ -543,10 +544,10 @@ def parse_login_reply(data: bytes) -> LoginReply:
     result = document.get("result")
     if isinstance(result, bool) or not isinstance(result, int | str):
         raise CameraProtocolError("bad_login_reply", f"result is not a status code: {result!r}")
-    text = str(result).strip()
-    if not text.isdigit() or len(text) > 3:
-        raise CameraProtocolError("bad_login_reply", f"result is not a status code: {result!r}")
-    return LoginReply(int(text))
+    if isinstance(result, int):
+        result = str(result)  # JSON numbers are ASCII digits (a sign aside)
+    status = parse_ascii_int(result, kind="bad_login_reply", what="result", max_digits=3)
+    return LoginReply(status)
 
 
 def _json_object(data: bytes, kind: str) -> dict[str, Any]:
@@ -788,6 +789,11 @@ def parse_metadata(payload: bytes, issues: list[ParseIssue] | None = None) -> Re
                 break
             (value,) = spec.unpack.unpack_from(payload, pos)
             pos += width
+            if isinstance(value, float) and finite_or_none(value) is None:
+                # NaN/inf is no value (and not JSON): the field is None, the
+                # camera's value is kept as text under raw.
+                extra[f"{spec.name}_raw"] = str(value)
+                value = None
         if spec.name in _METADATA_FIELDS:
             values[spec.name] = value
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import resource
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -591,6 +592,69 @@ def test_a_broken_notification_does_not_lose_the_others() -> None:
     kinds = [r.kind for r in results if isinstance(r, OnvifProblem)]
     assert kinds == ["onvif_no_plate", "onvif_no_topic", "onvif_no_message"]
     assert isinstance(results[-1], OnvifPlateRead) and results[-1].plate == "GOOD1"
+
+
+HOSTILE_NUMBERS = ["\u00b2", "\uff15", "\u0665", "-0x1", "1_0", "nan", "inf", "1e999", "9" * 5000]
+
+
+@pytest.mark.parametrize("bad", HOSTILE_NUMBERS)
+def test_hostile_numbers_cost_the_field_not_the_read(bad: str) -> None:
+    # Speed, direction and confidence of "²", "５", "-0x1" or 5,000 digits: the
+    # field is null and its text is kept under raw["unreadable"]; the plate read
+    # and the other read in the same document are both kept.
+    extra = (
+        f'<tt:SimpleItem Name="LicenseCarSpeed" Value="{bad}"/>'
+        f'<tt:SimpleItem Name="LicenseCarDirection" Value="{bad}"/>'
+    )
+    hostile = _notification_xml(PLATE_TOPIC, _plate_data("BAD1", extra=extra), utc=bad)
+    good = _notification_xml(PLATE_TOPIC, _plate_data("GOOD1"))
+    axis = (
+        f"<tt:Event><wsnt:NotificationMessage>"
+        f'<wsnt:Topic xmlns:tnsaxis="{NS_TNSAXIS}">'
+        "tnsaxis:CameraApplicationPlatform/ALPV.AllPlates</wsnt:Topic>"
+        '<wsnt:Message><tt:Message UtcTime="2018-05-15T06:19:34Z"><tt:Data>'
+        '<tt:SimpleItem Name="plate" Value="AXIS1"/>'
+        f'<tt:SimpleItem Name="plateConfidence" Value="{bad}"/>'
+        f'<tt:SimpleItem Name="direction" Value="{bad}"/>'
+        "</tt:Data></tt:Message></wsnt:Message></wsnt:NotificationMessage></tt:Event>"
+    )
+    results = parse_metadata(_stream(hostile + good + axis))
+    assert [type(r) for r in results] == [OnvifPlateRead] * 3
+    first, second, third = results
+    assert isinstance(first, OnvifPlateRead) and isinstance(third, OnvifPlateRead)
+    assert first.plate == "BAD1" and first.speed_kmh is None and first.time is None
+    assert first.direction is Direction.UNKNOWN
+    assert first.unreadable == {
+        "LicenseCarSpeed": bad,
+        "LicenseCarDirection": bad,
+        "UtcTime": bad,
+    }
+    assert isinstance(second, OnvifPlateRead) and second.plate == "GOOD1"
+    assert not second.unreadable
+    assert third.plate == "AXIS1" and third.confidence is None
+    assert third.unreadable == {"plateConfidence": bad, "direction": bad}
+    for read in (first, third):
+        doc = onvif.to_plate_event(read, "cam", SPEC_TIME).to_json_dict("lpr")
+        json.dumps(doc, allow_nan=False)
+
+
+@pytest.mark.parametrize(
+    "utc",
+    [
+        "2018-05-15T06:19:34+99:00",  # timezone() refuses 24 h and more
+        "2018-05-15T06:19:34-24:00",
+        "0001-01-01T00:00:00+01:00",  # before year 1 in UTC
+        "9999-12-31T23:59:59-01:00",  # after year 9999 in UTC
+        "\uff12\uff10\uff11\uff18-05-15T06:19:34Z",  # fullwidth digits
+        "2018-05-15T06:19:34." + "9" * 5000 + "Z",
+    ],
+)
+def test_utc_times_out_of_range_are_unreadable_not_a_crash(utc: str) -> None:
+    assert onvif.parse_utc_time(utc) is None
+    document = _stream(_notification_xml(PLATE_TOPIC, _plate_data("P1"), utc=utc))
+    [read] = parse_metadata(document)
+    assert isinstance(read, OnvifPlateRead) and read.time is None
+    assert read.unreadable == {"UtcTime": utc}
 
 
 def test_a_metadata_stream_without_events_is_empty() -> None:

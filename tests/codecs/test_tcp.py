@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import struct
 import uuid
 from dataclasses import replace
@@ -228,6 +229,17 @@ def test_login_reply(body: bytes, status: int, ok: bool, unauthorized: bool) -> 
         b"\xff{}",
         b'{"result": "2000"}',
         b'{"result": null}',
+        # digits by isdigit() but not a number int() takes, or not ASCII
+        '{"result": "\u00b2"}'.encode(),
+        '{"result": "\uff15\uff10\uff10"}'.encode(),
+        '{"result": "\u0662\u0660\u0660"}'.encode(),
+        b'{"result": "-0x1"}',
+        b'{"result": "+200"}',
+        b'{"result": "2_00"}',
+        b'{"result": -200}',
+        b'{"result": 200.0}',
+        b'{"result": "' + b"9" * 5000 + b'"}',
+        b'{"result": ' + b"9" * 5000 + b"}",
     ],
 )
 def test_login_reply_malformed(body: bytes) -> None:
@@ -974,6 +986,22 @@ def test_plate_event_codes(
     event = to_plate_event(result, camera="c", received=RECEIVED, color_table={})
     assert (event.direction, event.list, event.vehicle.type) == expected
     assert event.raw == raw
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_floats_never_leave_the_codec(bad: float) -> None:
+    # azimuth and confidence are float32 on the wire: NaN/inf become None, the
+    # camera's value is kept as text under raw, and the event is valid JSON.
+    meta = replace(FULL, azimuth=bad, confidence=bad)
+    result = parse_recognition_result(encode_recognition_data(meta, [PLATE, SCENE]))
+    assert result.metadata.azimuth is None and result.metadata.confidence is None
+    event = to_plate_event(result, camera="c", received=RECEIVED, color_table={})
+    doc = event.to_json_dict("lpr")
+    assert doc["confidence"] is None
+    assert "azimuth" not in doc["raw"]
+    assert doc["raw"]["azimuth_raw"] == doc["raw"]["confidence_raw"] == str(bad)
+    text = json.dumps(doc, allow_nan=False)  # raises on NaN/inf anywhere
+    assert "NaN" not in text and "Infinity" not in text
 
 
 @pytest.mark.parametrize(
