@@ -4,15 +4,23 @@ Start order is the data path backwards (outbox, publisher, pipeline, then
 intake), so nothing is accepted before it can be stored. Shutdown is the
 reverse and bounded: stop intake, let in-flight publishes finish for a few
 seconds, keep the rest in the outbox, say `offline`, exit.
+
+Every long-lived task (outbox writer, publisher, each adapter) runs under a
+supervisor: an unexpected exception is logged with its traceback, counted
+(`lpr_task_restarts_total`), shown in /healthz, and the task starts again
+after a backoff. No task ends silently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
+import socket
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
@@ -22,11 +30,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.adapters.base import AdapterContext
 from gateway.broker import MosquittoProcess
-from gateway.config import Config, Protocol
+from gateway.config import Config, Protocol, split_listen
+from gateway.errors import StartupError
 from gateway.event import AnyEvent
 from gateway.homeassistant import Discovery
 from gateway.metrics import Metrics
-from gateway.outbox import Outbox, OutboxWriter
+from gateway.outbox import Outbox, OutboxOpenError, OutboxWriter
 from gateway.pipeline import Admission, Pipeline
 from gateway.publisher import MqttPublisher
 
@@ -34,6 +43,12 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_DRAIN_SECONDS = 3.0
 ADAPTER_STOP_SECONDS = 2.0
+TASK_RESTART_MIN_SECONDS = 1.0
+TASK_RESTART_MAX_SECONDS = 30.0
+# A task that ran this long before crashing starts again after the shortest delay.
+TASK_STABLE_SECONDS = 60.0
+# /healthz says "degraded" for this long after a task restarted.
+RESTART_REPORT_SECONDS = 600.0
 
 
 class Gateway:
@@ -53,6 +68,10 @@ class Gateway:
         self.pipeline: Pipeline | None = None
         self._writer: OutboxWriter | None = None
         self.discovery: Discovery | None = None
+        # task name → (wall time, what happened) of its last crash
+        self.task_crashes: dict[str, tuple[float, str]] = {}
+        # tasks waiting to be restarted after a crash
+        self._tasks_down: set[str] = set()
 
     async def __aenter__(self) -> Gateway:
         await self.start()
@@ -82,11 +101,20 @@ class Gateway:
                 "no mqtt.url configured: started the embedded mosquitto broker on %s",
                 self.embedded_broker.url,
             )
-        await loop.run_in_executor(self._executor, self.outbox.open)
+        try:
+            await loop.run_in_executor(self._executor, self.outbox.open)
+        except OutboxOpenError as exc:
+            raise StartupError(str(exc)) from exc
         self.metrics.outbox_depth.set(self.outbox.pending_events)
         self.metrics.outbox_bytes.set(self.outbox.pending_bytes)
+        self.metrics.outbox_dead_letters.set(self.outbox.dead_letter_events)
         self.publisher = MqttPublisher(
             self.config, self.metrics, self.outbox, self._executor, self.broker_url
+        )
+        # The durable copy of the retained state: a broker that lost it gets it
+        # back on connect even after this gateway restarted.
+        self.publisher.restore_retained(
+            await loop.run_in_executor(self._executor, self.outbox.load_retained)
         )
         self._writer = OutboxWriter(self.outbox, self._executor)
         self.pipeline = Pipeline(self.config, self.metrics, self._writer, self._on_stored)
@@ -94,10 +122,19 @@ class Gateway:
             self.discovery = Discovery(self.config, self.publisher)
             self.discovery.attach()
             self.pipeline.observers.append(self.discovery.note_event)
-        self._tasks.append(asyncio.create_task(self._writer.run(), name="outbox-writer"))
-        self._tasks.append(asyncio.create_task(self.publisher.run(), name="mqtt-publisher"))
+        self._check_ports_free()
+        writer, publisher = self._writer, self.publisher
+        self._tasks.append(self._supervised("outbox-writer", writer.run))
+        self._tasks.append(self._supervised("mqtt-publisher", publisher.run))
         if self.config.metrics.listen:
-            await self._start_metrics_server()
+            try:
+                await self._start_metrics_server()
+            except OSError as exc:
+                raise StartupError(
+                    f"metrics.listen {self.config.metrics.listen}: cannot listen: "
+                    f"{exc.strerror or exc}. Another process may hold the port; choose "
+                    "another port or stop it"
+                ) from exc
         for camera in self.config.cameras:
             self.metrics.camera_known(camera.id, camera.protocol.value)
         context = AdapterContext(
@@ -113,9 +150,8 @@ class Gateway:
                 continue
             module = importlib.import_module(f"gateway.adapters.{protocol.value}")
             self._adapter_tasks.append(
-                asyncio.create_task(
-                    _log_crash(module.run(context, cameras), f"{protocol.value} adapter"),
-                    name=f"adapter-{protocol.value}",
+                self._supervised(
+                    f"adapter-{protocol.value}", _adapter_runner(module.run, context, cameras)
                 )
             )
         log.info(
@@ -124,6 +160,57 @@ class Gateway:
             self.config.outbox.path,
             f"on :{self.metrics_port}" if self.metrics_port else "off",
         )
+
+    def _check_ports_free(self) -> None:
+        """A busy HTTP port is a start-up failure, not a gateway without its intake."""
+        if not self.config.cameras_of(Protocol.HTTP):
+            return
+        host, port = split_listen(self.config.http.listen)
+        if port == 0:
+            return
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # SO_REUSEADDR, as the server itself: only a listener holds the port.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise StartupError(
+                    f"http.listen {self.config.http.listen}: cannot listen: "
+                    f"{exc.strerror or exc}. Another process (or another gateway) may hold "
+                    "the port; stop it or set http.listen to a free port"
+                ) from exc
+
+    def _supervised(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        return asyncio.create_task(self._supervise(name, run), name=name)
+
+    async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run `run()` until shutdown; after a crash, log, count, wait, run it again."""
+        delay = TASK_RESTART_MIN_SECONDS
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                await run()
+                if self.stopping.is_set():
+                    return
+                what = "ended without being asked to"
+                log.error("%s %s; starting it again in %.1fs", name, what, delay)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                what = f"crashed: {type(exc).__name__}: {exc}"
+                log.exception("%s crashed; starting it again in %.1fs", name, delay)
+            self.metrics.task_restarts.labels(task=name).inc()
+            self.task_crashes[name] = (time.time(), what)
+            if time.monotonic() - started > TASK_STABLE_SECONDS:
+                delay = TASK_RESTART_MIN_SECONDS
+            self._tasks_down.add(name)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+            finally:
+                self._tasks_down.discard(name)
+            delay = min(delay * 2, TASK_RESTART_MAX_SECONDS)
 
     def _on_stored(self) -> None:
         self.metrics.outbox_depth.set(self.outbox.pending_events)
@@ -200,9 +287,26 @@ class Gateway:
         for task in self._tasks + self._adapter_tasks:
             if task.done() and not self.stopping.is_set():
                 problems.append(f"{task.get_name()}: stopped unexpectedly")
+        now = time.time()
+        warnings: list[str] = []
+        for name, (when, what) in sorted(self.task_crashes.items()):
+            stamp = time.strftime("%H:%M:%S", time.gmtime(when))
+            if name in self._tasks_down:
+                problems.append(f"{name}: {what} at {stamp}Z; restarting")
+            elif now - when < RESTART_REPORT_SECONDS:
+                warnings.append(f"{name}: restarted after it {what} at {stamp}Z")
+        if self.outbox.dead_letter_events:
+            warnings.append(
+                f"outbox: {self.outbox.dead_letter_events} events set aside as dead letters "
+                "(not published); see `lpr-gateway outbox dead-letters list`"
+            )
+        status = "unhealthy" if problems else "degraded" if warnings else "healthy"
         return {
             "healthy": not problems,
+            "status": status,
             "problems": problems,
+            "warnings": warnings,
+            "dead_letters": self.outbox.dead_letter_events,
             "mqtt_connected": bool(publisher and publisher.connected),
             "outbox_events": self.outbox.pending_events,
             "outbox_bytes": self.outbox.pending_bytes,
@@ -218,11 +322,10 @@ class Gateway:
         )
 
 
-async def _log_crash(coro: Any, what: str) -> None:
-    try:
-        await coro
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("%s crashed", what)
-        raise
+def _adapter_runner(
+    run: Callable[[AdapterContext, Any], Awaitable[None]],
+    context: AdapterContext,
+    cameras: list[Any],
+) -> Callable[[], Awaitable[None]]:
+    """A fresh run of one adapter module for every (re)start."""
+    return lambda: run(context, cameras)

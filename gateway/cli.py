@@ -1,4 +1,4 @@
-"""`lpr-gateway` command line: run, check, demo, simulate, decode."""
+"""`lpr-gateway` command line: run, check, demo, simulate, decode, outbox."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gateway import __version__
 from gateway.config import Config, load_config
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, GatewayError, StartupError
 
 log = logging.getLogger("gateway")
 
@@ -50,12 +50,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--data-dir", type=Path, default=None, help="outbox folder (default: temp)")
     commands.add_parser("simulate", help="a camera simulator: simulate tcp|http|rtsp --help")
     commands.add_parser("decode", help="decode a raw TCP capture: decode FILE --help")
+    outbox = commands.add_parser("outbox", help="inspect the outbox: outbox dead-letters …")
+    outbox_commands = outbox.add_subparsers(dest="outbox_command", required=True)
+    dead = outbox_commands.add_parser(
+        "dead-letters", help="events set aside because the broker or client refused them"
+    )
+    dead.add_argument("action", choices=("list", "replay", "drop"))
+    dead.add_argument("-c", "--config", required=True, type=Path)
+    dead.add_argument("--event", action="append", default=[], help="an event id (repeatable)")
+    dead.add_argument("--all", action="store_true", help="replay or drop every dead letter")
+    dead.add_argument("--json", action="store_true", help="list as JSON lines")
     args = parser.parse_args(args_list)
 
     if args.command == "check":
         return _check(args.config)
     if args.command == "run":
         return _run(args.config, args.log_level)
+    if args.command == "outbox":
+        return _dead_letters(args)
     if args.command == "demo":
         from gateway.demo import run_demo
 
@@ -79,6 +91,63 @@ def _check(path: Path) -> int:
     return EXIT_OK
 
 
+def _dead_letters(args: argparse.Namespace) -> int:
+    """list (any time), replay or drop (gateway stopped: they need the outbox's lock)."""
+    import dataclasses
+    import json
+    import time
+
+    from gateway.outbox import Outbox, OutboxOpenError
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"{args.config}: configuration problems:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.action != "list" and not args.event and not args.all:
+        print(f"lpr-gateway: {args.action} needs --event ID (repeatable) or --all", file=sys.stderr)
+        return EXIT_CONFIG
+    if not config.outbox.path.exists():
+        print(f"lpr-gateway: no outbox at {config.outbox.path}", file=sys.stderr)
+        return EXIT_CONFIG
+    outbox = Outbox(config.outbox.path, config.outbox.max_bytes, config.outbox.sync)
+    try:
+        outbox.open(exclusive=args.action != "list")
+    except OutboxOpenError as exc:
+        print(f"lpr-gateway: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        event_ids = None if args.all else args.event
+        if args.action == "replay":
+            count = outbox.replay_dead_letters(event_ids)
+            print(f"{count} events put back in the outbox; they are published at the next start")
+        elif args.action == "drop":
+            count = outbox.drop_dead_letters(event_ids)
+            print(f"{count} events dropped for good")
+        else:
+            letters = outbox.dead_letters()
+            for letter in letters:
+                if args.event and letter.event_id not in args.event:
+                    continue
+                if args.json:
+                    print(json.dumps(dataclasses.asdict(letter), ensure_ascii=False))
+                else:
+                    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(letter.dead_at))
+                    print(
+                        f"{letter.event_id}  camera={letter.camera}  {when}  "
+                        f"{letter.messages} messages, {letter.bytes} bytes\n"
+                        f"    reason: {letter.reason}\n"
+                        f"    topics: {', '.join(ascii(t)[1:-1][:120] for t in letter.topics)}"
+                    )
+            if not args.json:
+                print(f"{len(letters)} dead-lettered events in {config.outbox.path}")
+    finally:
+        outbox.close()
+    return EXIT_OK
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level,
@@ -98,6 +167,10 @@ def _run(path: Path, level_override: str | None) -> int:
     _setup_logging((level_override or config.log_level).upper())
     try:
         asyncio.run(serve(config))
+    except StartupError as exc:
+        # One line: what, where, why and what to do (systemd shows it as is).
+        print(f"lpr-gateway: cannot start: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except GatewayError as exc:
         log.error("%s", exc)
         return EXIT_FAILURE

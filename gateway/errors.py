@@ -30,3 +30,8 @@ class BrokerError(GatewayError):
 
 class OutboxFullError(GatewayError):
     """The durable outbox has reached `outbox.max_bytes`; intake must refuse."""
+
+
+class StartupError(GatewayError):
+    """The gateway cannot start: a busy port, an unusable outbox. The message says
+    what and where, and what to do; the process exits 2 without touching data."""

@@ -8,14 +8,29 @@ restart the replay keeps per-camera order (it keeps the global order).
 `Outbox` is synchronous and owned by one thread; `OutboxWriter` is the asyncio
 face of intake: it group-commits whatever is queued in one transaction (one
 fsync for many events) and makes submitters wait when too much is pending.
+
+Dead letters: an event the broker or the client library will not take (a
+topic it refuses, a payload over its limit) is moved whole to the
+`dead_letter` table: kept, never published, listed, replayed or dropped by
+`lpr-gateway outbox dead-letters`. Everything behind it keeps flowing.
+
+Retained state: the row of the latest acknowledged message on each retained
+topic (images, `last`) is kept instead of deleted, and `retained` points at
+it; small state messages (availability, bridge info, discovery) are stored
+in `retained` directly. A gateway restart followed by a broker that lost its
+retained messages can so republish them all without a second copy of any
+image ever being written.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import sqlite3
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +54,30 @@ CREATE TABLE IF NOT EXISTS message (
     last_of_event INTEGER NOT NULL,
     accepted_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dead_letter (
+    seq INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    camera TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    retain INTEGER NOT NULL,
+    last_of_event INTEGER NOT NULL,
+    accepted_at REAL NOT NULL,
+    reason TEXT NOT NULL,
+    dead_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS retained (
+    topic TEXT PRIMARY KEY,
+    seq INTEGER UNIQUE,   -- a kept, acknowledged row of `message`
+    payload BLOB          -- or the payload itself (state messages)
+);
 """
+_COLUMNS = "seq, event_id, camera, topic, payload, retain, last_of_event, accepted_at"
+# Rows of `message` still waiting for the broker: not the kept retained ones.
+_PENDING = "seq NOT IN (SELECT seq FROM retained WHERE seq IS NOT NULL)"
+# An event's rows are inserted together, so they sit in a short run of `seq`:
+# looking only there keeps finding them a primary-key range scan.
+_EVENT_SPAN = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +95,9 @@ class EventDraft:
     camera: str
     messages: tuple[MessageDraft, ...]
     accepted_at: float  # wall clock, for the publish-latency histogram
+    # Stored straight into the dead-letter table with this reason (e.g. a topic
+    # that cannot be published): kept for an operator, never sent.
+    dead_letter_reason: str | None = None
 
     @property
     def size(self) -> int:
@@ -75,6 +116,24 @@ class StoredMessage:
     accepted_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One event set aside: what it was, why, and when."""
+
+    event_id: str
+    camera: str
+    reason: str
+    dead_at: float
+    accepted_at: float
+    messages: int
+    bytes: int
+    topics: tuple[str, ...]
+
+
+class OutboxOpenError(Exception):
+    """The outbox file cannot be opened or created; nothing in it was touched."""
+
+
 class Outbox:
     """SQLite store of messages not yet acknowledged by the broker. One thread only."""
 
@@ -85,12 +144,68 @@ class Outbox:
         self._db: sqlite3.Connection | None = None
         self.pending_bytes = 0
         self.pending_events = 0
+        self.dead_letter_events = 0
+        self._lock_fd: int | None = None
 
-    def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # check_same_thread off: the connection lives on the outbox thread, but
-        # is created and closed from whichever thread starts and stops the gateway.
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+    def open(self, exclusive: bool = True) -> None:
+        """Open (or create) the outbox; `OutboxOpenError` says what is wrong and what to do.
+
+        `exclusive`: hold the outbox's lock file, so that no second gateway (and
+        no `dead-letters replay` or `drop`) works on it at the same time.
+        """
+        try:
+            if exclusive:
+                self._lock()
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise OutboxOpenError(
+                f"outbox {self.path} cannot be used: {exc}. If the file is damaged, move it "
+                "aside (it is left untouched) and start again; the events in it can be "
+                "recovered with the sqlite3 tool"
+            ) from exc
+        except OSError as exc:
+            self.close()
+            raise OutboxOpenError(
+                f"outbox directory {self.path.parent} cannot be used: "
+                f"{exc.strerror or exc}. Check that it exists or can be created, and that "
+                "this user may write to it (outbox.path)"
+            ) from exc
+
+    def _lock(self) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutboxOpenError(
+                f"outbox {self.path} is in use by another process (a running gateway?); "
+                "stop it first, or give this one its own outbox.path"
+            ) from None
+        self._lock_fd = fd
+
+    def _open(self) -> None:
+        # The outbox holds plates and images: readable by this user only.
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not os.access(self.path.parent, os.W_OK | os.X_OK):
+            raise PermissionError(13, "not writable by this user", str(self.path.parent))
+        old_umask = os.umask(0o077)  # SQLite creates the file and its -wal/-shm with this
+        try:
+            # check_same_thread off: the connection lives on the outbox thread, but
+            # is created and closed from whichever thread starts and stops the gateway.
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db = db
+            self._configure(db)
+        finally:
+            os.umask(old_umask)
+        for suffix in ("", "-wal", "-shm"):
+            file = self.path.with_name(self.path.name + suffix)
+            if file.exists():
+                file.chmod(0o600)
+
+    def _configure(self, db: sqlite3.Connection) -> None:
         # Large pages: a 300 KB image spans 5 overflow pages instead of 75, and
         # inserting and deleting it walks that chain (measured: ~2x throughput).
         # Only takes effect when the file is created.
@@ -109,11 +224,21 @@ class Outbox:
         # also survives a power loss, at one fsync per commit.
         db.execute(f"PRAGMA synchronous={self.sync.value.upper()}")
         db.executescript(_SCHEMA)
+        # Reads every page header: a damaged file fails here, not at the first read.
+        db.execute("PRAGMA quick_check(1)").fetchone()
         row = db.execute(
-            "SELECT COALESCE(SUM(length(payload)), 0), COALESCE(SUM(last_of_event), 0) FROM message"
+            "SELECT COALESCE(SUM(length(payload)), 0), COALESCE(SUM(last_of_event), 0)"
+            f" FROM message WHERE {_PENDING}"
         ).fetchone()
         self.pending_bytes, self.pending_events = int(row[0]), int(row[1])
-        self._db = db
+        self.dead_letter_events = self._count_dead_letters()
+        if self.dead_letter_events:
+            log.warning(
+                "outbox %s holds %d dead-lettered events (not published): "
+                "see `lpr-gateway outbox dead-letters list`",
+                self.path,
+                self.dead_letter_events,
+            )
         if self.pending_events:
             log.info(
                 "outbox %s holds %d events (%d bytes) from before: replaying them first",
@@ -132,14 +257,35 @@ class Outbox:
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
 
     def append_batch(self, drafts: Sequence[EventDraft]) -> list[bool]:
         """Store what fits in one transaction; False for each event refused (full)."""
         verdicts: list[bool] = []
         rows: list[tuple[str, str, str, bytes, int, int, float]] = []
+        dead: list[tuple[str, str, str, bytes, int, int, float, str, float]] = []
         added_bytes = 0
         for draft in drafts:
             size = draft.size
+            if draft.dead_letter_reason is not None:
+                verdicts.append(True)
+                dead.extend(
+                    (
+                        draft.event_id,
+                        draft.camera,
+                        m.topic,
+                        m.payload,
+                        int(m.retain),
+                        int(i == len(draft.messages) - 1),
+                        draft.accepted_at,
+                        draft.dead_letter_reason,
+                        time.time(),
+                    )
+                    for i, m in enumerate(draft.messages)
+                )
+                continue
             if self.pending_bytes + added_bytes + size > self.max_bytes:
                 verdicts.append(False)
                 continue
@@ -158,7 +304,7 @@ class Outbox:
                 )
                 for i, m in enumerate(draft.messages)
             )
-        if not rows:
+        if not rows and not dead:
             return verdicts
         try:
             with self.db:  # one transaction, one commit
@@ -168,19 +314,29 @@ class Outbox:
                     " accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
+                if dead:
+                    self.db.executemany(
+                        "INSERT INTO dead_letter (seq, event_id, camera, topic, payload, retain,"
+                        " last_of_event, accepted_at, reason, dead_at)"
+                        " VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        dead,
+                    )
         except sqlite3.OperationalError as exc:
             # Disk full or I/O error: nothing of this batch is stored, so none of
             # it may be acknowledged to a camera.
             log.error("outbox write failed, refusing %d events: %s", len(verdicts), exc)
             return [False] * len(verdicts)
         self.pending_bytes += added_bytes
-        self.pending_events += sum(verdicts)
+        self.pending_events += sum(
+            v for d, v in zip(drafts, verdicts, strict=True) if d.dead_letter_reason is None
+        )
+        if dead:
+            self.dead_letter_events = self._count_dead_letters()
         return verdicts
 
     def read_after(self, seq: int, limit: int) -> list[StoredMessage]:
         cursor = self.db.execute(
-            "SELECT seq, event_id, camera, topic, payload, retain, last_of_event, accepted_at"
-            " FROM message WHERE seq > ? ORDER BY seq LIMIT ?",
+            f"SELECT {_COLUMNS} FROM message WHERE seq > ? AND {_PENDING} ORDER BY seq LIMIT ?",
             (seq, limit),
         )
         return [
@@ -189,14 +345,147 @@ class Outbox:
         ]
 
     def acknowledge(self, messages: Sequence[StoredMessage]) -> None:
-        """The broker has these: forget them."""
+        """The broker has these: forget them, keeping the newest row of each retained topic."""
         if not messages:
             return
+        done_bytes = done_events = 0
         with self.db:
             self.db.execute("BEGIN")
-            self.db.executemany("DELETE FROM message WHERE seq = ?", [(m.seq,) for m in messages])
-        self.pending_bytes -= sum(len(m.payload) for m in messages)
-        self.pending_events -= sum(m.last_of_event for m in messages)
+            for m in messages:
+                if m.retain:
+                    # This row becomes the topic's retained copy; the one it replaces goes.
+                    previous = self.db.execute(
+                        "SELECT seq FROM retained WHERE topic = ?", (m.topic,)
+                    ).fetchone()
+                    present = self.db.execute(
+                        "SELECT 1 FROM message WHERE seq = ?", (m.seq,)
+                    ).fetchone()
+                    if present is None:
+                        continue  # dead-lettered meanwhile, or acknowledged twice
+                    self.db.execute(
+                        "INSERT OR REPLACE INTO retained (topic, seq, payload) VALUES (?, ?, NULL)",
+                        (m.topic, m.seq),
+                    )
+                    if previous is not None and previous[0] is not None and previous[0] != m.seq:
+                        self.db.execute("DELETE FROM message WHERE seq = ?", (previous[0],))
+                elif self.db.execute("DELETE FROM message WHERE seq = ?", (m.seq,)).rowcount == 0:
+                    continue
+                done_bytes += len(m.payload)
+                done_events += m.last_of_event
+        self.pending_bytes -= done_bytes
+        self.pending_events -= done_events
+
+    # -- retained state -------------------------------------------------------
+
+    def save_retained_state(self, topic: str, payload: bytes) -> None:
+        """Keep a state message (availability, bridge info, discovery); empty clears it."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self._forget_retained(topic)
+            if payload:
+                self.db.execute(
+                    "INSERT INTO retained (topic, seq, payload) VALUES (?, NULL, ?)",
+                    (topic, payload),
+                )
+
+    def _forget_retained(self, topic: str) -> None:
+        previous = self.db.execute("SELECT seq FROM retained WHERE topic = ?", (topic,)).fetchone()
+        if previous is not None:
+            self.db.execute("DELETE FROM retained WHERE topic = ?", (topic,))
+            if previous[0] is not None:
+                self.db.execute("DELETE FROM message WHERE seq = ?", (previous[0],))
+
+    def load_retained(self) -> dict[str, bytes]:
+        """Every retained topic's last published payload, oldest first."""
+        cursor = self.db.execute(
+            "SELECT r.topic, COALESCE(r.payload, m.payload) FROM retained r"
+            " LEFT JOIN message m ON m.seq = r.seq ORDER BY COALESCE(r.seq, 0), r.rowid"
+        )
+        return {topic: bytes(payload) for topic, payload in cursor if payload}
+
+    # -- dead letters -----------------------------------------------------------
+
+    def dead_letter_event(self, event_id: str, near_seq: int, reason: str) -> int:
+        """Move the event's rows still waiting to the dead-letter table; how many moved."""
+        low, high = near_seq - _EVENT_SPAN, near_seq + _EVENT_SPAN
+        where = f"seq BETWEEN ? AND ? AND event_id = ? AND {_PENDING}"
+        args = (low, high, event_id)
+        with self.db:
+            self.db.execute("BEGIN")
+            moved = self.db.execute(
+                f"SELECT COALESCE(SUM(length(payload)), 0), COALESCE(SUM(last_of_event), 0),"
+                f" COUNT(*) FROM message WHERE {where}",
+                args,
+            ).fetchone()
+            self.db.execute(
+                f"INSERT INTO dead_letter SELECT {_COLUMNS}, ?, ? FROM message WHERE {where}",
+                (reason, time.time(), *args),
+            )
+            self.db.execute(f"DELETE FROM message WHERE {where}", args)
+        self.pending_bytes -= int(moved[0])
+        self.pending_events -= int(moved[1])
+        self.dead_letter_events = self._count_dead_letters()
+        return int(moved[2])
+
+    def _count_dead_letters(self) -> int:
+        row = self.db.execute("SELECT COUNT(DISTINCT event_id) FROM dead_letter").fetchone()
+        return int(row[0])
+
+    def dead_letters(self) -> list[DeadLetter]:
+        cursor = self.db.execute(
+            "SELECT event_id, camera, reason, MAX(dead_at), MIN(accepted_at), COUNT(*),"
+            " SUM(length(payload)), group_concat(topic, char(10)) FROM dead_letter"
+            " GROUP BY event_id ORDER BY MIN(seq)"
+        )
+        return [
+            DeadLetter(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(r[7].split("\n")))
+            for r in cursor
+        ]
+
+    def replay_dead_letters(self, event_ids: Iterable[str] | None = None) -> int:
+        """Put dead-lettered events back at the end of the queue; how many events."""
+        where, args = self._dead_letter_filter(event_ids)
+        with self.db:
+            self.db.execute("BEGIN")
+            events = self.db.execute(
+                f"SELECT COUNT(DISTINCT event_id) FROM dead_letter WHERE {where}", args
+            ).fetchone()[0]
+            self.db.execute(
+                "INSERT INTO message (event_id, camera, topic, payload, retain, last_of_event,"
+                " accepted_at) SELECT event_id, camera, topic, payload, retain, last_of_event,"
+                f" accepted_at FROM dead_letter WHERE {where} ORDER BY seq",
+                args,
+            )
+            self.db.execute(f"DELETE FROM dead_letter WHERE {where}", args)
+        self._recount()
+        return int(events)
+
+    def drop_dead_letters(self, event_ids: Iterable[str] | None = None) -> int:
+        """Delete dead-lettered events for good; how many events."""
+        where, args = self._dead_letter_filter(event_ids)
+        with self.db:
+            self.db.execute("BEGIN")
+            events = self.db.execute(
+                f"SELECT COUNT(DISTINCT event_id) FROM dead_letter WHERE {where}", args
+            ).fetchone()[0]
+            self.db.execute(f"DELETE FROM dead_letter WHERE {where}", args)
+        self._recount()
+        return int(events)
+
+    @staticmethod
+    def _dead_letter_filter(event_ids: Iterable[str] | None) -> tuple[str, tuple[str, ...]]:
+        if event_ids is None:
+            return "1", ()
+        ids = tuple(event_ids)
+        return f"event_id IN ({', '.join('?' * len(ids)) or 'NULL'})", ids
+
+    def _recount(self) -> None:
+        row = self.db.execute(
+            "SELECT COALESCE(SUM(length(payload)), 0), COALESCE(SUM(last_of_event), 0)"
+            f" FROM message WHERE {_PENDING}"
+        ).fetchone()
+        self.pending_bytes, self.pending_events = int(row[0]), int(row[1])
+        self.dead_letter_events = self._count_dead_letters()
 
 
 class OutboxWriter:

@@ -13,6 +13,8 @@ import asyncio
 import enum
 import json
 import logging
+import math
+import re
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
@@ -32,6 +34,7 @@ from gateway.images import ImageTransformError, apply_image_options
 from gateway.known_plates import KnownPlates, edit_distance, topic_slug
 from gateway.metrics import Metrics
 from gateway.outbox import EventDraft, MessageDraft, OutboxWriter
+from gateway.topics import topic_problem
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +166,35 @@ def render_messages(
     return tuple(messages)
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _json_bytes(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """Strict JSON in UTF-8, whatever a codec let through.
+
+    The fast path is plain `json.dumps`. The codecs refuse non-finite numbers
+    and undecodable text, so the fallbacks are a backstop: NaN/inf become
+    null and a lone surrogate becomes U+FFFD, rather than a JSON document no
+    subscriber can parse or a read that cannot be stored.
+    """
+    try:
+        text = json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite(document), ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _LONE_SURROGATE.sub("\ufffd", text).encode("utf-8")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 class Pipeline:
@@ -185,6 +215,8 @@ class Pipeline:
         self._images = {c.id: c.images for c in config.cameras}
         self._closed = False
         self._camera_order: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # (camera, plate) → the outcome of a read admitted but not yet stored
+        self._unstored: dict[tuple[str, str], asyncio.Future[bool]] = {}
         # Called with every plate read that was accepted (e.g. HA discovery learns
         # a camera's device id). Must not block.
         self.observers: list[Callable[[PlateEvent], None]] = []
@@ -200,32 +232,40 @@ class Pipeline:
             self.metrics.events_refused.labels(camera=camera, reason="shutting_down").inc()
             return Admission.SHUTTING_DOWN
         plate = ""
-        # Held until the event is queued for the outbox (not until it is stored):
-        # reads of one camera reach the outbox in the order they were submitted,
-        # even when an adapter does not wait for one read before the next.
-        # asyncio.Lock wakes its waiters first in, first out.
-        async with self._camera_order[camera]:
-            if isinstance(event, PlateEvent):
-                plate = event.plate_normalized
-                if not self._dedup.admit(camera, plate):
-                    self.metrics.duplicates_suppressed.labels(camera=camera).inc()
-                    log.debug("camera %s: duplicate %s suppressed", camera, plate)
-                    return Admission.DUPLICATE
-                event = await self._apply_image_options(self.enrich(event))
-            ha_event = None
-            if isinstance(event, PlateEvent) and self.config.homeassistant.enabled:
-                ha_event = ha_event_type(event, bool(self._known))
-            draft = EventDraft(
-                event_id=event.id,
-                camera=camera,
-                messages=render_messages(event, self.config.mqtt.base_topic, ha_event=ha_event),
-                accepted_at=time.time(),
-            )
-            queued = await self._writer.enqueue(draft)
-        stored = await asyncio.shield(queued)
-        if not stored:
-            if plate:
+        stored = False
+        queued: asyncio.Future[bool] | None = None
+        try:
+            # Held until the event is queued for the outbox (not until it is stored):
+            # reads of one camera reach the outbox in the order they were submitted,
+            # even when an adapter does not wait for one read before the next.
+            # asyncio.Lock wakes its waiters first in, first out.
+            async with self._camera_order[camera]:
+                if isinstance(event, PlateEvent):
+                    earlier = self._unstored.get((camera, event.plate_normalized))
+                    if earlier is not None:
+                        # The same plate is on its way to the disk: it is a
+                        # duplicate only if that read is stored in the end.
+                        await asyncio.wait([earlier])
+                    if not self._dedup.admit(camera, event.plate_normalized):
+                        self.metrics.duplicates_suppressed.labels(camera=camera).inc()
+                        log.debug(
+                            "camera %s: duplicate %s suppressed", camera, event.plate_normalized
+                        )
+                        return Admission.DUPLICATE
+                    # Admitted tentatively: undone below unless the read is stored,
+                    # so a failed read never makes its retry a "duplicate".
+                    plate = event.plate_normalized
+                    event = await self._apply_image_options(self.enrich(event))
+                queued = await self._writer.enqueue(self._draft(event))
+                if plate:
+                    self._unstored[(camera, plate)] = queued
+            stored = await asyncio.shield(queued)
+        finally:
+            if plate and not stored:
                 self._dedup.forget(camera, plate)
+            if plate and queued is not None and self._unstored.get((camera, plate)) is queued:
+                del self._unstored[(camera, plate)]
+        if not stored:
             self.metrics.events_refused.labels(camera=camera, reason="outbox_full").inc()
             log.warning(
                 "camera %s: outbox full (outbox.max_bytes=%d), read %s refused",
@@ -242,6 +282,33 @@ class Pipeline:
                 except Exception:
                     log.exception("camera %s: event observer failed", camera)
         return Admission.ACCEPTED
+
+    def _draft(self, event: AnyEvent) -> EventDraft:
+        ha_event = None
+        if isinstance(event, PlateEvent) and self.config.homeassistant.enabled:
+            ha_event = ha_event_type(event, bool(self._known))
+        messages = render_messages(event, self.config.mqtt.base_topic, ha_event=ha_event)
+        # Every topic checked before it is stored: one the broker refuses would
+        # be replayed first after every reconnect. Camera data reaches topics
+        # only as safe slugs, so this is a backstop; such an event is kept as a
+        # dead letter, not lost and not published.
+        reason = None
+        for message in messages:
+            problem = topic_problem(message.topic)
+            if problem is not None:
+                reason = f"invalid topic {message.topic[:200]!r}: {problem}"
+                self.metrics.topics_refused.labels(camera=event.camera).inc()
+                log.error(
+                    "camera %s: event %s kept as a dead letter: %s", event.camera, event.id, reason
+                )
+                break
+        return EventDraft(
+            event_id=event.id,
+            camera=event.camera,
+            messages=messages,
+            accepted_at=time.time(),
+            dead_letter_reason=reason,
+        )
 
     def enrich(self, event: PlateEvent) -> PlateEvent:
         """Known plates and the camera's own lists: sets `known` and `match`."""

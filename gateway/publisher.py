@@ -8,13 +8,20 @@ Bridge state (LWT `offline`, `online` on connect), bridge info and camera
 availability are retained state messages kept here and re-sent on every
 connect.
 
-Own copy of retained state: the last payload published on each retained
-topic (images, `last`, availability, bridge info, discovery) is kept in
-memory, one per topic, and re-sent on every connect before the outbox is
+Own copy of retained state: the last payload the broker acknowledged on
+each retained topic (images, `last`, availability, bridge info, discovery)
+is kept, one per topic, and re-sent on every connect before the outbox is
 drained, so a broker that lost its retained messages (no persistence,
 restarted) has them again and newer outbox rows still overwrite them in
-order. Nothing of it is persisted: after a gateway restart the copy starts
-empty and fills with what is published from then on.
+order. The copy is durable (the outbox keeps it) and survives a gateway
+restart.
+
+No message stalls delivery: one the client library refuses, or a topic that
+is not valid, is moved to the outbox's dead-letter table with its whole event
+at once. One after which the broker keeps dropping the connection is found
+by publishing one message at a time after a drop ("isolation"); when the
+same message is alone in flight at `DEAD_LETTER_AFTER_DROPS` drops running,
+its event is dead-lettered. Everything behind it keeps flowing.
 
 Subscriptions (`subscribe`) are made again on every connect; their handlers
 run on the event loop (paho reads the socket there).
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import json
 import logging
 import random
@@ -45,6 +53,7 @@ from gateway.config import AnyCameraConfig, Config
 from gateway.errors import BrokerError
 from gateway.metrics import Metrics
 from gateway.outbox import Outbox, StoredMessage
+from gateway.topics import topic_problem
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +64,17 @@ RECONNECT_MIN_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 5.0
 CONNACK_TIMEOUT_SECONDS = 10.0
 ACK_FLUSH_SECONDS = 0.02
+# Drops of the connection, running, with the same message alone in flight,
+# before its event is set aside as a dead letter.
+DEAD_LETTER_AFTER_DROPS = 3
+# MQTT 5 reason code of a keep-alive timeout: a silent broker, not a refusal.
+_KEEPALIVE_TIMEOUT_REASON = 0x8D
+
+
+class _SessionGone(enum.Enum):
+    """`_publish_row`'s answer when the connection is gone (not the message's fault)."""
+
+    SESSION_GONE = "session_gone"
 
 
 class _Session:
@@ -69,6 +89,9 @@ class _Session:
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self.inflight: dict[int, StoredMessage] = {}
         self.sock: socket.socket | None = None
+        # The broker went silent (keep-alive): a drop that says nothing about
+        # the message in flight.
+        self.keepalive_expired = False
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
@@ -135,6 +158,8 @@ class _Session:
     ) -> None:
         if not self.connected.done():
             self.connected.set_exception(BrokerError(f"disconnected before CONNACK: {reason}"))
+        if getattr(reason, "value", None) == _KEEPALIVE_TIMEOUT_REASON:
+            self.keepalive_expired = True
         self._resolve_closed()
 
     def _resolve_closed(self) -> None:
@@ -150,15 +175,11 @@ class _Session:
             return  # a state message (bridge/availability): not from the outbox
         if reason.is_failure:
             # MQTT 5 broker refused this message for good (e.g. too large): resending
-            # would fail the same way and block the queue behind it.
-            log.error(
-                "broker refused %s of event %s (camera %s): %s; dropping that message",
-                message.topic,
-                message.event_id,
-                message.camera,
-                reason,
-            )
+            # would fail the same way and block the queue behind it. Its event is
+            # set aside, kept for an operator.
             self.publisher.metrics.messages_refused.inc()
+            self.publisher._condemn(message, f"broker refused it: {reason}", "broker_refused")
+            return
         self.publisher._acknowledged(message)
 
     async def misc_timer(self) -> None:
@@ -166,6 +187,7 @@ class _Session:
         while not self.closed.done():
             await asyncio.sleep(1.0)
             if self.client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self.keepalive_expired = True
                 self._resolve_closed()
 
     def close(self) -> None:
@@ -208,6 +230,13 @@ class MqttPublisher:
         # topics already re-sent during the current connect (None outside of it)
         self._sent_on_connect: set[str] | None = None
         self._subscriptions: list[tuple[str, Callable[[str, bytes, bool], None]]] = []
+        # Dead letters: messages whose event must be set aside (reason, metric kind).
+        self._condemned: list[tuple[StoredMessage, str, str]] = []
+        # seq → connection drops running with that message alone in flight
+        self._strikes: dict[int, int] = {}
+        # After a drop with messages in flight, this many are published one at a
+        # time, so that a message the broker refuses is alone when it drops us.
+        self._isolate_remaining = 0
 
     # -- what the rest of the gateway calls ------------------------------------
 
@@ -251,7 +280,19 @@ class MqttPublisher:
         """Our copy of the retained state (topic → payload), for inspection."""
         return dict(self._retained)
 
-    def _remember_retained(self, topic: str, payload: bytes) -> None:
+    def restore_retained(self, copy: dict[str, bytes]) -> None:
+        """Start from the durable copy of an earlier run (newer state wins)."""
+        self._retained = {**copy, **self._retained}
+
+    def _remember_retained(self, topic: str, payload: bytes, persist: bool = False) -> None:
+        if persist and self._retained.get(topic) != payload:
+            # State messages are small and rare; outbox rows are kept by the
+            # outbox itself when acknowledged. Fire and forget on the outbox
+            # thread, which runs its work in order.
+            future = asyncio.get_running_loop().run_in_executor(
+                self.executor, self.outbox.save_retained_state, topic, payload
+            )
+            future.add_done_callback(_log_failure)
         # Re-inserted at the end: the copy is replayed in the order it was last published.
         self._retained.pop(topic, None)
         if payload:
@@ -268,7 +309,7 @@ class MqttPublisher:
                 try:
                     await self._run_session()
                     backoff = RECONNECT_MIN_SECONDS
-                except (OSError, BrokerError, ssl.SSLError) as exc:
+                except (OSError, BrokerError, ssl.SSLError, ValueError) as exc:
                     self.last_error = str(exc) or type(exc).__name__
                     log.warning(
                         "MQTT broker %s: %s; retrying in %.1fs",
@@ -276,6 +317,7 @@ class MqttPublisher:
                         self.last_error,
                         backoff,
                     )
+                await self._bury_condemned()
                 if self._stopping:
                     break
                 await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
@@ -392,11 +434,59 @@ class MqttPublisher:
         if self.connected_since is not None and not self._stopping:
             log.warning("lost the MQTT broker %s", self._broker_label())
         self.metrics.mqtt_connected.set(0)
+        was_connected = self.connected_since is not None
         self.connected_since = None
         self.disconnected_since = self.disconnected_since or time.time()
+        if session.inflight and was_connected and not self._stopping:
+            self._note_drop(session)
         # Whatever was in flight without a PUBACK is still in the outbox: start
         # the next session from the oldest row that is left.
         session.inflight.clear()
+
+    def _note_drop(self, session: _Session) -> None:
+        """The connection went with messages in flight: was one of them the cause?"""
+        if session.keepalive_expired:
+            return  # a silent broker, not a refused message
+        if self._isolate_remaining > 0 and len(session.inflight) == 1:
+            (message,) = session.inflight.values()
+            strikes = self._strikes.get(message.seq, 0) + 1
+            self._strikes[message.seq] = strikes
+            if strikes >= DEAD_LETTER_AFTER_DROPS:
+                self._condemn(
+                    message,
+                    f"the broker dropped the connection {strikes} times running "
+                    "with this message alone in flight",
+                    "broker_dropped",
+                )
+        self._isolate_remaining = 2 * self.mqtt.publish_window
+
+    def _condemn(self, message: StoredMessage, reason: str, kind: str) -> None:
+        self._condemned.append((message, reason, kind))
+        self._ack_signal.set()
+
+    async def _bury_condemned(self) -> None:
+        """Move the events of condemned messages to the dead-letter table."""
+        while self._condemned:
+            message, reason, kind = self._condemned.pop(0)
+            self._strikes.pop(message.seq, None)
+            moved = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.outbox.dead_letter_event, message.event_id, message.seq, reason
+            )
+            self.metrics.outbox_dead_letters.set(self.outbox.dead_letter_events)
+            self.metrics.outbox_depth.set(self.outbox.pending_events)
+            self.metrics.outbox_bytes.set(self.outbox.pending_bytes)
+            if moved:
+                self.metrics.dead_lettered.labels(reason=kind).inc()
+                log.error(
+                    "event %s of camera %s set aside as a dead letter (%d messages, not "
+                    "published): %s on %r. Everything else keeps flowing; see "
+                    "`lpr-gateway outbox dead-letters list`",
+                    message.event_id,
+                    message.camera,
+                    moved,
+                    reason,
+                    message.topic[:200],
+                )
 
     async def _dispatch_until_closed(self, session: _Session) -> None:
         """Publish outbox rows in `seq` order, keeping the window full.
@@ -416,17 +506,24 @@ class MqttPublisher:
             # Cleared before any await, so a wake-up that lands meanwhile is kept.
             self._wake.clear()
             self._ack_signal.clear()
+            if self._condemned:
+                buried = {m.event_id for m, _, _ in self._condemned}
+                await self._bury_condemned()
+                ready = deque(m for m in ready if m.event_id not in buried)
+                continue
+            window = 1 if self._isolate_remaining > 0 else self.mqtt.publish_window
             while ready and len(session.inflight) < window:
                 message = ready.popleft()
-                info = session.client.publish(
-                    message.topic, message.payload, qos=1, retain=message.retain
-                )
-                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                refusal = self._publish_row(session, message)
+                if refusal is _SessionGone.SESSION_GONE:
                     session.close()
                     return
-                session.inflight[info.mid] = message
-                if message.retain:
-                    self._remember_retained(message.topic, message.payload)
+                if isinstance(refusal, tuple):
+                    self._condemn(message, *refusal)
+                    break
+            if self._condemned:
+                continue
+            window = 1 if self._isolate_remaining > 0 else self.mqtt.publish_window
             if len(ready) < window:
                 batch = await loop.run_in_executor(
                     self.executor, self.outbox.read_after, read_cursor, 2 * window - len(ready)
@@ -441,6 +538,27 @@ class MqttPublisher:
                 await self._wait_any(self._ack_signal, session.closed)
             else:
                 await self._wait_any(self._wake, session.closed)
+
+    def _publish_row(
+        self, session: _Session, message: StoredMessage
+    ) -> tuple[str, str] | _SessionGone | None:
+        """Hand one outbox row to paho: None when it is in flight, `_SESSION_GONE`
+        when the connection is, else (reason, kind) to set its event aside."""
+        problem = topic_problem(message.topic)
+        if problem is not None:
+            return f"invalid topic: {problem}", "invalid_topic"
+        try:
+            info = session.client.publish(
+                message.topic, message.payload, qos=1, retain=message.retain
+            )
+        except ValueError as exc:  # paho's refusal: topic or payload too long, ...
+            return f"the MQTT client refused it: {exc}", "client_refused"
+        if info.rc in (MQTTErrorCode.MQTT_ERR_NO_CONN, MQTTErrorCode.MQTT_ERR_CONN_LOST):
+            return _SessionGone.SESSION_GONE
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return f"the MQTT client refused it: {mqtt.error_string(info.rc)}", "client_refused"
+        session.inflight[info.mid] = message
+        return None
 
     @staticmethod
     async def _wait_any(*waitables: asyncio.Event | asyncio.Future[None]) -> None:
@@ -463,6 +581,12 @@ class MqttPublisher:
 
     def _acknowledged(self, message: StoredMessage) -> None:
         self._pending_acks.append(message)
+        if message.retain:
+            self._remember_retained(message.topic, message.payload)
+        if self._strikes:
+            self._strikes.pop(message.seq, None)
+        if self._isolate_remaining > 0:
+            self._isolate_remaining -= 1
         self.metrics.messages_published.inc()
         if message.last_of_event:
             self.metrics.events_published.labels(camera=message.camera).inc()
@@ -506,7 +630,7 @@ class MqttPublisher:
 
     def _publish_state(self, topic: str, payload: bytes, retain: bool = True) -> None:
         if retain:
-            self._remember_retained(topic, payload)
+            self._remember_retained(topic, payload, persist=True)
         session = self._session
         if session is None or not self.connected or session.closed.done():
             return  # re-sent from our copy (or by its owner) on the next connect
@@ -551,3 +675,8 @@ class MqttPublisher:
 
     def pending_messages(self) -> Sequence[StoredMessage]:
         return list(self._session.inflight.values()) if self._session else []
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("could not keep retained state in the outbox: %s", future.exception())

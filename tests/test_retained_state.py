@@ -115,14 +115,19 @@ async def test_newer_outbox_rows_win_over_the_copy(
     assert all(topic.startswith("lpr/") for topic in copy)
 
 
-async def test_copy_starts_empty_after_a_gateway_restart(
+async def test_copy_survives_a_gateway_restart_then_an_empty_broker(
     mqtt_broker: MosquittoProcess, tmp_path: Path
 ) -> None:
-    """Documented limit: the copy lives in memory only."""
-    config = gateway_config(mqtt_broker.url, tmp_path, cameras=CAMERAS)
+    """The copy is durable (in the outbox): a gateway restart followed by a broker
+    restart without persistence still gets images, `last`, availability and
+    discovery back, before any new read."""
+    config = gateway_config(
+        mqtt_broker.url, tmp_path, cameras=CAMERAS, homeassistant={"enabled": True}
+    )
+    event = read(PlateGenerator(23))
     async with Gateway(config) as gw:
         await until_connected(gw)
-        assert (await gw.submit(read(PlateGenerator(23)))).taken
+        assert (await gw.submit(event)).taken
         deadline = time.monotonic() + 10
         while gw.outbox.pending_events:
             assert time.monotonic() < deadline
@@ -130,4 +135,19 @@ async def test_copy_starts_empty_after_a_gateway_restart(
     async with Gateway(config) as again:
         await until_connected(again)
         assert again.publisher is not None
-        assert not any("/image/" in t for t in again.publisher.retained_copy)
+        assert again.publisher.retained_copy["lpr/gate/last"] == (
+            gw.publisher.retained_copy["lpr/gate/last"] if gw.publisher else b""
+        )
+        await restart_without_persistence(mqtt_broker, again)
+        await until_connected(again)
+        retained = await asyncio.to_thread(retained_now, mqtt_broker)
+        with MqttCollector(
+            mqtt_broker.host, mqtt_broker.port, topics=("homeassistant/#",)
+        ) as discovery:
+            discovery.wait_for(lambda msgs: any(m.retain for m in msgs), timeout=10)
+    assert event.plate_image is not None and event.scene_image is not None
+    assert retained["lpr/gate/image/plate"].payload == event.plate_image.data
+    assert retained["lpr/gate/image/scene"].payload == event.scene_image.data
+    assert retained["lpr/gate/last"].json()["id"] == event.id
+    assert retained["lpr/gate/availability"].payload == b"online"
+    assert any(m.topic.endswith("/config") for m in discovery.messages)
