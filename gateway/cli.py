@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import __version__
-from gateway.config import Config, load_config
+from gateway.config import Config, config_warnings, load_config
 from gateway.errors import ConfigError, GatewayError, StartupError
+from gateway.limits import raise_open_file_limit
 
 log = logging.getLogger("gateway")
 
@@ -87,6 +88,8 @@ def _check(path: Path) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
+    for warning in config_warnings(config):
+        print(f"  warning: {warning}", file=sys.stderr)
     print(f"{path}: OK ({len(config.cameras)} cameras)")
     return EXIT_OK
 
@@ -165,6 +168,11 @@ def _run(path: Path, level_override: str | None) -> int:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
     _setup_logging((level_override or config.log_level).upper())
+    # Said at every start, not only by `check`: a risky setting left in place
+    # must stay visible in the logs.
+    for warning in config_warnings(config):
+        log.warning("config: %s", warning)
+    raise_open_file_limit()
     try:
         asyncio.run(serve(config))
     except StartupError as exc:
