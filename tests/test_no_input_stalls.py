@@ -148,7 +148,7 @@ async def test_hostile_event_kinds_never_stop_the_other_cameras(
                     aiohttp.ClientSession() as session,
                     session.get(
                         f"{gw.camera_url}?{query}",
-                        auth=aiohttp.BasicAuth(HTTP_USER, HTTP_PASSWORD),
+                        headers={"Authorization": basic_auth(HTTP_USER, HTTP_PASSWORD)},
                     ) as reply,
                 ):
                     assert reply.status == 200
