@@ -4,16 +4,24 @@ When `mqtt.url` is absent the gateway starts mosquitto on 127.0.0.1 and
 supervises it. mosquitto rather than a Python broker: a pure-Python broker was
 measured 3-10x slower and delivered retained messages to non-matching
 subscriptions. The same class starts the brokers of the test suite.
+
+With `anonymous=False` (the gateway's and the demo's broker) it accepts one
+login, random per instance, from a password file in a 0700 directory: any
+other local user can reach 127.0.0.1 but can neither read the plates nor
+publish into the gateway's topics. The test suite's brokers stay anonymous.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import ctypes.util
 import getpass
+import hashlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -49,6 +57,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def mosquitto_password_hash(password: str, salt: bytes | None = None) -> str:
+    """A password file entry's hash as mosquitto 2.0 writes it (`$7$`: PBKDF2-SHA512,
+    101 iterations, 12-byte salt): no `mosquitto_passwd`, and no password on a
+    command line where `ps` would show it."""
+    salt = salt if salt is not None else secrets.token_bytes(12)
+    iterations = 101
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, iterations)
+    salt_b64, digest_b64 = base64.b64encode(salt).decode(), base64.b64encode(digest).decode()
+    return f"$7${iterations}${salt_b64}${digest_b64}"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to a file only its owner can read, whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        os.fchmod(file.fileno(), 0o600)  # an existing file keeps its old mode otherwise
+        file.write(text)
+
+
 def find_mosquitto() -> str | None:
     found = shutil.which("mosquitto")
     if found:
@@ -69,8 +96,14 @@ class MosquittoProcess:
         persistence: bool = False,
         workdir: Path | None = None,
         extra_config: tuple[str, ...] = (),
+        anonymous: bool = True,
     ) -> None:
-        """`extra_config`: more mosquitto.conf lines for this listener (TLS, auth)."""
+        """`extra_config`: more mosquitto.conf lines for this listener (TLS, auth).
+
+        `anonymous=False`: a random login for this instance (`username`,
+        `password`; kept across restart()), anonymous clients refused. Then
+        `extra_config` must not set up authentication itself.
+        """
         binary = find_mosquitto()
         if binary is None:
             raise BrokerError(
@@ -82,23 +115,44 @@ class MosquittoProcess:
         self.port = port or free_port(host)
         self.persistence = persistence
         self.extra_config = extra_config
+        self.anonymous = anonymous
+        self.username: str | None = None
+        self.password: str | None = None
+        if not anonymous:
+            auth_keys = {"allow_anonymous", "password_file"}
+            if any((line.split() or [""])[0] in auth_keys for line in extra_config):
+                raise ValueError("anonymous=False sets up its own login: no auth in extra_config")
+            self.username = f"lpr-gateway-{secrets.token_hex(4)}"
+            self.password = secrets.token_urlsafe(24)
         self._own_workdir = workdir is None
+        # mkdtemp: mode 0700, so the password file, the config and any
+        # persistence database are ours alone.
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="lpr-mosquitto-"))
         self.process: subprocess.Popen[bytes] | None = None
 
+    def __repr__(self) -> str:  # never the password
+        login = "anonymous" if self.anonymous else f"user {self.username}"
+        return f"MosquittoProcess({self.url}, {login})"
+
     @property
     def url(self) -> str:
+        """Where it listens; never the credentials (see `username`, `password`)."""
         return f"mqtt://{self.host}:{self.port}"
+
+    def _auth_lines(self) -> list[str]:
+        if self.username is None or self.password is None:
+            if any(line.startswith("allow_anonymous") for line in self.extra_config):
+                return []
+            return ["allow_anonymous true"]
+        passwd = self.workdir / "passwd"
+        _write_private(passwd, f"{self.username}:{mosquitto_password_hash(self.password)}\n")
+        return ["allow_anonymous false", f"password_file {passwd}"]
 
     def _write_config(self) -> Path:
         conf = self.workdir / "mosquitto.conf"
         lines = [
             f"listener {self.port} {self.host}",
-            *(
-                []
-                if any(line.startswith("allow_anonymous") for line in self.extra_config)
-                else ["allow_anonymous true"]
-            ),
+            *self._auth_lines(),
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.workdir}/",
             # Started as root, mosquitto would drop to the `mosquitto` user and
@@ -112,7 +166,7 @@ class MosquittoProcess:
             "max_queued_bytes 0",
             *self.extra_config,
         ]
-        conf.write_text("\n".join(lines) + "\n")
+        _write_private(conf, "\n".join(lines) + "\n")
         return conf
 
     def start(self, timeout: float = 10.0) -> None:

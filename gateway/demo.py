@@ -195,7 +195,16 @@ def _pad(text: str, width: int) -> str:
 class EventPrinter:
     """Subscribes to `<base>/#` and prints a readable line per message of interest."""
 
-    def __init__(self, host: str, port: int, base: str, write: Callable[[str], None] = print):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        base: str,
+        write: Callable[[str], None] = print,
+        username: str | None = None,
+        password: str | None = None,
+    ):
+        """`username`/`password`: the embedded broker's login of this run."""
         self.base = base
         self.write = write
         self.count = 0
@@ -203,6 +212,8 @@ class EventPrinter:
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=f"demo-printer-{uuid.uuid4().hex[:6]}"
         )
+        if username is not None:
+            self._client.username_pw_set(username, password)
         self._client.on_connect = lambda c, *_: c.subscribe(f"{base}/#", qos=1)
         self._client.on_message = self._on_message
         self._client.connect(host, port)
@@ -291,15 +302,26 @@ async def _show(config: Config, sources: list[DemoSource], seconds: float) -> No
         async with Gateway(config) as gateway:
             assert gateway.embedded_broker is not None
             broker = gateway.embedded_broker
+            # The broker accepts only this run's random login: the watch command
+            # carries it (on the user's own terminal; it dies with the demo).
+            login = (
+                f" -u {broker.username} -P {broker.password}" if broker.username is not None else ""
+            )
             print(
                 f"demo: embedded MQTT broker on {broker.url} "
-                f"(watch: mosquitto_sub -p {broker.port} -t 'lpr/#' -v)"
+                f"(watch: mosquitto_sub -p {broker.port}{login} -t 'lpr/#' -v)"
             )
             print(f"demo: metrics on http://127.0.0.1:{gateway.metrics_port}/metrics")
             for source in sources:
                 print(f"demo: {source.description}")
             print("demo: events as the broker delivers them (Ctrl-C to stop):")
-            printer = EventPrinter(broker.host, broker.port, config.mqtt.base_topic)
+            printer = EventPrinter(
+                broker.host,
+                broker.port,
+                config.mqtt.base_topic,
+                username=broker.username,
+                password=broker.password,
+            )
             for source in sources:
                 source.attach(gateway)
             if seconds > 0:

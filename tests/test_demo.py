@@ -22,3 +22,43 @@ def test_demo_shows_reads_from_all_three_protocols() -> None:
         assert reads, f"no {source} read from {camera} in:\n{out}"
     assert "plate 20 KB, scene 299 KB" in out  # the images made it through MQTT
     assert "gateway    is offline" in out  # orderly shutdown said so
+
+
+def test_event_printer_logs_in_to_a_private_broker() -> None:
+    """The demo's printer subscribes with the embedded broker's login of the run."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from gateway.broker import MosquittoProcess
+    from gateway.demo import EventPrinter
+
+    broker = MosquittoProcess(anonymous=False)
+    broker.start()
+    lines: list[str] = []
+    printed = threading.Event()
+
+    def write(line: str) -> None:
+        lines.append(line)
+        printed.set()
+
+    printer = EventPrinter(
+        broker.host, broker.port, "lpr", write, username=broker.username, password=broker.password
+    )
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2)
+    publisher.username_pw_set(broker.username, broker.password)
+    try:
+        publisher.connect(broker.host, broker.port)
+        publisher.loop_start()
+        # Retained, so it reaches the printer whenever its SUBSCRIBE lands.
+        publisher.publish("lpr/gate/availability", b"online", qos=1, retain=True).wait_for_publish(
+            10
+        )
+        assert printed.wait(10), "the printer printed nothing"
+        assert lines == [f"{'':24}  {'gate':<10} is online"]
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+        printer.close()
+        broker.close()
