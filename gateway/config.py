@@ -883,8 +883,9 @@ class _Reader:
         if url and (urlsplit(url).scheme != "rtsp" or not urlsplit(url).hostname):
             self.problem(f"{p}.url", f"expected rtsp://host[:port]/path, got {redact_url(url)!r}")
         elif url and username is None:
-            # Credentials in the URL are used when username is absent: the same rule.
-            url_user, url_password = _url_credentials(url)
+            # Credentials in the URL are used when username is absent: the same rule,
+            # read the way the RTSP adapter reads them (urlsplit).
+            url_user, url_password = urlsplit(url).username, urlsplit(url).password
             if url_user and not url_password:
                 self.problem(
                     f"{p}.url",
@@ -976,17 +977,6 @@ def redact_url(url: str) -> str:
         user, colon, _password = url[start:at].partition(":")
         url = f"{url[:start]}{user}{':' + REDACTED if colon else ''}{url[at:]}"
     return _SECRET_QUERY_RE.sub(lambda m: m.group(1) + REDACTED, url)
-
-
-def _url_credentials(url: str) -> tuple[str, str]:
-    """(user, password) of a URL's user-info; empty strings when absent."""
-    start = url.find("://")
-    start = 0 if start < 0 else start + 3
-    at = url.rfind("@", start)
-    if at < 0:
-        return "", ""
-    user, _, password = url[start:at].partition(":")
-    return user, password
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

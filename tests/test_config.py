@@ -274,10 +274,11 @@ cameras:
   - {id: c, protocol: http, allowed_sources: [10.0.0.0/8]}
   - {id: d, protocol: rtsp, url: 'rtsp://admin:x@h/x'}
   - {id: e, protocol: rtsp, url: 'rtsp://h/x'}
+  - {id: f, protocol: rtsp, url: 'rtsp://h/x@y'}
 """,
         {"PW": "p"},
     )
-    assert len(config.cameras) == 5
+    assert len(config.cameras) == 6
     assert config_warnings(config) == []
 
 
@@ -360,6 +361,7 @@ def test_listen_port_is_ascii_digits_and_never_a_traceback(listen: str) -> None:
         ("rtsp://admin:se/cr?et#x@host:554/main", "rtsp://admin:***@host:554/main"),
         ("mqtt://:secret@broker", "mqtt://:***@broker"),
         ("rtsp://admin@host/main", "rtsp://admin@host/main"),  # no password to hide
+        ("rtsp://host/stream@1", "rtsp://host/stream@1"),
         ("rtsp://host/main?user=a&password=secret&x=1", "rtsp://host/main?user=a&password=***&x=1"),
         ("rtsp://host:554/main", "rtsp://host:554/main"),
         ("admin:secret@host", "admin:***@host"),
