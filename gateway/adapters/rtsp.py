@@ -54,6 +54,7 @@ from gateway.codecs.rtsp import (
 from gateway.config import OtherEvents, RtspCameraConfig
 from gateway.errors import CameraProtocolError
 from gateway.event import AnyEvent, Image, utc_now
+from gateway.log_limit import RateLimitedLog
 from gateway.pipeline import Admission
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,9 @@ class CameraSession:
         self._online = False
         self._documents_seen = False  # in the current session: it was a healthy one
         m = ctx.metrics
+        # Every complaint the camera can repeat goes through this, keyed by
+        # (camera, kind); the metrics keep the exact counts.
+        self._complaints = RateLimitedLog(log, on_suppressed=m.log_lines_suppressed.inc)
         self._frames = m.camera_frames.labels(camera=camera.id)
         self._bytes = m.camera_bytes.labels(camera=camera.id)
 
@@ -312,7 +316,8 @@ class CameraSession:
                         event = client.next_event()
                     except CameraProtocolError as exc:
                         self._count_error(exc.kind)
-                        log.warning(
+                        self._complaints.warning(
+                            (camera.id, exc.kind),
                             "camera %s: RTSP protocol error (%s): %s; reconnecting",
                             camera.id,
                             exc.kind,
@@ -325,6 +330,14 @@ class CameraSession:
                         await self._on_packet(reassembler, event.data)
                     elif isinstance(event, SessionStarted):
                         state.playing = True
+                        for kind in event.issues:
+                            self._count_error(kind)
+                            self._complaints.warning(
+                                (camera.id, kind),
+                                "camera %s: PLAY answer not fully readable (%s); playing anyway",
+                                camera.id,
+                                kind,
+                            )
                         reassembler = RtpReassembler(
                             max_document_bytes=MAX_DOCUMENT_BYTES,
                             payload_type=event.track.payload_type,
@@ -351,7 +364,8 @@ class CameraSession:
                         self._on_auth_failed(event)
                         return Outcome.AUTH_FAILED
                     elif isinstance(event, RequestFailed):
-                        log.warning(
+                        self._complaints.warning(
+                            (camera.id, f"refused_{event.method}"),
                             "camera %s: %s refused: %d %s; reconnecting",
                             camera.id,
                             event.method,
@@ -424,7 +438,8 @@ class CameraSession:
                 await self._on_document(result.data)
             elif isinstance(result, RtpDocumentDropped):
                 self._count_error(f"rtp_{result.reason.value}")
-                log.warning(
+                self._complaints.warning(
+                    (self.camera.id, f"rtp_{result.reason.value}"),
                     "camera %s: metadata document dropped (%s): %s",
                     self.camera.id,
                     result.reason.value,
@@ -432,7 +447,8 @@ class CameraSession:
                 )
             elif isinstance(result, RtpPacketRejected):
                 self._count_error(result.kind)
-                log.warning(
+                self._complaints.warning(
+                    (self.camera.id, result.kind),
                     "camera %s: RTP packet rejected (%s): %s",
                     self.camera.id,
                     result.kind,
@@ -445,14 +461,19 @@ class CameraSession:
             results = onvif.parse_metadata(document, max_bytes=MAX_DOCUMENT_BYTES)
         except CameraProtocolError as exc:
             self._count_error(exc.kind)
-            log.warning(
-                "camera %s: metadata document refused (%s): %s", camera.id, exc.kind, exc.detail
+            self._complaints.warning(
+                (camera.id, exc.kind),
+                "camera %s: metadata document refused (%s): %s",
+                camera.id,
+                exc.kind,
+                exc.detail,
             )
             return
         for result in results:
             if isinstance(result, onvif.OnvifProblem):
                 self._count_error(result.kind)
-                log.warning(
+                self._complaints.warning(
+                    (camera.id, result.kind),
                     "camera %s: notification not readable (%s): %s",
                     camera.id,
                     result.kind,
@@ -499,7 +520,8 @@ class CameraSession:
             await asyncio.wait([previous])  # never raises, even if it was cancelled
         admission = await self.ctx.submit(event)
         if not admission.taken:
-            log.warning(
+            self._complaints.warning(
+                (self.camera.id, "not_taken"),
                 "camera %s: read %s not taken by the pipeline (%s); the stream cannot resend it",
                 self.camera.id,
                 event.id,
@@ -549,7 +571,13 @@ class CameraSession:
                     reason,
                 )
         self.ctx.metrics.image_fetch_failures.labels(camera=camera.id, reason=failure).inc()
-        log.warning("camera %s: picture %s missing: %s", camera.id, path, reason)
+        self._complaints.warning(
+            (camera.id, f"picture_{failure}"),
+            "camera %s: picture %s missing: %s",
+            camera.id,
+            path[:200],
+            reason,
+        )
         return _PictureResult(Image.missing(f"picture fetch failed: {reason}"), failure)
 
     async def _get_picture(self, url: yarl.URL) -> tuple[bytes | None, str, str]:

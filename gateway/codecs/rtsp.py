@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from gateway.codecs.numbers import ascii_int_or_none, parse_ascii_int
 from gateway.errors import CameraProtocolError
 
 RTSP_VERSION = "RTSP/1.0"
@@ -101,17 +102,15 @@ ReaderEvent = RtspResponse | RtspRequest | InterleavedFrame | Signal
 
 
 def _cseq(headers: Headers) -> int | None:
+    """The CSeq, or None when absent or not plain ASCII digits (see `_on_response`)."""
     value = headers.get("CSeq")
     if value is None:
         return None
-    try:
-        return int(value.strip())
-    except ValueError:
-        return None
+    return ascii_int_or_none(value)
 
 
 _TOKEN_RE = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_STATUS_RE = re.compile(r"^RTSP/(\d)\.(\d) (\d{3})(?: (.*))?$")
+_STATUS_RE = re.compile(r"^RTSP/(\d)\.(\d) (\d{3})(?: (.*))?$", re.ASCII)
 
 
 class RtspReader:
@@ -232,13 +231,10 @@ class RtspReader:
         length_text = headers.get("Content-Length")
         length = 0
         if length_text is not None:
-            digits = length_text.strip()
-            # Only digits: int() would also take "+5", "-1" and "1_000".
-            if not digits.isascii() or not digits.isdigit() or len(digits) > 12:
-                raise CameraProtocolError(
-                    "rtsp_content_length", f"Content-Length {length_text[:40]!r}"
-                )
-            length = int(digits)
+            # Only ASCII digits: int() would also take "+5", "-1", "1_000" and "５".
+            length = parse_ascii_int(
+                length_text, kind="rtsp_content_length", what="Content-Length", max_digits=12
+            )
             if length > self.max_body_bytes:
                 raise CameraProtocolError(
                     "rtsp_body_too_large", f"body of {length} bytes, limit {self.max_body_bytes}"
@@ -368,12 +364,7 @@ def parse_session(value: str) -> SessionHeader:
     for part in parts[1:]:
         name, _, raw = part.partition("=")
         if name.strip().lower() == "timeout":
-            try:
-                timeout = int(raw.strip())
-            except ValueError:
-                raise CameraProtocolError(
-                    "rtsp_session", f"bad session timeout {raw[:20]!r}"
-                ) from None
+            timeout = parse_ascii_int(raw, kind="rtsp_session", what="session timeout")
             if timeout <= 0:
                 timeout = None
     return SessionHeader(session_id, timeout)
@@ -390,10 +381,11 @@ class TransportSpec:
         if not value:
             return None
         first, _, second = value.partition("-")
-        try:
-            rtp = int(first)
-            rtcp = int(second) if second else rtp + 1
-        except ValueError:
+        rtp = ascii_int_or_none(first, max_digits=3)
+        rtcp = ascii_int_or_none(second, max_digits=3) if second else None
+        if rtp is not None and not second:
+            rtcp = rtp + 1
+        if rtp is None or rtcp is None:
             return None
         if not (0 <= rtp <= 255 and 0 <= rtcp <= 255):
             return None
@@ -414,7 +406,10 @@ def parse_transport(value: str) -> TransportSpec:
 
 
 def parse_rtp_info_sequence(value: str | None, track_url: str) -> int | None:
-    """`seq=` of the RTP-Info entry for our track (or of the only entry)."""
+    """`seq=` of the RTP-Info entry for our track (or of the only entry).
+
+    A `seq` that is not ASCII digits raises CameraProtocolError("rtsp_rtp_info").
+    """
     if not value:
         return None
     entries = [e.strip() for e in value.split(",") if e.strip()]
@@ -424,13 +419,13 @@ def parse_rtp_info_sequence(value: str | None, track_url: str) -> int | None:
         for part in entry.split(";"):
             name, _, raw = part.partition("=")
             params[name.strip().lower()] = raw.strip()
-        seq = params.get("seq", "")
-        if not seq.isdigit():
+        if "seq" not in params:
             continue
+        seq = parse_ascii_int(params["seq"], kind="rtsp_rtp_info", what="RTP-Info seq")
         url = params.get("url", "").rstrip("/")
         ours = bool(url) and (url == track_url or track_url.endswith("/" + url.lstrip("/")))
         if len(entries) == 1 or ours:
-            found = int(seq) % 65536
+            found = seq % 65536
     return found
 
 
@@ -499,10 +494,10 @@ def parse_sdp(body: bytes) -> SessionDescription:
                 media.append(current.build())
             current = None
             fields = value.split()
-            port_text = fields[1].split("/")[0] if len(fields) >= 3 else ""
-            if not port_text.isdigit():
+            port = ascii_int_or_none(fields[1].split("/")[0]) if len(fields) >= 3 else None
+            if port is None:
                 continue
-            current = _MediaBuilder(fields[0].lower(), int(port_text), fields[2], tuple(fields[3:]))
+            current = _MediaBuilder(fields[0].lower(), port, fields[2], tuple(fields[3:]))
         elif kind == "a":
             name, _, attribute = value.partition(":")
             name = name.strip().lower()
@@ -513,8 +508,9 @@ def parse_sdp(body: bytes) -> SessionDescription:
                     current.control = attribute.strip()
             elif name == "rtpmap" and current is not None:
                 pt_text, _, encoding = attribute.strip().partition(" ")
-                if pt_text.isdigit() and encoding.strip():
-                    current.rtpmap[int(pt_text)] = encoding.strip()
+                payload_type = ascii_int_or_none(pt_text, max_digits=3)
+                if payload_type is not None and encoding.strip():
+                    current.rtpmap[payload_type] = encoding.strip()
     if current is not None:
         media.append(current.build())
     return SessionDescription(session_control, tuple(media))
@@ -547,19 +543,19 @@ def find_metadata_track(sdp: SessionDescription, base_url: str) -> MetadataTrack
         if media.media != "application":
             continue
         for fmt in media.formats:
-            if not fmt.isdigit():
+            payload_type = ascii_int_or_none(fmt, max_digits=3)
+            if payload_type is None:
                 continue
-            encoding = media.rtpmap.get(int(fmt))
+            encoding = media.rtpmap.get(payload_type)
             if encoding is None:
                 continue
             name, _, rest = encoding.partition("/")
             if name.strip().lower().startswith(METADATA_ENCODING):
-                clock_text = rest.split("/")[0].strip()
                 return MetadataTrack(
                     control_url=resolve_control(media.control, base),
-                    payload_type=int(fmt),
+                    payload_type=payload_type,
                     encoding=name.strip(),
-                    clock_rate=int(clock_text) if clock_text.isdigit() else None,
+                    clock_rate=ascii_int_or_none(rest.split("/")[0]),
                 )
     found = ", ".join(
         f"{m.media}({', '.join(m.rtpmap.values()) or ' '.join(m.formats)})" for m in sdp.media
@@ -872,6 +868,9 @@ class SessionStarted:
     public: frozenset[str]
     rtp_channel: int
     first_sequence: int | None = None  # from RTP-Info, for the reassembler
+    # Kinds of peer errors in the PLAY answer that did not stop the session
+    # (e.g. an unreadable RTP-Info): the caller counts them.
+    issues: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -1010,14 +1009,21 @@ class RtspClient:
     ) -> None:
         self._cseq += 1
         headers: list[tuple[str, str]] = [("User-Agent", self.user_agent)]
-        authorization = self.auth.authorization(method, uri)
-        if authorization is not None:
-            headers.append(("Authorization", authorization))
-        if self.session is not None:
-            headers.append(("Session", self.session.id))
-        headers.extend(extra)
+        try:
+            authorization = self.auth.authorization(method, uri)
+            if authorization is not None:
+                headers.append(("Authorization", authorization))
+            if self.session is not None:
+                headers.append(("Session", self.session.id))
+            headers.extend(extra)
+            request = encode_request(method, uri, self._cseq, headers)
+        except ValueError as exc:
+            # The URI (SDP control, Content-Base) and the challenge's realm and
+            # nonce come from the camera: a space or a lone CR in them is the
+            # peer's error, not ours.
+            raise CameraProtocolError("rtsp_bad_value", f"cannot send {method}: {exc}") from None
         self._pending[self._cseq] = _Pending(method, uri, extra, authorization, auth_round)
-        self._outgoing += encode_request(method, uri, self._cseq, headers)
+        self._outgoing += request
 
     # -- incoming -----------------------------------------------------------
 
@@ -1052,6 +1058,11 @@ class RtspClient:
 
     def _on_response(self, response: RtspResponse) -> None:
         cseq = response.cseq
+        if cseq is None and "CSeq" in response.headers:
+            raise CameraProtocolError(
+                "rtsp_cseq",
+                f"CSeq is not 1 to 9 ASCII digits: {response.headers.get('CSeq')!r:.40}",
+            )
         pending = self._pending.pop(cseq, None) if cseq is not None else None
         if pending is None:
             if cseq is None and self._pending:
@@ -1149,6 +1160,15 @@ class RtspClient:
             if answered.timeout_seconds is not None:
                 self.session = SessionHeader(self.session.id, answered.timeout_seconds)
         self.state = _NEXT_STATE[ClientState.PLAY]
+        issues: list[str] = []
+        try:
+            first_sequence = parse_rtp_info_sequence(
+                response.headers.get("RTP-Info"), self.track.control_url
+            )
+        except CameraProtocolError as exc:
+            # Only a hint for the reassembler: play without it, and say so.
+            first_sequence = None
+            issues.append(exc.kind)
         self._events.append(
             SessionStarted(
                 session=self.session,
@@ -1156,9 +1176,8 @@ class RtspClient:
                 keepalive_method=self.keepalive_method,
                 public=self.public,
                 rtp_channel=self.rtp_channel,
-                first_sequence=parse_rtp_info_sequence(
-                    response.headers.get("RTP-Info"), self.track.control_url
-                ),
+                first_sequence=first_sequence,
+                issues=tuple(issues),
             )
         )
 

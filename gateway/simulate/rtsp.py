@@ -481,6 +481,9 @@ class RtspCameraSimulator:
         self.pictures_kept = pictures_kept
         self.initialized_repeats_last_read = initialized_repeats_last_read
         self.camera = camera
+        # A test may make the PLAY answer's RTP-Info `seq=` any text (hostile
+        # numbers: "²", 5,000 digits); None: the real sequence number.
+        self.rtp_info_seq_text: str | None = None
         self.stats = SimulatorStats()
         self.sent_reads: collections.deque[SentRead] = collections.deque(maxlen=sent_reads_kept)
         self._random = random.Random(seed)
@@ -603,6 +606,12 @@ class RtspCameraSimulator:
 
     def push_motion(self, is_motion: bool = True) -> None:
         document = onvif.build_motion_document(datetime.now(UTC).replace(microsecond=0), is_motion)
+        for connection in list(self._connections):
+            if connection.playing:
+                self._send_document(connection, document)
+
+    def push_document(self, document: bytes) -> None:
+        """Send any metadata document (a test's hostile one) to every playing session."""
         for connection in list(self._connections):
             if connection.playing:
                 self._send_document(connection, document)
@@ -956,9 +965,9 @@ class RtspCameraSimulator:
             connection.write(_response(455, "Method Not Valid in This State", cseq))
             return
         base = f"rtsp://{connection.local_host}:{self.rtsp_port}{self.stream_path}/"
+        seq = session.sequence if self.rtp_info_seq_text is None else self.rtp_info_seq_text
         rtp_info = ",".join(
-            f"url={base}trackID={track};seq={session.sequence};rtptime=0"
-            for track in sorted(session.channels)
+            f"url={base}trackID={track};seq={seq};rtptime=0" for track in sorted(session.channels)
         )
         connection.write(
             _response(

@@ -24,6 +24,7 @@ from gateway.adapters import rtsp as adapter
 from gateway.adapters.base import backoff_delay
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
+from gateway.codecs import onvif
 from gateway.codecs.onvif import build_plate_document
 from gateway.event import format_time
 from gateway.simulate.common import plate_jpeg
@@ -412,6 +413,46 @@ async def test_faults_are_counted_and_later_reads_still_arrive(
                 )
             )
     assert [m for m in events if m.topic == EVENT_TOPIC][-1].json()["plate"] == read.plate
+
+
+@pytest.mark.parametrize("bad", ["\u00b2", "\uff15", "-0x1", "9" * 5000])
+async def test_hostile_numbers_are_counted_never_a_traceback_and_reads_survive(
+    mqtt_broker: MosquittoProcess,
+    tmp_path: Path,
+    bad: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # RTP-Info seq, speed, direction and UtcTime of "²", "５", "-0x1" or 5,000
+    # digits: the session keeps playing, the RTP-Info is counted as a parse
+    # error, and both reads in the hostile document reach MQTT.
+    now = datetime.now(UTC).replace(microsecond=0)
+    hostile = onvif.plate_notification("HOSTILE1", now, None, speed=bad, direction=bad)
+    good = onvif.plate_notification("GOOD1", now, None)
+    document = onvif.build_metadata_document([hostile, good]).replace(
+        b'UtcTime="' + onvif.format_utc_time(now).encode() + b'"',
+        b'UtcTime="' + bad.encode() + b'"',
+        1,
+    )
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port) as collector:
+        async with simulator() as sim, running(mqtt_broker, tmp_path, [camera_entry(sim)]) as gw:
+            sim.rtp_info_seq_text = bad
+            await wait_playing(sim)
+            sim.push_document(document)
+            events = await collector.until_count(EVENT_TOPIC, 2)
+            kind = "rtsp_rtp_info"
+            assert metric(gw, "lpr_parse_errors_total", source="rtsp", kind=kind) == 1
+            assert metric(gw, "lpr_camera_parse_errors_total", camera=CAMERA, kind=kind) == 1
+            assert metric(gw, "lpr_parse_errors_total", source="rtsp", kind="internal") == 0
+            assert sim.stats.connections == 1  # nothing made the session fail
+    first, second = (e.json() for e in events)
+    assert (first["plate"], second["plate"]) == ("HOSTILE1", "GOOD1")
+    assert first["speed_kmh"] is None and first["time"] is None
+    assert first["raw"]["unreadable"] == {
+        "LicenseCarSpeed": bad,
+        "LicenseCarDirection": bad,
+        "UtcTime": bad,
+    }
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback anywhere
 
 
 async def test_unreachable_camera_is_offline_and_retried(

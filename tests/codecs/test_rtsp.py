@@ -382,11 +382,46 @@ def test_parse_transport(value: str, interleaved: tuple[int, int] | None) -> Non
         ("url=trackID=3;seq=70000", 70000 % 65536),
         ("url=rtsp://cam/main/trackID=1;seq=5, url=rtsp://cam/main/trackID=3;seq=6", 6),
         ("url=rtsp://cam/main/trackID=1;seq=5, url=rtsp://cam/main/trackID=2;seq=6", None),
-        ("url=rtsp://cam/main/trackID=3;seq=x", None),
+        ("url=rtsp://cam/main/trackID=3;rtptime=5", None),
     ],
 )
 def test_parse_rtp_info_sequence(value: str | None, expected: int | None) -> None:
     assert parse_rtp_info_sequence(value, "rtsp://cam/main/trackID=3") == expected
+
+
+# What isdigit() or int() would take, or choke on with a bare ValueError.
+HOSTILE_NUMBERS = ["x", "\u00b2", "\uff15", "\u0665", "-0x1", "-1", "+5", "1_0", "9" * 5000]
+
+
+@pytest.mark.parametrize("seq", HOSTILE_NUMBERS)
+def test_parse_rtp_info_sequence_refuses_hostile_numbers(seq: str) -> None:
+    with pytest.raises(CameraProtocolError) as info:
+        parse_rtp_info_sequence(f"url=rtsp://cam/main/trackID=3;seq={seq}", "x")
+    assert info.value.kind == "rtsp_rtp_info"
+
+
+@pytest.mark.parametrize("bad", HOSTILE_NUMBERS)
+def test_session_timeout_and_interleaved_refuse_hostile_numbers(bad: str) -> None:
+    with pytest.raises(CameraProtocolError) as info:
+        parse_session(f"abc;timeout={bad}")
+    assert info.value.kind == "rtsp_session"
+    assert parse_transport(f"RTP/AVP/TCP;interleaved={bad}").interleaved is None
+    assert parse_transport(f"RTP/AVP/TCP;interleaved=0-{bad}").interleaved is None
+
+
+@pytest.mark.parametrize("bad", HOSTILE_NUMBERS)
+def test_content_length_and_cseq_refuse_hostile_numbers(bad: str) -> None:
+    stream = f"RTSP/1.0 200 OK\r\nCSeq: 1\r\nContent-Length: {bad}\r\n\r\n".encode()
+    reader = RtspReader()
+    reader.receive_data(stream)
+    with pytest.raises(CameraProtocolError) as info:
+        reader.next_event()
+    assert info.value.kind == "rtsp_content_length"
+    # A CSeq that is not ASCII digits is no CSeq for the property ...
+    reader = RtspReader()
+    reader.receive_data(f"RTSP/1.0 200 OK\r\nCSeq: {bad}\r\n\r\n".encode())
+    response = reader.next_event()
+    assert isinstance(response, RtspResponse) and response.cseq is None
 
 
 def test_parse_public() -> None:
@@ -725,6 +760,71 @@ def handshake(
     assert isinstance(started, SessionStarted)
     assert client.state is ClientState.PLAYING
     return started
+
+
+@pytest.mark.parametrize("bad", HOSTILE_NUMBERS)
+def test_client_refuses_a_hostile_cseq_with_the_peer_error(bad: str) -> None:
+    # ... and for the client a peer error, never a ValueError.
+    client = RtspClient(URL, cnonce=lambda: "c")
+    client.start()
+    sent_request(client)
+    with pytest.raises(CameraProtocolError) as info:
+        client_events(client, f"RTSP/1.0 200 OK\r\nCSeq: {bad}\r\n\r\n".encode())
+    assert info.value.kind == "rtsp_cseq"
+
+
+@pytest.mark.parametrize("bad", HOSTILE_NUMBERS)
+def test_client_plays_without_an_unreadable_rtp_info_and_says_so(bad: str) -> None:
+    client = RtspClient(URL, cnonce=lambda: "c")
+    client.start()
+    options = sent_request(client)
+    client_events(client, reply(options))
+    client_events(client, reply(sent_request(client), body=SDP_REPLY))
+    client_events(client, reply(sent_request(client), headers=Headers((("Session", "S1"),))))
+    play = sent_request(client)
+    rtp_info = Headers((("RTP-Info", f"url={URL}/trackID=3;seq={bad}"),))
+    [started] = client_events(client, reply(play, headers=rtp_info))
+    assert isinstance(started, SessionStarted)
+    assert started.first_sequence is None and started.issues == ("rtsp_rtp_info",)
+    assert client.state is ClientState.PLAYING
+
+
+def test_client_refuses_a_control_url_it_cannot_send() -> None:
+    # The SETUP URI comes from the camera's SDP: a space in it is the peer's
+    # error, not a ValueError from encode_request.
+    client = RtspClient(URL, cnonce=lambda: "c")
+    client.start()
+    client_events(client, reply(sent_request(client)))
+    sdp = SDP_REPLY.replace(b"a=control:trackID=3", b"a=control:trackID=3 x")
+    assert sdp != SDP_REPLY
+    with pytest.raises(CameraProtocolError) as info:
+        client_events(client, reply(sent_request(client), body=sdp))
+    assert info.value.kind == "rtsp_bad_value"
+
+
+def test_client_refuses_a_content_base_with_a_lone_cr() -> None:
+    # Header lines end at LF: a lone CR stays inside a value and would be a
+    # line break in our SETUP.
+    client = RtspClient(URL, cnonce=lambda: "c")
+    client.start()
+    client_events(client, reply(sent_request(client)))
+    describe = sent_request(client)
+    answer = (
+        f"RTSP/1.0 200 OK\r\nCSeq: {describe.cseq}\r\n"
+        f"Content-Base: {URL}/x\ry/\r\nContent-Length: {len(SDP_REPLY)}\r\n\r\n"
+    ).encode() + SDP_REPLY
+    with pytest.raises(CameraProtocolError) as info:
+        client_events(client, answer)
+    assert info.value.kind == "rtsp_bad_value"
+
+
+def test_sdp_with_hostile_numbers_skips_those_lines() -> None:
+    sdp = SDP_REPLY.replace(b"m=application 0", "m=application \u00b2".encode()).replace(
+        b"a=rtpmap:107", "a=rtpmap:\uff11\uff10\uff17".encode()
+    )
+    with pytest.raises(CameraProtocolError) as info:
+        find_metadata_track(parse_sdp(sdp), URL)
+    assert info.value.kind == "rtsp_no_metadata_track"
 
 
 def test_client_handshake_keepalive_and_teardown() -> None:
