@@ -388,3 +388,17 @@ def test_no_problem_repeats_a_secret(text: str) -> None:
     found = problems(text)
     assert found
     assert not any("s3cr3t" in p for p in found), found
+
+
+def test_check_prints_the_warnings_and_still_passes(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("cameras: [{id: open, protocol: http}]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "warning: cameras[0]: HTTP camera 'open' has no username/password" in result.stderr
+    assert "OK (1 cameras)" in result.stdout
