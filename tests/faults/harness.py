@@ -293,6 +293,29 @@ class HttpLoad:
         return dict(self.sim.status_counts())
 
 
+def reads_sent(cams: Cameras, http: HttpLoad) -> dict[str, int]:
+    """Reads each camera has sent so far (HTTP: those the gateway answered 200)."""
+    return {
+        TCP_CAMERA: len(cams.tcp.sent_reads),
+        RTSP_CAMERA: len(cams.rtsp_keys()),
+        HTTP_CAMERA: len(http.accepted_ids()),
+    }
+
+
+async def until_each_camera_sent(
+    cams: Cameras, http: HttpLoad, count: int, timeout: float = 60.0
+) -> None:
+    """Until every camera has sent `count` reads: the load is waited for, never
+    assumed from how long the test ran (a loaded machine sends fewer per second)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while min(reads_sent(cams, http).values()) < count:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(
+                f"cameras did not send {count} reads each: {reads_sent(cams, http)}"
+            )
+        await asyncio.sleep(0.05)
+
+
 def event_id(event: dict[str, Any]) -> str:
     return str(event["id"])
 

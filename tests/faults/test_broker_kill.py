@@ -36,6 +36,7 @@ from tests.faults.harness import (
     ledger,
     record,
     three_cameras,
+    until_each_camera_sent,
     wait_listening,
 )
 from tests.faults.proxy import GateProxy
@@ -44,6 +45,8 @@ from tests.helpers import gateway_config
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.timeout(90)]
 
 KILLS = 5
+# Reads each camera must have sent before the run ends (waited for).
+LOAD_PER_CAMERA = 20
 
 
 async def test_broker_sigkilled_five_times_loses_nothing(
@@ -82,6 +85,7 @@ async def test_broker_sigkilled_five_times_loses_nothing(
                         await collector.until_connects(kill + 2)
                         proxy.open_gate()
                     await asyncio.sleep(1.0)
+                    await until_each_camera_sent(cams, http, LOAD_PER_CAMERA)
                     await http.stop()
                     await cams.stop()
                     book = ledger(cams, http)
@@ -100,7 +104,7 @@ async def test_broker_sigkilled_five_times_loses_nothing(
     report = book.report(collector.events())
     record(report.line(f"broker SIGKILL x{KILLS} (mosquitto, 3 cameras, 5 reads/s each)"))
     report.assert_nothing_lost()
-    assert total >= 3 * 20, book.expected  # the load really ran
+    assert total >= 3 * LOAD_PER_CAMERA, book.expected  # the load really ran (waited for)
     assert report.sent[RTSP_CAMERA] > 0 and report.sent[TCP_CAMERA] > 0
     # The camera sessions were not disturbed by the broker going away.
     assert online_throughout == 0
