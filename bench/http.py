@@ -13,6 +13,10 @@ with the gateway's and their ratio (target: the gateway ≥ 0.5 of it).
 
 - http-raw-decode: the raw loop alone
 - http: the raw loop, then the gateway with 8 concurrent clients
+- http-flood: the gateway with 8 clients while another process opens connections
+  to the camera port as fast as it can (half bare, half a 401 probe): the
+  connection rate it reached and the cameras' latency under it. Printed, never
+  asserted (tests/faults assert only counts).
 """
 
 from __future__ import annotations
@@ -183,7 +187,27 @@ async def _load(url: str, events: int, clients: int) -> dict[str, Any]:
 # -- the gateway scenario ------------------------------------------------------------
 
 
-def gateway_http(broker: MosquittoProcess, events: int, clients: int = CLIENTS) -> Result:
+def _flood_main(port: int, stop: Any, out: Any) -> None:
+    """Connections to the camera port as fast as one process makes them, until `stop`."""
+    import socket
+
+    start = time.monotonic()
+    made = failed = 0
+    while not stop.is_set():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                if made % 2:
+                    conn.sendall(b"GET /flood HTTP/1.1\r\nHost: x\r\n\r\n")
+                    conn.recv(4096)
+        except OSError:
+            failed += 1
+        made += 1
+    out.put({"made": made, "failed": failed, "seconds": time.monotonic() - start})
+
+
+def gateway_http(
+    broker: MosquittoProcess, events: int, clients: int = CLIENTS, flood: bool = False
+) -> Result:
     with tempfile.TemporaryDirectory(prefix="lpr-bench-http-") as tmp:
         http_port, metrics_port = free_port(), free_port()
         config = {
@@ -219,19 +243,38 @@ def gateway_http(broker: MosquittoProcess, events: int, clients: int = CLIENTS) 
                 args=(f"http://127.0.0.1:{http_port}/lpr/bench", events, clients, out),
                 daemon=True,
             )
+            flood_stop = _SPAWN.Event()
+            flood_out: Any = _SPAWN.Queue()
+            flooder = _SPAWN.Process(
+                target=_flood_main, args=(http_port, flood_stop, flood_out), daemon=True
+            )
+            if flood:
+                flooder.start()
             cpu0 = cpu_seconds(gateway.pid)
             load.start()
             sent = out.get(timeout=600)
+            flood_stop.set()
+            flooded = flood_out.get(timeout=60) if flood else None
             got = subscriber.result()
             cpu = cpu_seconds(gateway.pid) - cpu0
             peak = rss_mb(gateway.pid)
             load.join(10)
+            if flood:
+                flooder.join(10)
         finally:
             stop_process(gateway, 20)
     seconds = max(got["end"] - sent["start"], 1e-9)
     received = got["received"]
+    extra: dict[str, Any] = {}
+    if flooded is not None:
+        extra = {
+            "flood_connections": flooded["made"],
+            "flood_failed": flooded["failed"],
+            "flood_connections_per_s": round(flooded["made"] / max(flooded["seconds"], 1e-9)),
+        }
     return Result(
-        scenario=f"http: {clients} clients → gateway",
+        scenario=f"http: {clients} clients → gateway"
+        + (" under a connection flood" if flood else ""),
         events=received,
         seconds=round(seconds, 2),
         events_per_s=round(received / seconds, 1),
@@ -247,6 +290,7 @@ def gateway_http(broker: MosquittoProcess, events: int, clients: int = CLIENTS) 
             "reply_p99_ms": round_ms(percentile(sent["latencies"], 99)),
             "load_generator_cpu_s": round(sent["cpu"], 2),
             "gateway_cpu_s": round(cpu, 2),
+            **extra,
         },
     )
 
@@ -293,7 +337,21 @@ def http_scenario(broker: MosquittoProcess, args: argparse.Namespace) -> Result:
     return result
 
 
+def http_flood_scenario(broker: MosquittoProcess, args: argparse.Namespace) -> Result:
+    result = gateway_http(broker, args.events, flood=True)
+    extra = result.extra
+    print(
+        f"http-flood: {extra['flood_connections']} connections "
+        f"({extra['flood_connections_per_s']}/s, {extra['flood_failed']} failed) while the "
+        f"cameras got {result.events_per_s} ev/s, reply p99 {extra['reply_p99_ms']} ms, "
+        f"event p99 {result.p99_ms} ms; replies {extra['statuses']}",
+        file=sys.stderr,
+    )
+    return result
+
+
 SCENARIOS = {
     "http-raw-decode": http_raw,
     "http": http_scenario,
+    "http-flood": http_flood_scenario,
 }
