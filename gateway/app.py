@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import json
 import logging
@@ -92,7 +93,11 @@ class Gateway:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         if self.config.mqtt.url is None:
-            self.embedded_broker = MosquittoProcess(port=self.config.mqtt.embedded_port)
+            # A login made for this run: no other local user can read the
+            # plates or publish into the gateway's topics.
+            self.embedded_broker = MosquittoProcess(
+                port=self.config.mqtt.embedded_port, anonymous=False
+            )
             # Spawned from the loop's thread, which lives as long as the gateway:
             # the broker is tied to it and goes when we go, even on SIGKILL.
             self.embedded_broker.spawn()
@@ -108,8 +113,18 @@ class Gateway:
         self.metrics.outbox_depth.set(self.outbox.pending_events)
         self.metrics.outbox_bytes.set(self.outbox.pending_bytes)
         self.metrics.outbox_dead_letters.set(self.outbox.dead_letter_events)
+        publisher_config = self.config
+        if self.embedded_broker is not None:
+            publisher_config = dataclasses.replace(
+                self.config,
+                mqtt=dataclasses.replace(
+                    self.config.mqtt,
+                    username=self.embedded_broker.username,
+                    password=self.embedded_broker.password,
+                ),
+            )
         self.publisher = MqttPublisher(
-            self.config, self.metrics, self.outbox, self._executor, self.broker_url
+            publisher_config, self.metrics, self.outbox, self._executor, self.broker_url
         )
         # The durable copy of the retained state: a broker that lost it gets it
         # back on connect even after this gateway restarted.

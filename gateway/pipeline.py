@@ -32,6 +32,7 @@ from gateway.event import (
 from gateway.homeassistant import ha_event_payload, ha_event_topic, ha_event_type
 from gateway.images import ImageTransformError, apply_image_options
 from gateway.known_plates import KnownPlates, edit_distance, topic_slug
+from gateway.log_limit import RateLimitedLog
 from gateway.metrics import Metrics
 from gateway.outbox import EventDraft, MessageDraft, OutboxWriter
 from gateway.topics import topic_problem
@@ -215,6 +216,8 @@ class Pipeline:
         self._images = {c.id: c.images for c in config.cameras}
         self._closed = False
         self._camera_order: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # A camera can make the same complaint on every read: one line a minute.
+        self._complaints = RateLimitedLog(log, on_suppressed=metrics.log_lines_suppressed.inc)
         # (camera, plate) → the outcome of a read admitted but not yet stored
         self._unstored: dict[tuple[str, str], asyncio.Future[bool]] = {}
         # Called with every plate read that was accepted (e.g. HA discovery learns
@@ -341,5 +344,10 @@ class Pipeline:
             return await loop.run_in_executor(None, apply_image_options, event, options)
         except ImageTransformError as exc:
             self.metrics.image_transform_failures.labels(camera=event.camera).inc()
-            log.warning("camera %s: %s; publishing it as received", event.camera, exc)
+            self._complaints.warning(
+                (event.camera, "image_transform"),
+                "camera %s: %s; publishing it as received",
+                event.camera,
+                exc,
+            )
             return event

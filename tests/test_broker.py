@@ -26,7 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess, mosquitto_password_hash
 from gateway.event import PlateEvent, Source, utc_now
-from tests.helpers import MqttCollector, free_port, gateway_config
+from tests.helpers import MqttCollector, free_port, gateway_config, stop_process
 
 
 def listening(port: int) -> bool:
@@ -219,3 +219,28 @@ async def test_gateway_publishes_through_the_private_broker_with_its_login(
             assert (await gw.submit(event)).taken
             (received,) = await sub.until_count("lpr/c/event", 1)
             assert received.json()["id"] == event.id
+
+
+def test_gateway_embedded_broker_refuses_anonymous_clients(tmp_path: Path) -> None:
+    port, metrics_port = free_port(), free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "mqtt": {"embedded_port": port},
+                "outbox": {"path": str(tmp_path / "outbox.sqlite3")},
+                "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
+                "http": {"listen": f"127.0.0.1:{free_port()}"},
+            }
+        )
+    )
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait(lambda: (healthz(metrics_port) or {}).get("mqtt_connected"), 20)
+        assert str(connack(port)) == "Not authorized"
+    finally:
+        stop_process(gateway)
