@@ -52,6 +52,8 @@ def tcp_streams() -> list[bytes]:
         b"\xff" + frames[0] + frames[2],  # login reply, then a full-size read (~9 kB slices)
         b"\x05" + frames[0] + b"".join(small),
         b"\x40" + b"garbage\xcc\x00" + b"".join(small) + small[0][: len(small[0]) // 2],
+        # The log-amplification stream: a fake header every 10 bytes, then a read.
+        b"\x02" + frames[0] + b"\xcc\xff\x01\x88\x02\x00\x00\x00\x00\x00" * 200 + small[0],
     ]
 
 
@@ -109,7 +111,14 @@ def rtp_streams() -> list[bytes]:
 def rtsp_streams() -> list[bytes]:
     """What the RTSP simulator sends a client, captured from a real session."""
     captured = asyncio.run(_capture_rtsp_session())
-    return [b"\x00" + captured, b"\x07" + captured[: len(captured) // 2]]
+    # The first byte picks the slicing: byte by byte (0) only for a short
+    # prefix, which costs microseconds per byte; the whole session in 38-byte
+    # slices (1), half of it in 260-byte slices (7).
+    return [
+        b"\x01" + captured,
+        b"\x07" + captured[: len(captured) // 2],
+        b"\x00" + captured[:1500],
+    ]
 
 
 async def _capture_rtsp_session() -> bytes:
@@ -153,6 +162,7 @@ def seeds(target: str) -> list[bytes]:
         "tcp-result": tcp_results,
         "http-body": http_bodies,
         "rtsp-stream": rtsp_streams,
+        "rtsp-client": rtsp_streams,
         "rtp": rtp_streams,
         "onvif": onvif_documents,
     }[target]()

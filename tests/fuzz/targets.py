@@ -4,8 +4,9 @@ Each target feeds its input to a sans-IO codec the way the adapter does and
 checks what every codec promises: it never raises anything but
 `CameraProtocolError` (where raising is its way to refuse), its buffers stay
 within their bounds, a stream always ends (no event loop without progress),
-and what it returns converts to an event. A violated promise is an
-AssertionError or any other exception: a crash for the fuzzer.
+and what it returns converts to an event whose JSON is valid (no NaN or
+infinity). A violated promise is an AssertionError or any other exception: a
+crash for the fuzzer.
 
 The same targets are driven by hypothesis (tests/fuzz/test_fuzz.py, seeded
 with the simulators' real output and mutated) and by atheris
@@ -14,6 +15,7 @@ with the simulators' real output and mutated) and by atheris
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -29,6 +31,11 @@ RTSP_MAX_BODY = 65536
 RTP_MAX_DOCUMENT = 65536
 # More events than bytes fed means the decoder loops without consuming input.
 EVENT_BUDGET_PER_BYTE = 1
+
+
+def _strict_json(document: object) -> None:
+    # What the publisher will do with it: NaN/inf or a lone surrogate is a crash.
+    json.dumps(document, allow_nan=False, ensure_ascii=False).encode("utf-8")
 
 
 def slices(data: bytes, step: int) -> list[bytes]:
@@ -90,7 +97,7 @@ def tcp_result(data: bytes) -> None:
         result, camera="fuzz", received=NOW, color_table=tcp.effective_color_table(None)
     )
     assert isinstance(event, PlateEvent)
-    event.to_json_dict("lpr")
+    _strict_json(event.to_json_dict("lpr"))
 
 
 def tcp_login_reply(data: bytes) -> None:
@@ -111,9 +118,9 @@ def http_body_target(data: bytes) -> None:
     event = http_body.to_event(parsed, "fuzz", NOW)
     assert isinstance(event, PlateEvent | CameraEvent)
     if isinstance(event, PlateEvent):
-        event.to_json_dict("lpr")
+        _strict_json(event.to_json_dict("lpr"))
     else:
-        event.to_json_dict()
+        _strict_json(event.to_json_dict())
 
 
 # -- RTSP --------------------------------------------------------------------------
@@ -156,6 +163,46 @@ def rtsp_stream(data: bytes) -> None:
     drain()
 
 
+def rtsp_client(data: bytes) -> None:
+    """The whole client machine over a sliced server stream: handshake, keep-alive,
+    metadata packets into the reassembler and the ONVIF parser, teardown."""
+    step, stream = split_step(data)
+    client = rtsp.RtspClient(
+        "rtsp://127.0.0.1:554/main",
+        username="admin",
+        password="secret",
+        cnonce=lambda: "0a4f113b",
+        max_header_bytes=RTSP_MAX_HEADER,
+        max_body_bytes=RTSP_MAX_BODY,
+    )
+    client.start()
+    client.data_to_send()
+    reassembler = rtp.RtpReassembler(max_document_bytes=RTP_MAX_DOCUMENT)
+    budget = len(stream) + 16
+    for piece in [*slices(stream, step), b""]:
+        client.receive_data(piece)
+        try:
+            while True:
+                event = client.next_event()
+                if isinstance(event, rtsp.Signal):
+                    break
+                budget -= 1
+                assert budget >= 0, "client produced events without consuming input"
+                if isinstance(event, rtsp.SessionStarted):
+                    assert client.state is rtsp.ClientState.PLAYING
+                    reassembler.expect_first_sequence(event.first_sequence)
+                    client.send_keepalive()
+                elif isinstance(event, rtsp.MetadataPacket):
+                    for result in reassembler.feed(event.data):
+                        if isinstance(result, rtp.RtpDocument):
+                            onvif_document(result.data)
+        except CameraProtocolError:
+            return  # the session would end here: the peer's error, counted
+        client.data_to_send()
+    client.send_teardown()
+    client.data_to_send()
+
+
 # -- RTP ---------------------------------------------------------------------------
 
 
@@ -188,9 +235,9 @@ def onvif_document(data: bytes) -> None:
         return
     for result in results:
         if isinstance(result, onvif.OnvifPlateRead):
-            onvif.to_plate_event(result, "fuzz", NOW).to_json_dict("lpr")
+            _strict_json(onvif.to_plate_event(result, "fuzz", NOW).to_json_dict("lpr"))
         elif isinstance(result, onvif.OnvifNotification):
-            onvif.to_camera_event(result, "fuzz", NOW).to_json_dict()
+            _strict_json(onvif.to_camera_event(result, "fuzz", NOW).to_json_dict())
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {
@@ -198,6 +245,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "tcp-result": tcp_result,
     "http-body": http_body_target,
     "rtsp-stream": rtsp_stream,
+    "rtsp-client": rtsp_client,
     "rtp": rtp_packets,
     "onvif": onvif_document,
 }
