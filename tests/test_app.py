@@ -48,8 +48,16 @@ async def test_metrics_move_and_health_follows_broker(
                     )
                 )
             await sub.until_count("lpr/cam/last", 3)
-            await asyncio.sleep(0.1)  # acks are flushed to the outbox every 20 ms
-            _, text = await fetch(f"{base}/metrics")
+            # Acks are flushed to the outbox every 20 ms: wait for it, however busy
+            # the machine is.
+            for _ in range(400):
+                _, text = await fetch(f"{base}/metrics")
+                if (
+                    sample_value(text, "lpr_events_published_total", 'camera="cam"') == 3
+                    and sample_value(text, "lpr_outbox_events") == 0
+                ):
+                    break
+                await asyncio.sleep(0.05)
             assert (
                 sample_value(text, "lpr_events_received_total", 'camera="cam",source="http"') == 3
             )
@@ -59,7 +67,7 @@ async def test_metrics_move_and_health_follows_broker(
             assert sample_value(text, "lpr_publish_latency_seconds_count") == 3
 
             await asyncio.to_thread(mqtt_broker.stop)
-            for _ in range(100):
+            for _ in range(400):
                 status, body = await fetch(f"{base}/healthz")
                 if status == 503:
                     break
