@@ -318,16 +318,36 @@ def _load(body: bytes) -> Any:
             return next(queue) if name == "NaN" else float(name)
 
         try:
-            return json.loads(reduced, parse_constant=constant)
+            return json.loads(_decode(reduced), parse_constant=constant)
         except Exception:
             pass  # the plain parse below gives the exact error
     try:
-        return json.loads(body)
-    except UnicodeDecodeError as exc:
-        raise CameraProtocolError("not_json", f"the body is not UTF-8 text: {exc.reason}") from None
+        return json.loads(_decode(body))
     except (ValueError, RecursionError) as exc:
         detail = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
         raise CameraProtocolError("not_json", f"the body is not JSON: {detail}"[:300]) from None
+
+
+def _decode(data: bytes) -> str:
+    """The body as text, decoded strictly.
+
+    `json.loads(bytes)` decodes with "surrogatepass": an encoded surrogate
+    (ED A0 80) would become a lone U+D800 that no UTF-8 encoder downstream
+    (outbox, MQTT, logs) accepts. Found by the long fuzz run.
+    """
+    encoding = json.detect_encoding(data)
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        try:
+            data.decode(encoding, "surrogatepass")
+        except UnicodeDecodeError:
+            raise CameraProtocolError(
+                "not_json", f"the body is not {encoding.upper()} text: {exc.reason}"
+            ) from None
+        raise CameraProtocolError(
+            "invalid_text", "invalid text in the body: an encoded lone surrogate"
+        ) from None
 
 
 def _cut_long_strings(body: bytes) -> tuple[bytes, list[LongString]] | None:

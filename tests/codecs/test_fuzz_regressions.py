@@ -20,11 +20,6 @@ from tests.fuzz.targets import TARGETS
 ENCODED_SURROGATE_BODY = b'{"plate": "\xea\xb4\x91\xec\xa3\xbc33\xed\xa0\x801585"}'
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/codecs/http_body.py (not this change's file): _load must decode "
-    "the body as strict UTF-8 before json.loads; remove this mark with that fix",
-)
 def test_http_body_with_an_encoded_surrogate_is_refused() -> None:
     with pytest.raises(CameraProtocolError) as info:
         http_body.parse_json_body(ENCODED_SURROGATE_BODY)
