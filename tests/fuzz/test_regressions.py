@@ -1,9 +1,10 @@
 """Deterministic cases beside the fuzzers: truncations of every seed.
 
 A crash found by a fuzzer (hypothesis prints the falsifying bytes, atheris
-saves `crash-<sha1>`) becomes a test here that feeds those bytes to its target,
-so that it is checked on every run from then on. None has been found so far
-(60 s per target with each fuzzer, see bench/RESULTS.md).
+saves `crash-<sha1>`, `python -m tests.fuzz.long` saves `.fuzz-crashes/…`)
+becomes a test that feeds those bytes to its target, so that it is checked on
+every run from then on: here, or in tests/codecs/test_fuzz_regressions.py
+(the 10^6-input runs, see bench/RESULTS.md "Long fuzzing").
 """
 
 from __future__ import annotations
