@@ -491,13 +491,14 @@ def _number(value: Any) -> float | None:
         return float(value) if abs(value) < 1 << 53 else None
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    if isinstance(value, str) and len(value) <= 40:
-        try:
-            number = float(value.strip())
-        except ValueError:
-            return None
+    if isinstance(value, str) and len(value) <= 40 and _NUMBER_TEXT.fullmatch(value.strip()):
+        # float() alone would also take "٥", "１２", "1_000", "nan" and "inf".
+        number = float(value.strip())
         return number if math.isfinite(number) else None
     return None
+
+
+_NUMBER_TEXT = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]{1,3})?", re.ASCII)
 
 
 def _interpret(document: Mapping[str, Any], options: BodyOptions, images: bool) -> HttpBody:

@@ -165,6 +165,16 @@ class TcpCameraSimulator:
         for session in list(self._sessions):
             session.writer.close()
 
+    async def send_raw(self, data: bytes, wait_seconds: float = 10.0) -> None:
+        """Send any bytes (a test's hostile stream) to every logged-in session, between
+        frames; waits for a session if there is none."""
+        await self.wait_logged_in(wait_seconds)
+        for session in [s for s in self._sessions if s.logged_in and not s.writer.is_closing()]:
+            async with session.lock:
+                with contextlib.suppress(ConnectionError, OSError):
+                    session.writer.write(data)
+                    await session.writer.drain()
+
     # -- pushing reads -------------------------------------------------------
 
     async def push(

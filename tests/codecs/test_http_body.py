@@ -105,6 +105,12 @@ def notice(raw: bytes, options: BodyOptions = DEFAULT) -> HttpCameraNotice:
         ({"detection_region": 3}, "roi", 3),
         ({"detection_region": "2"}, "roi", 2),
         ({"detection_region": "two"}, "roi", None),
+        # numbers in text are ASCII digits: float() alone would take all of these
+        ({"detection_region": "٢"}, "roi", None),
+        ({"detection_region": "２"}, "roi", None),
+        ({"detection_region": "1_0"}, "roi", None),
+        ({"detection_region": "nan"}, "roi", None),
+        ({"resolution_width": "inf", "resolution_height": "1080"}, "resolution", None),
         ({"region": "KR"}, "region", "KR"),
         ({"region": ""}, "region", None),
         (
