@@ -348,32 +348,39 @@ class Outbox:
         """The broker has these: forget them, keeping the newest row of each retained topic."""
         if not messages:
             return
-        done_bytes = done_events = 0
+        # Within one batch only the newest row of a retained topic is kept;
+        # the others go like any acknowledged row (a batch holds many reads
+        # of one camera under load: one bookkeeping step per topic, not per row).
+        newest: dict[str, StoredMessage] = {}
+        for m in messages:
+            if m.retain and (m.topic not in newest or newest[m.topic].seq < m.seq):
+                newest[m.topic] = m
+        kept = {m.seq for m in newest.values()}
+        gone = [(m.seq,) for m in messages if m.seq not in kept]
+        found = 0
         with self.db:
             self.db.execute("BEGIN")
-            for m in messages:
-                if m.retain:
-                    # This row becomes the topic's retained copy; the one it replaces goes.
-                    previous = self.db.execute(
-                        "SELECT seq FROM retained WHERE topic = ?", (m.topic,)
-                    ).fetchone()
-                    present = self.db.execute(
-                        "SELECT 1 FROM message WHERE seq = ?", (m.seq,)
-                    ).fetchone()
-                    if present is None:
-                        continue  # dead-lettered meanwhile, or acknowledged twice
-                    self.db.execute(
-                        "INSERT OR REPLACE INTO retained (topic, seq, payload) VALUES (?, ?, NULL)",
-                        (m.topic, m.seq),
-                    )
-                    if previous is not None and previous[0] is not None and previous[0] != m.seq:
-                        self.db.execute("DELETE FROM message WHERE seq = ?", (previous[0],))
-                elif self.db.execute("DELETE FROM message WHERE seq = ?", (m.seq,)).rowcount == 0:
-                    continue
-                done_bytes += len(m.payload)
-                done_events += m.last_of_event
-        self.pending_bytes -= done_bytes
-        self.pending_events -= done_events
+            if gone:
+                found += self.db.executemany("DELETE FROM message WHERE seq = ?", gone).rowcount
+            for topic, m in newest.items():
+                previous = self.db.execute(
+                    "SELECT seq FROM retained WHERE topic = ?", (topic,)
+                ).fetchone()
+                present = self.db.execute(
+                    "INSERT OR REPLACE INTO retained (topic, seq, payload)"
+                    " SELECT ?, seq, NULL FROM message WHERE seq = ?",
+                    (topic, m.seq),
+                ).rowcount
+                if not present:
+                    continue  # set aside as a dead letter while it was in flight
+                found += 1
+                if previous is not None and previous[0] is not None and previous[0] != m.seq:
+                    self.db.execute("DELETE FROM message WHERE seq = ?", (previous[0],))
+        if found == len(messages):
+            self.pending_bytes -= sum(len(m.payload) for m in messages)
+            self.pending_events -= sum(m.last_of_event for m in messages)
+        else:
+            self._recount()  # rare: some rows had left already (dead letters)
 
     # -- retained state -------------------------------------------------------
 
