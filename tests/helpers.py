@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -20,7 +24,14 @@ import yaml
 from gateway.broker import free_port
 from gateway.config import Config, parse_config
 
-__all__ = ["MqttCollector", "Received", "free_port", "gateway_config", "stop_process"]
+__all__ = [
+    "GatewayProcess",
+    "MqttCollector",
+    "Received",
+    "free_port",
+    "gateway_config",
+    "stop_process",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,3 +178,83 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 15.0) -> Non
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+class GatewayProcess:
+    """`lpr-gateway run` as a real process, for end-to-end tests.
+
+    `config` is the YAML document; `http.listen` and `metrics.listen` are set
+    to free loopback ports and the outbox to `tmp_path` unless given. Entering
+    waits for /healthz to answer 200; leaving stops the process (SIGTERM).
+    """
+
+    def __init__(self, config: dict[str, Any], tmp_path: Path, start_seconds: float = 30.0):
+        self.http_port, self.metrics_port = free_port(), free_port()
+        document = {
+            "outbox": {"path": str(tmp_path / "data" / "outbox.sqlite3")},
+            "http": {"listen": f"127.0.0.1:{self.http_port}"},
+            "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
+            "dedup": {"window_seconds": 0},
+            **config,
+        }
+        self.config_path = tmp_path / "config.yaml"
+        self.config_path.write_text(yaml.safe_dump(document, allow_unicode=True), "utf-8")
+        self.log_path = tmp_path / "gateway.log"
+        self.start_seconds = start_seconds
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> GatewayProcess:
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run", "-c", str(self.config_path)],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        deadline = time.monotonic() + self.start_seconds
+        while self.health()[0] != 200:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                raise AssertionError(
+                    f"gateway not healthy in {self.start_seconds} s:\n" + "\n".join(self.log_tail())
+                )
+            time.sleep(0.1)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """(status, JSON) of /healthz; (0, {}) while it does not answer."""
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=5
+            ) as reply:
+                return reply.status, json.loads(reply.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+        except OSError:
+            return 0, {}
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """The sum of a metric's samples whose labels contain `labels`."""
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as reply:
+            text = reply.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            sample, _, value = line.rpartition(" ")
+            if sample.split("{")[0] == name and labels in sample:
+                total += float(value)
+        return total
+
+    def log_tail(self, lines: int = 30) -> list[str]:
+        if not self.log_path.exists():
+            return []
+        text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        return text.splitlines()[-lines:]
