@@ -12,12 +12,15 @@ import json
 import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 
 from gateway.broker import MosquittoProcess
+from gateway.codecs import onvif
 from gateway.simulate.http import HttpCameraSimulator
+from gateway.simulate.rtsp import AuthMode, RtspCameraSimulator
 from gateway.simulate.tcp import TcpCameraSimulator
 from gateway.topics import topic_problem
 from tests.helpers import GatewayProcess, MqttCollector
@@ -121,3 +124,51 @@ async def test_a_lone_surrogate_is_refused_and_its_plate_still_published(
         parse_errors = gw.metric("lpr_parse_errors_total", 'source="http"')
     assert event.json()["plate"] == "B SR 77"
     assert parse_errors >= 1
+
+
+async def test_a_70_kb_onvif_topic_and_a_del_in_a_topic_never_stop_the_rtsp_camera(
+    mqtt_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    """An ONVIF topic over MQTT's 65,535 bytes made paho raise ValueError and ended
+    the publisher silently; U+007F in a topic made mosquitto drop the gateway."""
+    async with RtspCameraSimulator(auth=AuthMode.NONE, seed=45, camera="r") as rtsp:
+        rtsp.paused = True
+        config = {
+            "mqtt": {"url": mqtt_broker.url, "client_id": "gw-onvif"},
+            "cameras": [
+                {"id": "r", "protocol": "rtsp", "url": rtsp.url, "http_port": rtsp.http_port}
+            ],
+        }
+        with (
+            GatewayProcess(config, tmp_path) as gw,
+            MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=("lpr/r/#",)) as sub,
+        ):
+            await rtsp.wait_playing(1)
+            for topic_path in ("Vendor/" + "T" * 70_000, "Vendor/Gate\x7fOpen"):
+                rtsp.push_document(onvif_document(topic_path))
+            (read,) = rtsp.push(1)
+            await sub.until(
+                lambda msgs: any(
+                    m.topic == "lpr/r/event" and m.json()["plate"] == read.plate for m in msgs
+                ),
+                timeout=30,
+            )
+            await sub.until(
+                lambda msgs: sum("/camera_event/" in m.topic for m in msgs) >= 2, timeout=30
+            )
+            reconnects = gw.metric("lpr_mqtt_reconnects_total")
+            status, health = gw.health()
+    notices = [m for m in sub.messages if "/camera_event/" in m.topic]
+    assert all(topic_problem(m.topic) is None and len(m.topic) < 100 for m in notices)
+    assert {len(m.json()["data"]["topic"]) > 70_000 for m in notices} == {True, False}
+    assert reconnects == 1
+    assert status == 200 and health["healthy"] is True and health["dead_letters"] == 0
+
+
+def onvif_document(topic_path: str) -> bytes:
+    spec = onvif.NotificationSpec(
+        topic_path=topic_path,
+        utc_time=datetime.now(UTC).replace(microsecond=0),
+        data=(("State", "true"),),
+    )
+    return onvif.build_metadata_document([spec])
