@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -92,7 +93,7 @@ def _subscriber_main(
         now = time.time()
         if not message.topic.endswith("/event"):
             return
-        sent = event_time(message.payload)
+        sent = event_time(bytes(message.payload))
         if sent is not None:
             latencies.append((now - sent) * 1000)
         if not first:
@@ -101,9 +102,14 @@ def _subscriber_main(
         if len(ids) >= expected:
             done.set()
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{uuid.uuid4()}")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{uuid.uuid4()}")
     client.on_message = on_message
-    client.on_connect = lambda c, *_: (c.subscribe(topic, qos=1), ready.set())
+
+    def on_connect(c: mqtt.Client, *_: Any) -> None:
+        c.subscribe(topic, qos=1)
+        ready.set()
+
+    client.on_connect = on_connect
     client.connect(host, port)
     client.loop_start()
     done.wait(timeout)

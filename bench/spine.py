@@ -16,6 +16,7 @@ from collections import deque
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import (
     Result,
@@ -51,7 +52,7 @@ def _event_json(n: int) -> bytes:
 def raw_loop(host: str, port: int, events: int, rate: float | None = None) -> Result:
     """What publishing alone costs: paho, a window of QoS 1 messages, no gateway."""
     subscriber = Subscriber(host, port, events, topic="raw/#")
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"raw-{uuid.uuid4()}")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"raw-{uuid.uuid4()}")
     client.max_inflight_messages_set(WINDOW)
     client.connect(host, port)
     client.loop_start()

@@ -20,6 +20,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import yaml
+from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.broker import free_port
 from gateway.config import Config, parse_config
@@ -68,11 +69,12 @@ class MqttCollector:
         self.messages: list[Received] = []
         self._lock = threading.Condition()
         self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=client_id or f"collector-{uuid.uuid4().hex[:8]}",
             clean_session=not persistent,
         )
-        self._client.reconnect_delay_set(0.05, 0.5)
+        # paho sleeps these (floats work; its stub says int)
+        self._client.reconnect_delay_set(0.05, 0.5)  # type: ignore[arg-type]
         self._client.on_message = self._on_message
         self._client.on_connect = self._on_connect
         self._subscribed = threading.Event()

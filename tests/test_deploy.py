@@ -37,6 +37,7 @@ import aiohttp
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
+from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import __version__
 from gateway.app import Gateway
@@ -138,7 +139,7 @@ class AuthSubscriber:
         self.connect_reason: Any = None
         self._cond = threading.Condition()
         self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"deploy-{uuid.uuid4().hex[:8]}"
+            CallbackAPIVersion.VERSION2, client_id=f"deploy-{uuid.uuid4().hex[:8]}"
         )
         if username is not None:
             self._client.username_pw_set(username, password)
@@ -187,7 +188,7 @@ class AuthSubscriber:
 
 
 def publish_retained(port: int, username: str, password: str, topic: str, payload: bytes) -> None:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="deploy-pub")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="deploy-pub")
     client.username_pw_set(username, password)
     client.connect("127.0.0.1", port)
     client.loop_start()

@@ -150,7 +150,7 @@ def _document(topic_path: str, data: list[tuple[str, str]]) -> bytes:
 
 
 TEXT = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",))
+    alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"])
     | st.sampled_from("\x00\t\x7f\x85\ufdd0/+#²"),
     max_size=40,
 )

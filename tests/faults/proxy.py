@@ -15,7 +15,7 @@ class StallingProxy:
         self.target = (target_host, target_port)
         self.port = 0
         self._server: asyncio.Server | None = None
-        self._stalled: set[asyncio.Task[None]] = set()
+        self._stalled: set[asyncio.Task[object]] = set()
         self._pumps: set[asyncio.Task[None]] = set()
         self.connections = 0
         self.stalling = False
