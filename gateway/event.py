@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.topics import safe_slug
+from gateway.topics import Topics, safe_slug
 
 SCHEMA_VERSION = 1
 
@@ -151,8 +151,10 @@ class PlateEvent:
     def with_enrichment(self, known: str | None, match: str | None) -> PlateEvent:
         return replace(self, known=known, match=match)
 
-    def to_json_dict(self, base_topic: str) -> dict[str, Any]:
-        """The event JSON of DESIGN.md (image topics need the base topic)."""
+    def to_json_dict(self, topics: Topics | str) -> dict[str, Any]:
+        """The event JSON of DESIGN.md (image topics need the topics, or their base)."""
+        if isinstance(topics, str):
+            topics = Topics(topics)
         images: dict[str, Any] = {}
         for kind in ImageKind:
             image = self.image(kind)
@@ -162,7 +164,7 @@ class PlateEvent:
                 images[kind.value] = {"missing": True, "reason": image.missing_reason}
             else:
                 images[kind.value] = {
-                    "topic": image_topic(base_topic, self.camera, kind),
+                    "topic": topics.image(self.camera, kind),
                     "bytes": len(image.data),
                     "sha256": hashlib.sha256(image.data).hexdigest(),
                 }
@@ -245,10 +247,6 @@ def format_time(moment: datetime | None) -> str | None:
         raise ValueError("naive datetime reached the event; convert at the codec edge")
     moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def image_topic(base_topic: str, camera: str, kind: ImageKind) -> str:
-    return f"{base_topic}/{camera}/image/{kind.value}"
 
 
 def camera_event_kind_topic_segment(kind: str) -> str:

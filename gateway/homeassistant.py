@@ -39,7 +39,8 @@ from typing import Any, Protocol
 
 from gateway import __version__
 from gateway.config import AnyCameraConfig, Config, SceneMode
-from gateway.event import ImageKind, PlateEvent, image_topic
+from gateway.event import ImageKind, PlateEvent
+from gateway.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,6 @@ CAMERA_ENTITIES: tuple[tuple[str, str], ...] = (
     ("binary_sensor", "connection"),
 )
 BRIDGE_ENTITIES: tuple[tuple[str, str], ...] = (("binary_sensor", "bridge"),)
-
-
-def ha_event_topic(base_topic: str, camera: str) -> str:
-    return f"{base_topic}/{camera}/ha_event"
 
 
 def ha_event_type(event: PlateEvent, known_plates_configured: bool) -> str:
@@ -101,11 +98,6 @@ class StatePublisher(Protocol):
 
     def subscribe(self, topic: str, handler: Callable[[str, bytes, bool], None]) -> None: ...
 
-    def availability_topic(self, camera: str) -> str: ...
-
-    @property
-    def state_topic(self) -> str: ...
-
 
 def default_node_id(config: Config) -> str:
     node = config.homeassistant.node_id or config.mqtt.client_id
@@ -124,7 +116,7 @@ class Discovery:
         self.config = config
         self.publisher = publisher
         self.prefix = config.homeassistant.discovery_prefix
-        self.base = config.mqtt.base_topic
+        self.topics = Topics(config.mqtt.base_topic)
         self.node_id = default_node_id(config)
         self.state_file = state_file_path(config)
         self.device_ids: dict[str, str] = {}
@@ -236,8 +228,8 @@ class Discovery:
     def _camera_availability(self, camera: str) -> dict[str, Any]:
         return {
             "availability": [
-                {"topic": self.publisher.state_topic},
-                {"topic": self.publisher.availability_topic(camera)},
+                {"topic": self.topics.state},
+                {"topic": self.topics.availability(camera)},
             ],
             "availability_mode": "all",
         }
@@ -248,7 +240,7 @@ class Discovery:
             "device": self.bridge_device(),
             "device_class": "connectivity",
             "entity_category": "diagnostic",
-            "state_topic": self.publisher.state_topic,
+            "state_topic": self.topics.state,
             "payload_on": "online",
             "payload_off": "offline",
         }
@@ -259,13 +251,13 @@ class Discovery:
         cam = camera.id
         device = self.camera_device(camera)
         available = self._camera_availability(cam)
-        last = f"{self.base}/{cam}/last"
+        last = self.topics.last(cam)
         documents: dict[tuple[str, str], dict[str, Any] | None] = {
             ("event", "read"): {
                 **self._common("event", cam, "read", "Read"),
                 **available,
                 "device": device,
-                "state_topic": ha_event_topic(self.base, cam),
+                "state_topic": self.topics.ha_event(cam),
                 "event_types": list(EVENT_TYPES),
                 "icon": "mdi:car-connected",
             },
@@ -283,7 +275,7 @@ class Discovery:
                 **self._common("image", cam, "plate_image", "Plate image"),
                 **available,
                 "device": device,
-                "image_topic": image_topic(self.base, cam, ImageKind.PLATE),
+                "image_topic": self.topics.image(cam, ImageKind.PLATE),
                 "content_type": "image/jpeg",
             },
             ("image", "scene_image"): (
@@ -293,17 +285,17 @@ class Discovery:
                     **self._common("image", cam, "scene_image", "Scene image"),
                     **available,
                     "device": device,
-                    "image_topic": image_topic(self.base, cam, ImageKind.SCENE),
+                    "image_topic": self.topics.image(cam, ImageKind.SCENE),
                     "content_type": "image/jpeg",
                 }
             ),
             ("binary_sensor", "connection"): {
                 **self._common("binary_sensor", cam, "connection", "Connection"),
-                "availability": [{"topic": self.publisher.state_topic}],
+                "availability": [{"topic": self.topics.state}],
                 "device": device,
                 "device_class": "connectivity",
                 "entity_category": "diagnostic",
-                "state_topic": self.publisher.availability_topic(cam),
+                "state_topic": self.topics.availability(cam),
                 "payload_on": "online",
                 "payload_off": "offline",
             },

@@ -26,16 +26,14 @@ from gateway.event import (
     CameraEvent,
     ImageKind,
     PlateEvent,
-    camera_event_kind_topic_segment,
-    image_topic,
 )
-from gateway.homeassistant import ha_event_payload, ha_event_topic, ha_event_type
+from gateway.homeassistant import ha_event_payload, ha_event_type
 from gateway.images import ImageTransformError, apply_image_options
-from gateway.known_plates import KnownPlates, edit_distance, topic_slug
+from gateway.known_plates import KnownPlates, edit_distance
 from gateway.log_limit import RateLimitedLog
 from gateway.metrics import Metrics
 from gateway.outbox import EventDraft, MessageDraft, OutboxWriter
-from gateway.topics import topic_problem
+from gateway.topics import Topics, topic_problem
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +117,7 @@ class DuplicateFilter:
 
 
 def render_messages(
-    event: AnyEvent, base_topic: str, *, ha_event: str | None = None
+    event: AnyEvent, topics: Topics, *, ha_event: str | None = None
 ) -> tuple[MessageDraft, ...]:
     """The MQTT messages an event becomes, in publish order.
 
@@ -129,11 +127,11 @@ def render_messages(
     `ha_event` (an event type) the Home Assistant event entity's small JSON
     comes last, so an automation it fires sees the images and `last` already.
     """
+    camera = event.camera
     if isinstance(event, CameraEvent):
-        segment = camera_event_kind_topic_segment(event.kind)
         return (
             MessageDraft(
-                f"{base_topic}/{event.camera}/camera_event/{segment}",
+                topics.camera_event(camera, event.kind),
                 _json_bytes(event.to_json_dict()),
                 retain=False,
             ),
@@ -142,24 +140,16 @@ def render_messages(
     for kind in ImageKind:
         image = event.image(kind)
         if image is not None and image.data is not None:
-            messages.append(
-                MessageDraft(image_topic(base_topic, event.camera, kind), image.data, retain=True)
-            )
-    payload = _json_bytes(event.to_json_dict(base_topic))
-    messages.append(MessageDraft(f"{base_topic}/{event.camera}/event", payload, retain=False))
-    messages.append(MessageDraft(f"{base_topic}/{event.camera}/last", payload, retain=True))
+            messages.append(MessageDraft(topics.image(camera, kind), image.data, retain=True))
+    payload = _json_bytes(event.to_json_dict(topics))
+    messages.append(MessageDraft(topics.event(camera), payload, retain=False))
+    messages.append(MessageDraft(topics.last(camera), payload, retain=True))
     if event.known is not None:
-        messages.append(
-            MessageDraft(
-                f"{base_topic}/{event.camera}/known/{topic_slug(event.known)}",
-                payload,
-                retain=False,
-            )
-        )
+        messages.append(MessageDraft(topics.known(camera, event.known), payload, retain=False))
     if ha_event is not None:
         messages.append(
             MessageDraft(
-                ha_event_topic(base_topic, event.camera),
+                topics.ha_event(camera),
                 _json_bytes(ha_event_payload(event, ha_event)),
                 retain=False,
             )
@@ -208,6 +198,7 @@ class Pipeline:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        self.topics = Topics(config.mqtt.base_topic)
         self.metrics = metrics
         self._writer = writer
         self._on_stored = on_stored
@@ -290,7 +281,7 @@ class Pipeline:
         ha_event = None
         if isinstance(event, PlateEvent) and self.config.homeassistant.enabled:
             ha_event = ha_event_type(event, bool(self._known))
-        messages = render_messages(event, self.config.mqtt.base_topic, ha_event=ha_event)
+        messages = render_messages(event, self.topics, ha_event=ha_event)
         # Every topic checked before it is stored: one the broker refuses would
         # be replayed first after every reconnect. Camera data reaches topics
         # only as safe slugs, so this is a backstop; such an event is kept as a

@@ -53,7 +53,7 @@ from gateway.config import AnyCameraConfig, Config
 from gateway.errors import BrokerError
 from gateway.metrics import Metrics
 from gateway.outbox import Outbox, StoredMessage
-from gateway.topics import topic_problem
+from gateway.topics import Topics, topic_problem
 
 log = logging.getLogger(__name__)
 
@@ -210,9 +210,9 @@ class MqttPublisher:
         self.outbox = outbox
         self.executor = executor
         self.broker_url = broker_url or self.mqtt.url
-        base = self.mqtt.base_topic
-        self.state_topic = f"{base}/bridge/state"
-        self.info_topic = f"{base}/bridge/info"
+        self.topics = Topics(self.mqtt.base_topic)
+        self.state_topic = self.topics.state
+        self.info_topic = self.topics.info
         self._cameras: dict[str, AnyCameraConfig] = {c.id: c for c in config.cameras}
         self._availability: dict[str, bool] = dict.fromkeys(self._cameras, False)
         self._session: _Session | None = None
@@ -257,7 +257,7 @@ class MqttPublisher:
         self._publish_state(self.info_topic, self._info_payload())
 
     def availability_topic(self, camera: str) -> str:
-        return f"{self.mqtt.base_topic}/{camera}/availability"
+        return self.topics.availability(camera)
 
     def on_connected(self, hook: Callable[[], None]) -> None:
         """Run `hook` after every (re)connect, e.g. to re-send discovery."""

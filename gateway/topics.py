@@ -1,4 +1,4 @@
-"""MQTT topic safety: camera data never reaches a topic unchecked.
+"""MQTT topics: where each message goes (`Topics`), and camera data never reaches a topic unchecked.
 
 A topic level built from what a camera sent (a camera-event kind, a known
 plate's name) goes through `safe_slug`; every topic is checked by
@@ -13,6 +13,11 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.event import ImageKind
 
 SLUG_MAX_CHARS = 64
 # A policy bound well below MQTT's 65,535 bytes: our topics are
@@ -84,3 +89,57 @@ def topic_problem(topic: str) -> str | None:
     except InvalidTopicError as exc:
         return str(exc)
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Every MQTT topic the gateway publishes to, built from one base topic.
+
+    Pure and broker-free, like aiomqtt's `Topic`: the one place that knows
+    where each message goes. Levels that come from a camera or a known-plates
+    name are slugged here (`safe_slug`), so a caller cannot forget it.
+    """
+
+    base: str
+
+    @property
+    def state(self) -> str:
+        """Bridge state: retained `online`/`offline`, also the last will."""
+        return f"{self.base}/bridge/state"
+
+    @property
+    def info(self) -> str:
+        """Bridge info: version and the cameras with their state (retained JSON)."""
+        return f"{self.base}/bridge/info"
+
+    def availability(self, camera: str) -> str:
+        return f"{self.base}/{camera}/availability"
+
+    def image(self, camera: str, kind: ImageKind) -> str:
+        return f"{self.base}/{camera}/image/{kind.value}"
+
+    def event(self, camera: str) -> str:
+        return f"{self.base}/{camera}/event"
+
+    def last(self, camera: str) -> str:
+        return f"{self.base}/{camera}/last"
+
+    def camera_event(self, camera: str, kind: str) -> str:
+        """A camera's non-plate event; `kind` is what the camera sent, slugged."""
+        return f"{self.base}/{camera}/camera_event/{safe_slug(kind)}"
+
+    def known(self, camera: str, name: str) -> str:
+        """A read of a known plate, by the known-plates name (slugged)."""
+        return f"{self.base}/{camera}/known/{known_name_slug(name)}"
+
+    def ha_event(self, camera: str) -> str:
+        """Home Assistant's event entity state topic (one small JSON per read)."""
+        return f"{self.base}/{camera}/ha_event"
+
+
+def known_name_slug(name: str) -> str:
+    """A known-plates name as one topic level (`safe_slug`; NFC, trimmed first).
+
+    A name in a script without a Latin form becomes a short stable hash.
+    """
+    return safe_slug(unicodedata.normalize("NFC", name.strip()), fallback="known")

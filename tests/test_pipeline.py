@@ -12,6 +12,7 @@ from gateway.broker import MosquittoProcess
 from gateway.event import CameraEvent, Image, PlateEvent, Source, utc_now
 from gateway.pipeline import Admission, DuplicateFilter, render_messages
 from gateway.simulate.common import scene_jpeg
+from gateway.topics import Topics
 from tests.helpers import MqttCollector, gateway_config
 
 
@@ -54,14 +55,14 @@ def test_render_order_and_missing_images() -> None:
         plate_image=Image.missing("404"),
         scene_image=Image(b"scene"),
     )
-    messages = render_messages(event, "lpr")
+    messages = render_messages(event, Topics("lpr"))
     assert [(m.topic, m.retain) for m in messages] == [
         ("lpr/c/image/scene", True),
         ("lpr/c/event", False),
         ("lpr/c/last", True),
     ]
     other = CameraEvent(camera="c", source=Source.HTTP, kind="Vehicle Counting", received=utc_now())
-    (only,) = render_messages(other, "lpr")
+    (only,) = render_messages(other, Topics("lpr"))
     assert (only.topic, only.retain) == ("lpr/c/camera_event/vehicle_counting", False)
 
 

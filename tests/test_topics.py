@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.event import ImageKind
+from gateway.known_plates import topic_slug
 from gateway.topics import (
     SLUG_MAX_CHARS,
     InvalidTopicError,
+    Topics,
     check_topic,
+    known_name_slug,
     safe_slug,
     topic_problem,
 )
@@ -88,3 +94,46 @@ def test_bad_topics_are_refused_with_a_reason(topic: str) -> None:
 @given(st.text())
 def test_every_slug_makes_a_valid_topic(text: str) -> None:
     assert topic_problem(f"lpr/cam/camera_event/{safe_slug(text)}") is None
+
+
+# -- Topics: every topic the gateway publishes to, from one base ------------------
+
+TOPICS = Topics("lpr")
+
+
+@pytest.mark.parametrize(
+    ("built", "expected"),
+    [
+        (TOPICS.state, "lpr/bridge/state"),
+        (TOPICS.info, "lpr/bridge/info"),
+        (TOPICS.availability("gate"), "lpr/gate/availability"),
+        (TOPICS.image("gate", ImageKind.PLATE), "lpr/gate/image/plate"),
+        (TOPICS.image("gate", ImageKind.SCENE), "lpr/gate/image/scene"),
+        (TOPICS.event("gate"), "lpr/gate/event"),
+        (TOPICS.last("gate"), "lpr/gate/last"),
+        (TOPICS.ha_event("gate"), "lpr/gate/ha_event"),
+        (TOPICS.camera_event("gate", "Vehicle Counting"), "lpr/gate/camera_event/vehicle_counting"),
+        (TOPICS.known("gate", "  Müller "), "lpr/gate/known/muller"),
+        (Topics("site/a").event("gate"), "site/a/gate/event"),
+    ],
+)
+def test_topics_table(built: str, expected: str) -> None:
+    assert built == expected
+
+
+def test_topics_is_a_frozen_value() -> None:
+    assert Topics("lpr") == TOPICS
+    assert hash(Topics("lpr")) == hash(TOPICS)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        TOPICS.base = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("kind", HOSTILE_KINDS)
+def test_a_hostile_camera_event_kind_or_known_name_still_makes_a_valid_topic(kind: str) -> None:
+    assert topic_problem(TOPICS.camera_event("gate", kind)) is None
+    assert topic_problem(TOPICS.known("gate", kind)) is None
+
+
+@given(st.text())
+def test_known_name_slug_is_the_known_plates_slug(name: str) -> None:
+    assert known_name_slug(name) == topic_slug(name)
