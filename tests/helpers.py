@@ -24,13 +24,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.broker import free_port
 from gateway.config import Config, parse_config
+from gateway.metrics import Metrics
 
 __all__ = [
     "GatewayProcess",
     "MqttCollector",
     "Received",
+    "eventually",
     "free_port",
     "gateway_config",
+    "sample",
     "stop_process",
 ]
 
@@ -260,3 +263,20 @@ class GatewayProcess:
             return []
         text = self.log_path.read_text(encoding="utf-8", errors="replace")
         return text.splitlines()[-lines:]
+
+
+async def eventually(
+    predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition"
+) -> None:
+    """Wait until `predicate()` holds; fail after `timeout` seconds (generous: a
+    bound on a hang, never a claim about this machine's speed)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} not met in {timeout} s"
+        await asyncio.sleep(0.02)
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    """A metric sample's value (0 when the series does not exist yet), by its
+    exposed name: `sample(gw.metrics, "lpr_events_published_total", camera="c")`."""
+    return metrics.registry.get_sample_value(name, labels) or 0.0

@@ -18,7 +18,7 @@ from gateway.config import OutboxSync
 from gateway.event import Image, PlateEvent, Source, utc_now
 from gateway.outbox import EventDraft, MessageDraft, Outbox
 from gateway.pipeline import Admission
-from tests.helpers import MqttCollector, Received, free_port, gateway_config
+from tests.helpers import MqttCollector, Received, free_port, gateway_config, sample
 
 CAMERAS = ("cam_a", "cam_b", "cam_c")
 
@@ -84,8 +84,10 @@ async def test_full_outbox_refuses_and_counts(
         verdicts = [await gw.submit(numbered_event("cam_a", n, 300_000)) for n in range(5)]
         assert verdicts.count(Admission.ACCEPTED) == 3
         assert verdicts[3:] == [Admission.OUTBOX_FULL, Admission.OUTBOX_FULL]
-        refused = gw.metrics.events_refused.labels(camera="cam_a", reason="outbox_full")
-        assert refused._value.get() == 2
+        refused = sample(
+            gw.metrics, "lpr_events_refused_total", camera="cam_a", reason="outbox_full"
+        )
+        assert refused == 2
         assert not gw.health()["healthy"]
 
 

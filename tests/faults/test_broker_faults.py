@@ -12,7 +12,7 @@ from gateway.broker import MosquittoProcess
 from gateway.event import Image, PlateEvent, Source, utc_now
 from gateway.pipeline import Admission
 from tests.faults.proxy import StallingProxy
-from tests.helpers import MqttCollector, gateway_config
+from tests.helpers import MqttCollector, gateway_config, sample
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,7 @@ async def test_stalled_broker_is_noticed_and_nothing_is_lost(
                 lambda ms: {m.json()["raw"]["n"] for m in ms} >= set(range(100)), timeout=30
             )
             assert proxy.connections >= 2
-            assert gw.metrics.mqtt_reconnects._value.get() >= 2
+            assert sample(gw.metrics, "lpr_mqtt_reconnects_total") >= 2
     await proxy.close()
 
 
@@ -68,8 +68,8 @@ async def test_disk_full_refuses_cleanly_and_recovers(
         gw.outbox.db.execute(f"PRAGMA max_page_count={limit}")
         verdicts = [await gw.submit(event(n, scene=400_000)) for n in range(1, 4)]
         assert verdicts == [Admission.OUTBOX_FULL] * 3
-        refused = gw.metrics.events_refused.labels(camera="cam", reason="outbox_full")
-        assert refused._value.get() == 3
+        refused = sample(gw.metrics, "lpr_events_refused_total", camera="cam", reason="outbox_full")
+        assert refused == 3
         gw.outbox.db.execute("PRAGMA max_page_count=1073741823")  # space returns
         assert await gw.submit(event(4)) is Admission.ACCEPTED
         assert gw.outbox.pending_events == 2

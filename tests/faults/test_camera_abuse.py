@@ -50,7 +50,7 @@ from tests.faults.harness import (
     sha,
     wait_listening,
 )
-from tests.helpers import gateway_config
+from tests.helpers import eventually, gateway_config, sample
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.timeout(60)]
 
@@ -59,18 +59,6 @@ BAD = "bad_cam"
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-def sample(gw: Gateway, name: str, **labels: str) -> float:
-    return gw.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 def tcp_entry(camera: str, port: int, **extra: Any) -> dict[str, Any]:
@@ -190,9 +178,11 @@ async def test_garbage_half_frame_then_silence(
                 await eventually(lambda: bad.connections >= 3, timeout=15)
                 await eventually(lambda: len(good.sent_reads) >= 10, timeout=15)
                 stop_reads(good)  # what was sent can now all arrive
-                skipped = sample(gw, "lpr_camera_bytes_skipped_total", camera=BAD)
-                reconnects = sample(gw, "lpr_camera_reconnects_total", camera=BAD)
-                good_reconnects = sample(gw, "lpr_camera_reconnects_total", camera=TCP_CAMERA)
+                skipped = sample(gw.metrics, "lpr_camera_bytes_skipped_total", camera=BAD)
+                reconnects = sample(gw.metrics, "lpr_camera_reconnects_total", camera=BAD)
+                good_reconnects = sample(
+                    gw.metrics, "lpr_camera_reconnects_total", camera=TCP_CAMERA
+                )
                 sent = len(good.sent_reads)
                 await sub.until(lambda _: len(tcp_latencies(good, sub)) >= sent, timeout=10)
                 tasks = len(asyncio.all_tasks())
@@ -229,11 +219,13 @@ async def test_camera_that_hangs_up_at_once_is_retried_with_backoff(
             await asyncio.sleep(max(0.0, started + 4.0 - time.monotonic()))
             attempts = bad.connections
             window = time.monotonic() - started
-            counted = sample(gw, "lpr_camera_reconnects_total", camera=BAD)
+            counted = sample(gw.metrics, "lpr_camera_reconnects_total", camera=BAD)
             stop_reads(good)  # each read sent must now be taken in
 
             def good_reads() -> float:
-                return sample(gw, "lpr_events_received_total", camera=TCP_CAMERA, source="tcp")
+                return sample(
+                    gw.metrics, "lpr_events_received_total", camera=TCP_CAMERA, source="tcp"
+                )
 
             good_sent = len(good.sent_reads)
             await eventually(lambda: good_reads() >= good_sent, timeout=10)
@@ -329,9 +321,9 @@ async def test_http_connection_flood_and_slowloris(
                 ids = http.accepted_ids()
                 await sub.until(lambda _: set(ids) <= set(sub.arrival), timeout=10)
             await eventually(lambda: open_fds() <= fds_before + 5, timeout=10)
-            counted_408 = sample(gw, "lpr_http_requests_total", status="408")
-            counted_401 = sample(gw, "lpr_http_requests_total", status="401")
-            counted_404 = sample(gw, "lpr_http_requests_total", status="404")
+            counted_408 = sample(gw.metrics, "lpr_http_requests_total", status="408")
+            counted_401 = sample(gw.metrics, "lpr_http_requests_total", status="401")
+            counted_404 = sample(gw.metrics, "lpr_http_requests_total", status="404")
     reply_seconds = [s.seconds for s in replies]
     record(
         f"HTTP flood: {made} connections in {took} s ({failed} failed to connect), "

@@ -8,8 +8,6 @@ cameras and /healthz timed out, the sockets were still open 50 s later.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -26,7 +24,7 @@ from tests.faults.harness import (
     record,
     wait_listening,
 )
-from tests.helpers import gateway_config
+from tests.helpers import eventually, gateway_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.timeout(60)]
 
@@ -43,13 +41,6 @@ GREEDY = "127.0.0.6"
 PER_SOURCE_CAP = 64
 GREEDY_EXTRA = 6
 HEADER_TIMEOUT = 1.0
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def open_from(

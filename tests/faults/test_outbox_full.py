@@ -9,7 +9,6 @@ and every read that was accepted arrives.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,19 +30,11 @@ from tests.faults.harness import (
     wait_listening,
 )
 from tests.faults.proxy import GateProxy
-from tests.helpers import gateway_config
+from tests.helpers import eventually, gateway_config, sample
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.timeout(60)]
 
 MAX_BYTES = 1_000_000  # the smallest outbox.max_bytes the config takes: 3 TCP reads
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 async def test_outbox_full_refuses_cleanly_and_recovers(
@@ -65,11 +56,10 @@ async def test_outbox_full_refuses_cleanly_and_recovers(
             )
             async with Gateway(config) as gw:
 
-                def sample(name: str, **labels: str) -> float:
-                    return gw.metrics.registry.get_sample_value(name, labels) or 0.0
-
                 def refused(camera: str) -> float:
-                    return sample("lpr_events_refused_total", camera=camera, reason="outbox_full")
+                    return sample(
+                        gw.metrics, "lpr_events_refused_total", camera=camera, reason="outbox_full"
+                    )
 
                 assert config.http.port
                 await wait_listening(config.http.port)
@@ -77,7 +67,7 @@ async def test_outbox_full_refuses_cleanly_and_recovers(
                     await cams.tcp.wait_logged_in()
                     await cams.rtsp.wait_playing()
                 connects_before = {
-                    c: sample("lpr_camera_reconnects_total", camera=c)
+                    c: sample(gw.metrics, "lpr_camera_reconnects_total", camera=c)
                     for c in (TCP_CAMERA, RTSP_CAMERA)
                 }
                 # TCP: push reads one by one until the outbox refuses; sort each.
@@ -103,7 +93,7 @@ async def test_outbox_full_refuses_cleanly_and_recovers(
                     assert [r.status for r in replies] == [503, 503, 503]
                     assert replies[0].reply is not None
                     assert refused(HTTP_CAMERA) == 3
-                    assert sample("lpr_http_requests_total", status="503") == 3
+                    assert sample(gw.metrics, "lpr_http_requests_total", status="503") == 3
                     # RTSP: reads arrive, pictures are fetched, the outbox refuses them.
                     cams.rtsp.push(3)
                     await eventually(lambda: refused(RTSP_CAMERA) == 3)
@@ -113,8 +103,10 @@ async def test_outbox_full_refuses_cleanly_and_recovers(
                     assert not any("stopped unexpectedly" in p for p in health["problems"])
                     # No session was dropped over it.
                     for camera in (TCP_CAMERA, RTSP_CAMERA):
-                        assert sample("lpr_camera_connected", camera=camera) == 1
-                        reconnects = sample("lpr_camera_reconnects_total", camera=camera)
+                        assert sample(gw.metrics, "lpr_camera_connected", camera=camera) == 1
+                        reconnects = sample(
+                            gw.metrics, "lpr_camera_reconnects_total", camera=camera
+                        )
                         assert reconnects == connects_before[camera]
                     # The broker comes back: the outbox drains, intake resumes.
                     proxy.open_gate()
