@@ -8,14 +8,22 @@ which serves all configured cameras of its protocol until cancelled (the
 gateway cancels it at shutdown, after `ctx.stopping` is set). It hands every
 read to `ctx.submit(...)`, reports each camera session with
 `ctx.set_camera_online(...)` and counts what it sees in `ctx.metrics`.
+`supervise` is the reconnect loop every camera adapter shares: the adapter
+supplies one session, the supervisor the retries, the backoff, availability
+and the reconnect count.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
+import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.config import Config
 from gateway.event import AnyEvent
@@ -46,3 +54,187 @@ def backoff_delay(
     ceiling = min(cap, initial * 2.0 ** min(attempt, 30))
     jitter: float = (rng or random).uniform(0, ceiling / 2)
     return ceiling / 2 + jitter
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectPolicy:
+    """When a camera's next session starts after one ends.
+
+    After the n-th failed session in a row the supervisor waits
+    `backoff_delay(n - 1, initial_seconds, max_seconds)`: the first wait is
+    between half of `initial_seconds` and all of it, each further failure
+    doubles it up to `max_seconds`. A healthy session (established, and it
+    delivered a read or lasted `healthy_after_seconds`) resets the count.
+    Refused credentials will not fix themselves: they are retried every
+    `auth_retry_seconds`, whatever the count.
+    """
+
+    initial_seconds: float = 1.0
+    max_seconds: float = 60.0
+    auth_retry_seconds: float = 60.0
+    healthy_after_seconds: float = 30.0
+
+    def delay(self, failures: int, rng: random.Random | None = None) -> float:
+        """The wait after `failures` (>= 1) failed sessions in a row."""
+        return backoff_delay(failures - 1, self.initial_seconds, self.max_seconds, rng)
+
+
+class Outcome(enum.Enum):
+    """How one camera session ended."""
+
+    CONNECT_FAILED = "connect_failed"  # no connection
+    AUTH_FAILED = "auth_failed"  # credentials refused: retried slowly
+    FAILED = "failed"  # connected, but the login/handshake or the protocol failed
+    CLOSED = "closed"  # the camera closed, went silent, or broke the stream
+    STOPPED = "stopped"  # the gateway is shutting down
+
+
+class SessionProgress:
+    """What the current session has achieved; the adapter marks it as it goes.
+
+    Kept by the supervisor, so a session that crashes still counts for what it
+    did. `established()` is the camera going online.
+    """
+
+    def __init__(self, supervisor: _Supervisor) -> None:
+        self._supervisor = supervisor
+        self.is_established = False
+        self.has_delivered = False
+
+    def established(self) -> None:
+        self.is_established = True
+        self._supervisor.set_online(True)
+
+    def delivered(self) -> None:
+        self.has_delivered = True
+
+    async def connect(
+        self, host: str, port: int, connect_timeout: float, **kwargs: Any
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """Open the connection, or None (said once per outage, then at debug level)."""
+        return await self._supervisor.connect(host, port, connect_timeout, **kwargs)
+
+
+Session = Callable[[SessionProgress], Awaitable[Outcome]]
+
+
+async def supervise(
+    camera_id: str,
+    session: Session,
+    policy: ReconnectPolicy,
+    ctx: AdapterContext,
+    *,
+    source: str,
+    log: logging.Logger,
+) -> None:
+    """Run `session` for one camera again and again until the gateway stops.
+
+    The camera is reported offline at the start and after every session (the
+    session reports it online through `SessionProgress.established`).
+    `lpr_camera_reconnects_total` counts each session after the first, when it
+    starts, so a camera that stays connected shows 0. A session that raises is
+    logged (with the traceback unless it is a connection error) and counted as
+    an `internal` parse error; the camera is served on.
+    """
+    await _Supervisor(camera_id, policy, ctx, source, log).run(session)
+
+
+class _Supervisor:
+    def __init__(
+        self,
+        camera_id: str,
+        policy: ReconnectPolicy,
+        ctx: AdapterContext,
+        source: str,
+        log: logging.Logger,
+    ) -> None:
+        self.camera_id = camera_id
+        self.policy = policy
+        self.ctx = ctx
+        self.source = source
+        self.log = log
+        self.online = False
+        self._connect_failure_said = False
+
+    async def run(self, session: Session) -> None:
+        cam, stopping = self.camera_id, self.ctx.stopping
+        self.ctx.set_camera_online(cam, False)
+        failures = 0
+        first = True
+        try:
+            while not stopping.is_set():
+                if not first:
+                    self.ctx.metrics.camera_reconnects.labels(camera=cam).inc()
+                first = False
+                started = time.monotonic()
+                progress = SessionProgress(self)
+                try:
+                    outcome = await self._run_once(session, progress)
+                finally:
+                    self.set_online(False)
+                if outcome is Outcome.STOPPED or stopping.is_set():
+                    break
+                lasted = time.monotonic() - started >= self.policy.healthy_after_seconds
+                if progress.is_established and (progress.has_delivered or lasted):
+                    failures = 0
+                if outcome is Outcome.AUTH_FAILED:
+                    delay = self.policy.auth_retry_seconds
+                else:
+                    failures += 1
+                    delay = self.policy.delay(failures)
+                quiet = outcome is Outcome.CONNECT_FAILED
+                self.log.log(
+                    logging.DEBUG if quiet else logging.INFO,
+                    "camera %s: session ended (%s); reconnecting in %.1f s",
+                    cam,
+                    outcome.value,
+                    delay,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), delay)
+        finally:
+            self.set_online(False)
+
+    async def _run_once(self, session: Session, progress: SessionProgress) -> Outcome:
+        cam = self.camera_id
+        try:
+            return await session(progress)
+        except (ConnectionError, OSError) as exc:
+            self.log.warning("camera %s: connection lost: %s", cam, exc)
+            return Outcome.CLOSED
+        except Exception:  # the task's top: log, count, serve the camera on
+            self.log.exception("camera %s: session crashed; reconnecting", cam)
+            self.ctx.metrics.parse_errors.labels(source=self.source, kind="internal").inc()
+            self.ctx.metrics.camera_parse_errors.labels(camera=cam, kind="internal").inc()
+            return Outcome.FAILED
+
+    def set_online(self, online: bool) -> None:
+        if online != self.online:
+            self.online = online
+            self.ctx.set_camera_online(self.camera_id, online)
+
+    async def connect(
+        self, host: str, port: int, connect_timeout: float, **kwargs: Any
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        try:
+            connection = await asyncio.wait_for(
+                asyncio.open_connection(host, port, **kwargs), connect_timeout
+            )
+        except (OSError, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+            # Said once per outage: a camera that is off for a night must not
+            # fill the log.
+            if not self._connect_failure_said:
+                self._connect_failure_said = True
+                self.log.warning(
+                    "camera %s: cannot connect to %s:%d: %s (will keep trying)",
+                    self.camera_id,
+                    host,
+                    port,
+                    reason,
+                )
+            else:
+                self.log.debug("camera %s: connect failed again: %s", self.camera_id, reason)
+            return None
+        self._connect_failure_said = False
+        return connection

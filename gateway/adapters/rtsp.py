@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import functools
 import logging
 import secrets
@@ -29,7 +28,13 @@ from urllib.parse import urlsplit
 import aiohttp
 import yarl
 
-from gateway.adapters.base import AdapterContext, backoff_delay
+from gateway.adapters.base import (
+    AdapterContext,
+    Outcome,
+    ReconnectPolicy,
+    SessionProgress,
+    supervise,
+)
 from gateway.codecs import onvif
 from gateway.codecs.rtp import (
     RtpDocument,
@@ -86,8 +91,13 @@ MAX_DOCUMENT_BYTES = onvif.MAX_DOCUMENT_BYTES
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
-async def run(ctx: AdapterContext, cameras: Sequence[RtspCameraConfig]) -> None:
+async def run(
+    ctx: AdapterContext,
+    cameras: Sequence[RtspCameraConfig],
+    policy: ReconnectPolicy | None = None,
+) -> None:
     """Serve every RTSP camera until cancelled."""
+    policy = policy or default_policy()
     timeout = aiohttp.ClientTimeout(total=None)
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=IMAGE_FETCH_CONCURRENCY)
     async with (
@@ -96,16 +106,18 @@ async def run(ctx: AdapterContext, cameras: Sequence[RtspCameraConfig]) -> None:
     ):
         for camera in cameras:
             group.create_task(
-                CameraSession(ctx, camera, http).run(), name=f"rtsp-camera-{camera.id}"
+                CameraSession(ctx, camera, http, policy).run(), name=f"rtsp-camera-{camera.id}"
             )
 
 
-class Outcome(enum.Enum):
-    CONNECT_FAILED = "connect_failed"
-    AUTH_FAILED = "auth_failed"
-    FAILED = "failed"  # refused request, protocol error, handshake timeout
-    CLOSED = "closed"  # the camera closed or went silent
-    STOPPED = "stopped"  # we are shutting down
+def default_policy() -> ReconnectPolicy:
+    """The production schedule (read when the adapter starts)."""
+    return ReconnectPolicy(
+        initial_seconds=RECONNECT_INITIAL_SECONDS,
+        max_seconds=RECONNECT_MAX_SECONDS,
+        auth_retry_seconds=AUTH_RETRY_SECONDS,
+        healthy_after_seconds=HEALTHY_SESSION_SECONDS,
+    )
 
 
 def _cnonce() -> str:
@@ -122,7 +134,11 @@ class CameraSession:
     """The session loop of one camera; the protocol lives in the codecs."""
 
     def __init__(
-        self, ctx: AdapterContext, camera: RtspCameraConfig, http: aiohttp.ClientSession
+        self,
+        ctx: AdapterContext,
+        camera: RtspCameraConfig,
+        http: aiohttp.ClientSession,
+        policy: ReconnectPolicy,
     ) -> None:
         self.ctx = ctx
         self.camera = camera
@@ -140,10 +156,9 @@ class CameraSession:
         self.fetch_limit = asyncio.Semaphore(IMAGE_FETCH_CONCURRENCY)
         self.pending: set[asyncio.Task[None]] = set()
         self._last_submit: asyncio.Task[None] | None = None
+        self.policy = policy
+        self.progress: SessionProgress | None = None  # of the current session
         self._auth_failure_said = False
-        self._connect_failure_said = False
-        self._online = False
-        self._documents_seen = False  # in the current session: it was a healthy one
         m = ctx.metrics
         # Every complaint the camera can repeat goes through this, keyed by
         # (camera, kind); the metrics keep the exact counts.
@@ -151,51 +166,14 @@ class CameraSession:
         self._frames = m.camera_frames.labels(camera=camera.id)
         self._bytes = m.camera_bytes.labels(camera=camera.id)
 
-    # -- the reconnect loop ----------------------------------------------------------
-
     async def run(self) -> None:
-        attempt = 0
         try:
-            while not self.ctx.stopping.is_set():
-                self.ctx.metrics.camera_reconnects.labels(camera=self.camera.id).inc()
-                started = time.monotonic()
-                self._documents_seen = False
-                try:
-                    outcome, played = await self.session()
-                except Exception:  # the task's top: log, count, go on
-                    log.exception("camera %s: RTSP session crashed; reconnecting", self.camera.id)
-                    self._count_error("internal")
-                    outcome, played = Outcome.FAILED, False
-                finally:
-                    self._set_online(False)
-                if outcome is Outcome.STOPPED or self.ctx.stopping.is_set():
-                    break
-                if played and (
-                    self._documents_seen or time.monotonic() - started >= HEALTHY_SESSION_SECONDS
-                ):
-                    attempt = 0
-                if outcome is Outcome.AUTH_FAILED:
-                    delay = AUTH_RETRY_SECONDS
-                else:
-                    delay = backoff_delay(attempt, RECONNECT_INITIAL_SECONDS, RECONNECT_MAX_SECONDS)
-                    attempt += 1
-                log.log(
-                    logging.DEBUG if outcome is Outcome.CONNECT_FAILED else logging.INFO,
-                    "camera %s: session ended (%s); reconnecting in %.1f s",
-                    self.camera.id,
-                    outcome.value,
-                    delay,
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.ctx.stopping.wait(), delay)
+            await supervise(
+                self.camera.id, self.session, self.policy, self.ctx, source=SOURCE, log=log
+            )
         finally:
             for task in list(self.pending):
                 task.cancel()
-
-    def _set_online(self, online: bool) -> None:
-        if online != self._online:
-            self._online = online
-            self.ctx.set_camera_online(self.camera.id, online)
 
     def _count_error(self, kind: str) -> None:
         self.ctx.metrics.parse_errors.labels(source=SOURCE, kind=kind).inc()
@@ -203,30 +181,14 @@ class CameraSession:
 
     # -- one session -------------------------------------------------------------------
 
-    async def session(self) -> tuple[Outcome, bool]:
-        """Connect, play, receive until the session ends; (how it ended, whether it played)."""
+    async def session(self, progress: SessionProgress) -> Outcome:
+        """Connect, play, receive until the session ends."""
         camera = self.camera
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port), camera.connect_timeout_seconds
-            )
-        except (OSError, TimeoutError) as exc:
-            reason = str(exc) or type(exc).__name__
-            # Said once per outage, like the TCP adapter: a camera that is off
-            # for a night must not fill the log.
-            if not self._connect_failure_said:
-                log.warning(
-                    "camera %s: cannot connect to %s:%d: %s (will keep trying)",
-                    camera.id,
-                    self.host,
-                    self.port,
-                    reason,
-                )
-                self._connect_failure_said = True
-            else:
-                log.debug("camera %s: connect failed again: %s", camera.id, reason)
-            return Outcome.CONNECT_FAILED, False
-        self._connect_failure_said = False
+        self.progress = progress
+        connection = await progress.connect(self.host, self.port, camera.connect_timeout_seconds)
+        if connection is None:
+            return Outcome.CONNECT_FAILED
+        reader, writer = connection
         client = RtspClient(
             self.url,
             username=self.username,
@@ -236,8 +198,7 @@ class CameraSession:
         )
         state = _SessionState(client, reader, writer)
         try:
-            outcome = await self._converse(state)
-            return outcome, state.playing
+            return await self._converse(state)
         except asyncio.CancelledError:
             await self._teardown(state)
             raise
@@ -347,7 +308,8 @@ class CameraSession:
                         keepalive_every = max(MIN_KEEPALIVE_SECONDS, timeout * KEEPALIVE_FRACTION)
                         keepalive_at = time.monotonic() + keepalive_every
                         self._auth_failure_said = False
-                        self._set_online(True)
+                        assert self.progress is not None
+                        self.progress.established()
                         log.info(
                             "camera %s: playing metadata track %s (payload type %d); "
                             "session timeout %d s, keep-alive by %s every %.1f s",
@@ -399,7 +361,7 @@ class CameraSession:
                 camera.id,
                 why,
                 event.method,
-                AUTH_RETRY_SECONDS,
+                self.policy.auth_retry_seconds,
             )
         else:
             log.debug("camera %s: still refused: %s", camera.id, why)
@@ -434,7 +396,8 @@ class CameraSession:
         for result in reassembler.feed(packet):
             if isinstance(result, RtpDocument):
                 self._frames.inc()
-                self._documents_seen = True
+                if self.progress is not None:
+                    self.progress.delivered()
                 await self._on_document(result.data)
             elif isinstance(result, RtpDocumentDropped):
                 self._count_error(f"rtp_{result.reason.value}")

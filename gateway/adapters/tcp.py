@@ -9,14 +9,18 @@ refused login is a configuration problem: said once, retried slowly.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import enum
 import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.adapters.base import AdapterContext, backoff_delay
+from gateway.adapters.base import (
+    AdapterContext,
+    Outcome,
+    ReconnectPolicy,
+    SessionProgress,
+    supervise,
+)
 from gateway.codecs.tcp import (
     DEFAULT_MAX_DATA_SIZE,
     NEED_DATA,
@@ -62,32 +66,43 @@ CAPTURE_MAX_FILES = 100
 CAPTURE_MAX_FILE_BYTES = 4 * 1024 * 1024
 
 
-async def run(ctx: AdapterContext, cameras: Sequence[TcpCameraConfig]) -> None:
+async def run(
+    ctx: AdapterContext,
+    cameras: Sequence[TcpCameraConfig],
+    policy: ReconnectPolicy | None = None,
+) -> None:
     """Serve every TCP camera until cancelled."""
+    policy = policy or default_policy()
     async with asyncio.TaskGroup() as group:
         for camera in cameras:
-            group.create_task(CameraSession(ctx, camera).run(), name=f"tcp-camera-{camera.id}")
+            group.create_task(
+                CameraSession(ctx, camera, policy).run(), name=f"tcp-camera-{camera.id}"
+            )
 
 
-class Outcome(enum.Enum):
-    CONNECT_FAILED = "connect_failed"
-    AUTH_FAILED = "auth_failed"
-    LOGIN_FAILED = "login_failed"
-    CLOSED = "closed"  # the camera closed, went silent, or broke the stream
+def default_policy() -> ReconnectPolicy:
+    """The production schedule (read when the adapter starts)."""
+    return ReconnectPolicy(
+        initial_seconds=RECONNECT_INITIAL_SECONDS,
+        max_seconds=RECONNECT_MAX_SECONDS,
+        auth_retry_seconds=AUTH_RETRY_SECONDS,
+        healthy_after_seconds=HEALTHY_SESSION_SECONDS,
+    )
 
 
 class CameraSession:
-    """The session loop of one camera; state lives here, the protocol in the codec."""
+    """One camera's sessions; the retries are `supervise`'s, the protocol the codec's."""
 
-    def __init__(self, ctx: AdapterContext, camera: TcpCameraConfig) -> None:
+    def __init__(
+        self, ctx: AdapterContext, camera: TcpCameraConfig, policy: ReconnectPolicy
+    ) -> None:
         self.ctx = ctx
         self.camera = camera
+        self.policy = policy
         self.metrics = ctx.metrics
         self.color_table = effective_color_table(ctx.config.color_table)
-        self.online = False
-        self.frames = 0  # reads in the current session
+        self.progress: SessionProgress | None = None
         self._auth_reported = False
-        self._connect_failure_reported = False
         self._capture_full_reported = False
         # Every complaint the camera can repeat goes through this, keyed by
         # (camera, kind): a hostile stream cannot turn its bytes into log lines.
@@ -97,68 +112,19 @@ class CameraSession:
         self._pending_submits: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
-        cam = self.camera.id
-        self.ctx.set_camera_online(cam, False)
-        attempt = 0
-        try:
-            while not self.ctx.stopping.is_set():
-                started = time.monotonic()
-                try:
-                    outcome = await self.session()
-                except (ConnectionError, OSError) as exc:
-                    log.warning("camera %s: connection lost: %s", cam, exc)
-                    outcome = Outcome.CLOSED
-                except Exception:
-                    # Top of the task: whatever went wrong, keep the camera served.
-                    log.exception("camera %s: session failed unexpectedly", cam)
-                    outcome = Outcome.CLOSED
-                finally:
-                    self._set_online(False)
-                healthy = self.frames > 0 or time.monotonic() - started >= HEALTHY_SESSION_SECONDS
-                if outcome is Outcome.AUTH_FAILED:
-                    delay = AUTH_RETRY_SECONDS
-                else:
-                    attempt = 0 if healthy and outcome is Outcome.CLOSED else attempt + 1
-                    delay = backoff_delay(attempt, RECONNECT_INITIAL_SECONDS, RECONNECT_MAX_SECONDS)
-                if self.ctx.stopping.is_set():
-                    break
-                log.debug("camera %s: reconnecting in %.1f s", cam, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.ctx.stopping.wait(), delay)
-                self.metrics.camera_reconnects.labels(camera=cam).inc()
-        finally:
-            self._set_online(False)
+        await supervise(self.camera.id, self.session, self.policy, self.ctx, source=SOURCE, log=log)
 
-    def _set_online(self, online: bool) -> None:
-        if online != self.online:
-            self.online = online
-            self.ctx.set_camera_online(self.camera.id, online)
-
-    async def session(self) -> Outcome:
+    async def session(self, progress: SessionProgress) -> Outcome:
         cam, camera = self.camera.id, self.camera
-        self.frames = 0
-        try:
-            reader, writer = await asyncio.wait_for(
-                # A buffer limit above a whole frame (~330 KB) lets one read take
-                # a frame instead of the default 64 KiB steps.
-                asyncio.open_connection(camera.host, camera.port, limit=STREAM_LIMIT),
-                camera.connect_timeout_seconds,
-            )
-        except (OSError, TimeoutError) as exc:
-            reason = str(exc) or type(exc).__name__
-            if not self._connect_failure_reported:
-                log.warning(
-                    "camera %s: cannot connect to %s:%d: %s (will keep trying)",
-                    cam,
-                    camera.host,
-                    camera.port,
-                    reason,
-                )
-                self._connect_failure_reported = True
-            else:
-                log.debug("camera %s: connect failed again: %s", cam, reason)
+        self.progress = progress
+        # A buffer limit above a whole frame (~330 KB) lets one read take a
+        # frame instead of the default 64 KiB steps.
+        connection = await progress.connect(
+            camera.host, camera.port, camera.connect_timeout_seconds, limit=STREAM_LIMIT
+        )
+        if connection is None:
             return Outcome.CONNECT_FAILED
-        self._connect_failure_reported = False
+        reader, writer = connection
         log.info("camera %s: connected to %s:%d, logging in", cam, camera.host, camera.port)
         try:
             writer.write(encode_login_request(camera.username, camera.password))
@@ -212,7 +178,7 @@ class CameraSession:
                         log.warning("camera %s: no data for %g s, reconnecting", cam, timeout)
                         return Outcome.CLOSED
                     log.warning("camera %s: no login reply within %g s", cam, timeout)
-                    return Outcome.LOGIN_FAILED
+                    return Outcome.FAILED
                 if data:
                     bytes_metric.inc(len(data))
                 decoder.receive_data(data)
@@ -275,7 +241,7 @@ class CameraSession:
                 return Outcome.CLOSED
             elif isinstance(event, EndOfStream):
                 log.info("camera %s: connection closed by the camera", cam)
-                return Outcome.CLOSED if logged_in else Outcome.LOGIN_FAILED
+                return Outcome.CLOSED if logged_in else Outcome.FAILED
 
     def _login_reply(self, frame: Frame) -> Outcome | None:
         cam = self.camera.id
@@ -286,7 +252,7 @@ class CameraSession:
             self._complaints.warning(
                 (cam, exc.kind), "camera %s: unreadable login reply: %s", cam, exc.detail
             )
-            return Outcome.LOGIN_FAILED
+            return Outcome.FAILED
         if reply.unauthorized:
             self.metrics.camera_auth_failures.labels(camera=cam).inc()
             if not self._auth_reported:
@@ -295,7 +261,7 @@ class CameraSession:
                     "in the config; retrying every %g s",
                     cam,
                     self.camera.username,
-                    AUTH_RETRY_SECONDS,
+                    self.policy.auth_retry_seconds,
                 )
                 self._auth_reported = True
             return Outcome.AUTH_FAILED
@@ -303,12 +269,13 @@ class CameraSession:
             self._complaints.warning(
                 (cam, "login_status"), "camera %s: login answered with status %d", cam, reply.status
             )
-            return Outcome.LOGIN_FAILED
+            return Outcome.FAILED
         if self._auth_reported:
             log.info("camera %s: login accepted again", cam)
         self._auth_reported = False
         log.info("camera %s: logged in, waiting for reads", cam)
-        self._set_online(True)
+        assert self.progress is not None
+        self.progress.established()
         return None
 
     async def _recognition(self, frame: Frame) -> None:
@@ -339,7 +306,8 @@ class CameraSession:
         if result.issues:
             await self._capture(frame.encode(), result.issues[0].kind)
         event = to_plate_event(result, camera=cam, received=utc_now(), color_table=self.color_table)
-        self.frames += 1
+        assert self.progress is not None
+        self.progress.delivered()
         # events_received is counted by the pipeline on submit.
         # The camera cannot be acknowledged, so there is no reason to wait for
         # each read to be durable before reading the next: up to

@@ -262,7 +262,7 @@ async def test_availability_follows_the_session_and_reconnects_after_a_drop(
             connected = metric(gw, "lpr_camera_connected", camera=CAMERA)
         await collector.until(lambda msgs: last_availability(msgs) == "offline")
     assert [e.json()["plate"] for e in events] == [first.plate, second.plate]
-    assert reconnects >= 2
+    assert reconnects >= 1  # the session after the drop (the first is not a reconnect)
     assert connected == 1
     assert sim.stats.sessions_started == 2
 

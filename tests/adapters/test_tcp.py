@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from gateway.adapters import tcp
-from gateway.adapters.base import AdapterContext, backoff_delay
+from gateway.adapters.base import AdapterContext, ReconnectPolicy, backoff_delay
 from gateway.codecs.tcp import (
     Command,
     Frame,
@@ -100,7 +100,7 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
 async def running(
     spine: FakeSpine, *cameras: TcpCameraConfig, config: Config | None = None
 ) -> AsyncIterator[None]:
-    task = asyncio.create_task(tcp.run(spine.context(config), cameras))
+    task = asyncio.create_task(tcp.run(spine.context(config), cameras, FAST_RETRIES))
     try:
         yield
     finally:
@@ -110,11 +110,8 @@ async def running(
             await task
 
 
-@pytest.fixture(autouse=True)
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tcp, "RECONNECT_INITIAL_SECONDS", 0.02)
-    monkeypatch.setattr(tcp, "RECONNECT_MAX_SECONDS", 0.1)
-    monkeypatch.setattr(tcp, "AUTH_RETRY_SECONDS", 0.1)
+# The production schedule starts at 1 s and retries refused logins every 60 s.
+FAST_RETRIES = ReconnectPolicy(initial_seconds=0.02, max_seconds=0.1, auth_retry_seconds=0.1)
 
 
 class ScriptedCamera:
@@ -400,16 +397,12 @@ async def test_odd_login_replies_back_off(reply: bytes, outcome_metric: str | No
     assert spine.sample("lpr_camera_auth_failures_total", camera="cam") == 0
 
 
-def test_backoff_is_capped_and_jittered(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_backoff_is_capped_and_jittered() -> None:
     import random
 
-    monkeypatch.setattr(tcp, "RECONNECT_INITIAL_SECONDS", 1.0)
-    monkeypatch.setattr(tcp, "RECONNECT_MAX_SECONDS", 60.0)
+    policy = ReconnectPolicy(initial_seconds=1.0, max_seconds=60.0)
     rng = random.Random(1)
-    delays = [
-        backoff_delay(n, tcp.RECONNECT_INITIAL_SECONDS, tcp.RECONNECT_MAX_SECONDS, rng)
-        for n in range(12)
-    ]
+    delays = [backoff_delay(n, policy.initial_seconds, policy.max_seconds, rng) for n in range(12)]
     assert 0.5 <= delays[0] <= 1.0 and 1.0 <= delays[1] <= 2.0
     assert all(30.0 <= d <= 60.0 for d in delays[6:])
     assert len({round(d, 6) for d in delays[6:]}) > 1
