@@ -38,8 +38,6 @@ from gateway.config import (
     RtspCameraConfig,
     TcpCameraConfig,
 )
-from gateway.event import Image, PlateEvent, Source, utc_now
-from gateway.simulate.common import PlateGenerator
 
 log = logging.getLogger(__name__)
 
@@ -58,39 +56,6 @@ class DemoSource:
 
     async def stop(self) -> None:
         """Stop producing."""
-
-
-class SyntheticSource(DemoSource):
-    """Reads injected straight into the pipeline: the path after the adapters."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.description = f"synthetic camera 'synthetic': {rate:g} reads/s into the pipeline"
-        self._task: asyncio.Task[None] | None = None
-
-    def attach(self, gateway: Gateway) -> None:
-        self._task = asyncio.create_task(self._produce(gateway))
-
-    async def _produce(self, gateway: Gateway) -> None:
-        generator = PlateGenerator()
-        while True:
-            read = generator.read("synthetic")
-            await gateway.submit(
-                PlateEvent(
-                    camera="synthetic",
-                    source=Source.INJECT,
-                    plate=read.plate,
-                    time=utc_now(),
-                    received=utc_now(),
-                    plate_image=Image(read.plate_jpeg),
-                    scene_image=Image(read.scene_jpeg),
-                )
-            )
-            await asyncio.sleep(1 / self.rate)
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
 
 
 class TcpDemoSource(DemoSource):

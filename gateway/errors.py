@@ -28,8 +28,9 @@ class BrokerError(GatewayError):
     """The MQTT broker refused us or went away."""
 
 
-class OutboxFullError(GatewayError):
-    """The durable outbox has reached `outbox.max_bytes`; intake must refuse."""
+class ImageTransformError(GatewayError):
+    """A scene could not be re-encoded (undecodable, too many pixels, not a JPEG);
+    the gateway publishes the bytes as received."""
 
 
 class StartupError(GatewayError):

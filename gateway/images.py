@@ -16,6 +16,7 @@ import logging
 from dataclasses import replace
 
 from gateway.config import DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT, ImagesConfig, SceneMode
+from gateway.errors import ImageTransformError as ImageTransformError  # re-exported
 from gateway.event import Image, PlateEvent
 
 log = logging.getLogger(__name__)
@@ -26,10 +27,6 @@ log = logging.getLogger(__name__)
 PILLOW_MAX_PIXELS = MAX_PIXELS_LIMIT
 DEFAULT_QUALITY = 85  # when only max_width is set
 SKIPPED_REASON = "not published: images.scene is skip"
-
-
-class ImageTransformError(Exception):
-    """The scene could not be re-encoded; the original bytes are used."""
 
 
 def reencode_jpeg(

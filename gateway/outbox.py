@@ -510,10 +510,6 @@ class OutboxWriter:
         self._work = asyncio.Event()
         self._closed = False
 
-    async def append(self, draft: EventDraft) -> bool:
-        """Resolve True once the event is durably stored, False if refused (full)."""
-        return await asyncio.shield(await self.enqueue(draft))
-
     async def enqueue(self, draft: EventDraft) -> asyncio.Future[bool]:
         """Queue the event (waiting while too much is pending); the future resolves
         True once it is durably stored, False if refused. Queue order is write order."""
