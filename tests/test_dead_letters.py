@@ -238,8 +238,8 @@ async def test_a_crashed_publisher_is_restarted_and_reported(
 
             publisher._run_session = crash_once  # type: ignore[method-assign]
             # Make the running session end, so the next one is the injected fault.
-            assert publisher._session is not None
-            publisher._session.close()
+            assert publisher.link.is_open
+            publisher.link.close()
             await until(lambda: "mqtt-publisher" in gw.task_crashes, what="the crash")
             during = gw.health()
             read = plate_read("cam", "AFTERCRASH")

@@ -1,0 +1,181 @@
+"""Bridge state: the retained state messages the gateway keeps, and its own copy of them.
+
+Bridge state (last will `offline`, `online` on connect), bridge info and
+camera availability are kept here and re-sent on every connect. So is the
+last payload the broker acknowledged on each retained topic (images, `last`,
+availability, bridge info, discovery): one per topic, re-sent on every
+connect before the outbox is drained, so a broker that lost its retained
+messages (no persistence, restarted) has them again and newer outbox rows
+still overwrite them in order. The copy is durable (the outbox keeps it) and
+survives a gateway restart. This is the `StatePublisher` discovery uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+
+from gateway import __version__
+from gateway.config import AnyCameraConfig
+from gateway.errors import BrokerError
+from gateway.metrics import Metrics
+from gateway.mqtt.link import LinkClosedError, MqttLink
+from gateway.outbox import Outbox
+from gateway.topics import Topics
+
+log = logging.getLogger(__name__)
+
+ONLINE = b"online"
+OFFLINE = b"offline"
+# How long the `offline` bridge state may take to be acknowledged at shutdown.
+OFFLINE_ACK_SECONDS = 1.0
+
+
+class BridgeState:
+    """The gateway's retained state on the broker: bridge, cameras, discovery, own copy."""
+
+    def __init__(
+        self,
+        topics: Topics,
+        cameras: Sequence[AnyCameraConfig],
+        link: MqttLink,
+        metrics: Metrics,
+        outbox: Outbox,
+        executor: Executor,
+    ) -> None:
+        self.topics = topics
+        self.link = link
+        self.metrics = metrics
+        self.outbox = outbox
+        self.executor = executor
+        self._cameras: dict[str, AnyCameraConfig] = {c.id: c for c in cameras}
+        self._availability: dict[str, bool] = dict.fromkeys(self._cameras, False)
+        self._on_connected_hooks: list[Callable[[], None]] = []
+        # topic → last retained payload we published there (bounded: one per topic)
+        self._retained: dict[str, bytes] = {}
+        # topics already re-sent during the current connect (None outside of it)
+        self._sent_on_connect: set[str] | None = None
+
+    # -- what the rest of the gateway calls --------------------------------------
+
+    def set_camera_online(self, camera: str, online: bool) -> None:
+        self.metrics.camera_connected.labels(camera=camera).set(1 if online else 0)
+        if self._availability.get(camera) == online:
+            return
+        self._availability[camera] = online
+        self.publish_state(self.topics.availability(camera), ONLINE if online else OFFLINE)
+        self.publish_state(self.topics.info, self.info_payload())
+
+    def on_connected(self, hook: Callable[[], None]) -> None:
+        """Run `hook` after every (re)connect, e.g. to re-send discovery."""
+        self._on_connected_hooks.append(hook)
+
+    def subscribe(self, topic: str, handler: Callable[[str, bytes, bool], None]) -> None:
+        self.link.subscribe(topic, handler)
+
+    def publish_state(self, topic: str, payload: bytes, retain: bool = True) -> None:
+        """Fire-and-forget state; a retained one is re-sent from our copy on reconnect."""
+        if retain:
+            self.remember_retained(topic, payload, persist=True)
+        if not self.link.is_open:
+            return  # re-sent from our copy (or by its owner) on the next connect
+        with contextlib.suppress(LinkClosedError):
+            self.link.publish(topic, payload, retain=retain)
+        if self._sent_on_connect is not None:
+            self._sent_on_connect.add(topic)
+
+    # -- the own copy of the retained state ------------------------------------------
+
+    @property
+    def retained_copy(self) -> dict[str, bytes]:
+        """Our copy of the retained state (topic → payload), for inspection."""
+        return dict(self._retained)
+
+    def restore_retained(self, copy: dict[str, bytes]) -> None:
+        """Start from the durable copy of an earlier run (newer state wins)."""
+        self._retained = {**copy, **self._retained}
+
+    def remember_retained(self, topic: str, payload: bytes, persist: bool = False) -> None:
+        """`payload` is the retained state of `topic` now; `persist` keeps it in the
+        outbox too (outbox rows are kept by the outbox itself when acknowledged)."""
+        if persist and self._retained.get(topic) != payload:
+            # State messages are small and rare. Fire and forget on the outbox
+            # thread, which runs its work in order.
+            future = asyncio.get_running_loop().run_in_executor(
+                self.executor, self.outbox.save_retained_state, topic, payload
+            )
+            future.add_done_callback(_log_failure)
+        # Re-inserted at the end: the copy is replayed in the order it was last published.
+        self._retained.pop(topic, None)
+        if payload:
+            self._retained[topic] = payload  # an empty payload clears the topic: forget it
+
+    # -- connect and shutdown ------------------------------------------------------------
+
+    def link_up(self) -> None:
+        """Just connected: say online, bridge info and availability, run the hooks,
+        then re-send the rest of our copy, all before any outbox row."""
+        self._sent_on_connect = set()
+        try:
+            self.publish_state(self.topics.state, ONLINE)
+            self.publish_state(self.topics.info, self.info_payload())
+            for camera, online in self._availability.items():
+                self.publish_state(self.topics.availability(camera), ONLINE if online else OFFLINE)
+            for hook in self._on_connected_hooks:
+                try:
+                    hook()
+                except Exception:
+                    log.exception("on-connect hook failed")
+            self._republish_retained(self._sent_on_connect)
+        finally:
+            self._sent_on_connect = None
+
+    def _republish_retained(self, already_sent: set[str]) -> None:
+        count = 0
+        for topic, payload in list(self._retained.items()):
+            if topic in already_sent:
+                continue
+            with contextlib.suppress(LinkClosedError):
+                self.link.publish(topic, payload, retain=True)
+            count += 1
+        if count:
+            self.metrics.retained_republished.inc(count)
+            log.info("re-sent %d retained messages from the gateway's own copy", count)
+
+    async def say_offline(self) -> None:
+        """Shutting down: cameras and bridge offline; wait (bounded) for the bridge's
+        PUBACK, since a clean DISCONNECT suppresses the will and this message is
+        what says it."""
+        for camera, online in self._availability.items():
+            if online:  # adapters normally said so already as their sessions ended
+                self._availability[camera] = False
+                self.publish_state(self.topics.availability(camera), OFFLINE)
+        with contextlib.suppress(BrokerError, TimeoutError):
+            await asyncio.wait_for(
+                self.link.publish_acked(self.topics.state, OFFLINE, retain=True),
+                OFFLINE_ACK_SECONDS,
+            )
+
+    def info_payload(self) -> bytes:
+        info = {
+            "version": __version__,
+            "cameras": [
+                {
+                    "id": c.id,
+                    "name": c.name,
+                    "protocol": c.protocol.value,
+                    "state": "online" if self._availability.get(c.id) else "offline",
+                }
+                for c in self._cameras.values()
+            ],
+        }
+        return json.dumps(info, ensure_ascii=False).encode()
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("could not keep retained state in the outbox: %s", future.exception())

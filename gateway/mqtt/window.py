@@ -1,0 +1,279 @@
+"""The outbox window: which outbox rows go out next, and which the broker acknowledged.
+
+Rows go out in `seq` order with up to `publish_window` QoS 1 messages in
+flight, read ahead of the window so that a PUBACK is answered with the next
+publish at once. Acknowledged rows are deleted from the outbox in batches;
+after a disconnect the next connection starts over from the oldest row left.
+
+No message stalls delivery: one the client library refuses, or a topic that
+is not valid, is condemned and its whole event moved to the outbox's
+dead-letter table. One after which the broker keeps dropping the connection
+is found by publishing one message at a time after a drop ("isolation"); when
+the same message is alone in flight at `DEAD_LETTER_AFTER_DROPS` drops
+running, its event is dead-lettered. A keep-alive timeout never counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway.metrics import Metrics
+from gateway.mqtt.link import LinkClosedError, MqttLink, PublishRefusedError
+from gateway.outbox import Outbox, StoredMessage
+from gateway.topics import topic_problem
+
+log = logging.getLogger(__name__)
+
+ACK_FLUSH_SECONDS = 0.02
+# Drops of the connection, running, with the same message alone in flight,
+# before its event is set aside as a dead letter.
+DEAD_LETTER_AFTER_DROPS = 3
+
+
+class OutboxWindow:
+    """What to send next from the outbox, what was acknowledged, what is set aside."""
+
+    def __init__(
+        self,
+        publish_window: int,
+        metrics: Metrics,
+        outbox: Outbox,
+        executor: Executor,
+        on_retained_ack: Callable[[str, bytes], None],
+    ) -> None:
+        self.size = publish_window
+        self.metrics = metrics
+        self.outbox = outbox
+        self.executor = executor
+        # A retained row the broker acknowledged: the bridge state keeps a copy.
+        self.on_retained_ack = on_retained_ack
+        # mid → outbox row in flight on the current connection
+        self.inflight: dict[int, StoredMessage] = {}
+        self._wake = asyncio.Event()
+        self._ack_signal = asyncio.Event()
+        self._pending_acks: list[StoredMessage] = []
+        # Dead letters: messages whose event must be set aside (reason, metric kind).
+        self._condemned: list[tuple[StoredMessage, str, str]] = []
+        # seq → connection drops running with that message alone in flight
+        self._strikes: dict[int, int] = {}
+        # After a drop with messages in flight, this many are published one at a
+        # time, so that a message the broker refuses is alone when it drops us.
+        self._isolate_remaining = 0
+
+    def wake(self) -> None:
+        """New messages are in the outbox."""
+        self._wake.set()
+
+    # -- the link's ack callback -------------------------------------------------
+
+    def on_ack(self, mid: int, reason: ReasonCode) -> None:
+        """A PUBACK (or an MQTT 5 refusal) for message id `mid` on the current link."""
+        message = self.inflight.pop(mid, None)
+        if message is None:
+            return  # a state message (bridge/availability): not from the outbox
+        if reason.is_failure:
+            # MQTT 5 broker refused this message for good (e.g. too large): resending
+            # would fail the same way and block the queue behind it. Its event is
+            # set aside, kept for an operator.
+            self.metrics.messages_refused.inc()
+            self._condemn(message, f"broker refused it: {reason}", "broker_refused")
+            return
+        self._acknowledged(message)
+
+    def _acknowledged(self, message: StoredMessage) -> None:
+        self._pending_acks.append(message)
+        if message.retain:
+            self.on_retained_ack(message.topic, message.payload)
+        if self._strikes:
+            self._strikes.pop(message.seq, None)
+        if self._isolate_remaining > 0:
+            self._isolate_remaining -= 1
+        self.metrics.messages_published.inc()
+        if message.last_of_event:
+            self.metrics.events_published.labels(camera=message.camera).inc()
+            self.metrics.publish_latency.observe(max(0.0, time.time() - message.accepted_at))
+        self._ack_signal.set()
+
+    # -- sending -----------------------------------------------------------------
+
+    async def dispatch_until_closed(self, link: MqttLink) -> None:
+        """Publish outbox rows in `seq` order, keeping the window full.
+
+        Rows are read ahead of the window (up to twice its size) so that a
+        PUBACK is answered with the next publish at once, not after a trip to
+        the outbox thread.
+        """
+        loop = asyncio.get_running_loop()
+        closed = link.closed
+        ready: deque[StoredMessage] = deque()
+        # A new connection starts from the oldest row left: first delete what the
+        # broker acknowledged on the last one, so it is not sent again.
+        await self.flush_acks()
+        read_cursor = 0
+        while not closed.done():
+            # Cleared before any await, so a wake-up that lands meanwhile is kept.
+            self._wake.clear()
+            self._ack_signal.clear()
+            if self._condemned:
+                buried = {m.event_id for m, _, _ in self._condemned}
+                await self.bury_condemned()
+                ready = deque(m for m in ready if m.event_id not in buried)
+                continue
+            window = 1 if self._isolate_remaining > 0 else self.size
+            while ready and len(self.inflight) < window:
+                message = ready.popleft()
+                try:
+                    refusal = self._publish_row(link, message)
+                except LinkClosedError:
+                    link.close()
+                    return
+                if refusal is not None:
+                    self._condemn(message, *refusal)
+                    break
+            if self._condemned:
+                continue
+            window = 1 if self._isolate_remaining > 0 else self.size
+            if len(ready) < window:
+                batch = await loop.run_in_executor(
+                    self.executor, self.outbox.read_after, read_cursor, 2 * window - len(ready)
+                )
+                if closed.done():
+                    return
+                if batch:
+                    read_cursor = batch[-1].seq
+                    ready.extend(batch)
+                    continue
+            if ready:
+                await _wait_any(self._ack_signal, closed)
+            else:
+                await _wait_any(self._wake, closed)
+
+    def _publish_row(self, link: MqttLink, message: StoredMessage) -> tuple[str, str] | None:
+        """Hand one outbox row to the link: None when it is in flight, else (reason,
+        kind) to set its event aside. `LinkClosedError` when the connection is gone."""
+        problem = topic_problem(message.topic)
+        if problem is not None:
+            return f"invalid topic: {problem}", "invalid_topic"
+        try:
+            mid = link.publish(message.topic, message.payload, retain=message.retain)
+        except PublishRefusedError as exc:
+            return f"the MQTT client refused it: {exc}", "client_refused"
+        self.inflight[mid] = message
+        return None
+
+    async def drain(self, closed: asyncio.Future[None], seconds: float) -> None:
+        """Wait (at most `seconds`) for the messages in flight to be acknowledged."""
+        deadline = time.monotonic() + seconds
+        while self.inflight and not closed.done():
+            self._ack_signal.clear()
+            try:
+                await asyncio.wait_for(
+                    _wait_any(self._ack_signal, closed), deadline - time.monotonic()
+                )
+            except TimeoutError:
+                break
+
+    # -- after a disconnect --------------------------------------------------------
+
+    def connection_lost(self, *, keepalive_expired: bool, count_drop: bool) -> None:
+        """The connection went; what was in flight without a PUBACK is still in the
+        outbox, and the next connection starts from the oldest row that is left.
+
+        With `count_drop` (we were connected and are not stopping) a drop with
+        messages in flight may be the fault of one of them: isolate, and strike
+        the message that was alone in flight.
+        """
+        if self.inflight and count_drop and not keepalive_expired:
+            self._note_drop()
+        self.inflight.clear()
+
+    def _note_drop(self) -> None:
+        if self._isolate_remaining > 0 and len(self.inflight) == 1:
+            (message,) = self.inflight.values()
+            strikes = self._strikes.get(message.seq, 0) + 1
+            self._strikes[message.seq] = strikes
+            if strikes >= DEAD_LETTER_AFTER_DROPS:
+                self._condemn(
+                    message,
+                    f"the broker dropped the connection {strikes} times running "
+                    "with this message alone in flight",
+                    "broker_dropped",
+                )
+        self._isolate_remaining = 2 * self.size
+
+    # -- dead letters --------------------------------------------------------------
+
+    def _condemn(self, message: StoredMessage, reason: str, kind: str) -> None:
+        self._condemned.append((message, reason, kind))
+        self._ack_signal.set()
+
+    async def bury_condemned(self) -> None:
+        """Move the events of condemned messages to the dead-letter table."""
+        while self._condemned:
+            message, reason, kind = self._condemned.pop(0)
+            self._strikes.pop(message.seq, None)
+            moved = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.outbox.dead_letter_event, message.event_id, message.seq, reason
+            )
+            self.metrics.outbox_dead_letters.set(self.outbox.dead_letter_events)
+            self.metrics.outbox_depth.set(self.outbox.pending_events)
+            self.metrics.outbox_bytes.set(self.outbox.pending_bytes)
+            if moved:
+                self.metrics.dead_lettered.labels(reason=kind).inc()
+                log.error(
+                    "event %s of camera %s set aside as a dead letter (%d messages, not "
+                    "published): %s on %r. Everything else keeps flowing; see "
+                    "`lpr-gateway outbox dead-letters list`",
+                    message.event_id,
+                    message.camera,
+                    moved,
+                    reason,
+                    message.topic[:200],
+                )
+
+    # -- acknowledged rows leave the outbox ------------------------------------------
+
+    async def flush_acks(self) -> None:
+        if not self._pending_acks:
+            return
+        acks, self._pending_acks = self._pending_acks, []
+        await asyncio.get_running_loop().run_in_executor(
+            self.executor, self.outbox.acknowledge, acks
+        )
+        self.metrics.outbox_depth.set(self.outbox.pending_events)
+        self.metrics.outbox_bytes.set(self.outbox.pending_bytes)
+
+    async def flush_acks_forever(self) -> None:
+        while True:
+            await asyncio.sleep(ACK_FLUSH_SECONDS)
+            try:
+                await self.flush_acks()
+            except Exception:
+                log.exception("could not delete acknowledged rows from the outbox")
+
+
+async def _wait_any(*waitables: asyncio.Event | asyncio.Future[None]) -> None:
+    tasks: list[asyncio.Future[Any]] = []
+    for w in waitables:
+        if isinstance(w, asyncio.Event):
+            if w.is_set():
+                return
+            tasks.append(asyncio.ensure_future(w.wait()))
+        else:
+            if w.done():
+                return
+            tasks.append(w)
+    owned = [t for t in tasks if isinstance(t, asyncio.Task)]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in owned:
+            t.cancel()
