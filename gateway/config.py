@@ -1,28 +1,35 @@
 """Configuration: YAML in, one immutable typed `Config` out.
 
+Each option is declared once, on its frozen dataclass field: `option(default,
+convert, doc=...)` holds its converter (with its bounds) and its documentation;
+one generic reader walks `dataclasses.fields` for every section. What involves
+more than one field is checked by small functions after the generic read.
+
 Every problem is collected with its key path (`cameras[2].port: ...`) so that
 `lpr-gateway check` can print them all at once. Unknown keys are errors: a
 misspelt option silently ignored is a bug a user finds in production.
 """
 
+# option() and section() return dataclasses.field(...): not a shared default.
+# ruff: noqa: RUF009
+
 from __future__ import annotations
 
+import dataclasses
 import enum
 import ipaddress
 import os
 import re
 import zoneinfo
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
 from gateway.errors import ConfigError
-
-T = TypeVar("T")
 
 REDACTED = "***"
 # Upper bound of images.max_pixels: Pillow's own guard in images.py is set to it.
@@ -35,7 +42,7 @@ CAMERA_ID_RE = re.compile(r"[a-z0-9_-]+")
 CAMERA_ID_MAX = 64
 NODE_ID_RE = re.compile(r"[a-zA-Z0-9_-]+")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_MISSING = object()
+_MISSING: Any = object()
 
 
 class Protocol(enum.Enum):
@@ -51,26 +58,374 @@ class OtherEvents(enum.Enum):
     SKIP = "skip"
 
 
+class SceneMode(enum.Enum):
+    SEND = "send"
+    SKIP = "skip"  # never publish the scene image on MQTT
+
+
+class OutboxSync(enum.Enum):
+    # NORMAL survives a crash or SIGKILL of the gateway (WAL); FULL also a power loss.
+    NORMAL = "normal"
+    FULL = "full"
+
+
+# --------------------------------------------------------------------------
+# Declaring an option
+
+# A converter gets the reader (to report problems), the key path and the value
+# (after ${ENV} interpolation unless the option is `raw`); it returns None when it
+# refused the value, having said why.
+Convert = Callable[["_Reader", str, Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """What the reader needs to know about one field, kept in its metadata."""
+
+    convert: Convert | None  # None: a nested section, read field by field
+    doc: str = ""
+    key: str | None = None  # the YAML key when it is not the field's name
+    required: bool = False
+    section: type | None = None  # the dataclass of a nested section
+    raw: bool = False  # the converter takes the value as written (no ${ENV})
+    off: bool = False  # null, "" or false switch it off (None) instead of defaulting
+
+
+def option(
+    default: Any = MISSING,
+    convert: Convert | None = None,
+    *,
+    doc: str = "",
+    key: str | None = None,
+    required: bool = False,
+    raw: bool = False,
+    off: bool = False,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
+    """A dataclass field that is also a config option."""
+    meta = {"option": Option(convert, doc, key, required, None, raw, off)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def section(cls: type, default: Any = _MISSING, *, doc: str = "") -> Any:
+    """A dataclass field holding a nested section (default: the section's defaults)."""
+    meta = {"option": Option(None, doc, section=cls, raw=True)}
+    return field(default=cls() if default is _MISSING else default, metadata=meta)
+
+
+def options(cls: type) -> dict[str, tuple[dataclasses.Field[Any], Option]]:
+    """YAML key → (field, option) of a config dataclass, in field order."""
+    found: dict[str, tuple[dataclasses.Field[Any], Option]] = {}
+    for item in dataclasses.fields(cls):
+        opt = item.metadata.get("option")
+        if opt is not None:
+            found[opt.key or item.name] = (item, opt)
+    return found
+
+
+def field_default(item: dataclasses.Field[Any]) -> Any:
+    """The field's default, or `MISSING` for a field without one."""
+    if item.default is not MISSING:
+        return item.default
+    if item.default_factory is not MISSING:
+        return item.default_factory()
+    return MISSING
+
+
+# -- converters ---------------------------------------------------------------
+
+
+def string(r: _Reader, path: str, value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        r.problem(path, f"expected a string, got {_show(value)}")
+        return None
+    return str(value)
+
+
+def secret(r: _Reader, path: str, value: Any) -> str | None:
+    """A password: like `string`, but a message never repeats the value."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        r.problem(path, f"expected a string, got {type(value).__name__} (value not shown)")
+        return None
+    return str(value)
+
+
+def boolean(r: _Reader, path: str, value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "1", "0"}:
+        return value.lower() in {"true", "yes", "1"}
+    r.problem(path, f"expected true or false, got {_show(value)}")
+    return None
+
+
+def integer(low: int, high: int) -> Convert:
+    def convert(r: _Reader, path: str, value: Any) -> int | None:
+        number: int | None = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]{1,20}\s*", value):
+            number = int(value)
+        if number is None or not low <= number <= high:
+            r.problem(path, f"expected an integer {low}-{high}, got {_show(value)}")
+            return None
+        return number
+
+    return convert
+
+
+def number(low: float, high: float) -> Convert:
+    def convert(r: _Reader, path: str, value: Any) -> float | None:
+        result: float | None = None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            result = float(value)
+        elif isinstance(value, str):
+            try:
+                result = float(value)
+            except ValueError:
+                result = None
+        if result is None or not low <= result <= high:
+            r.problem(path, f"expected a number {low:g}-{high:g}, got {_show(value)}")
+            return None
+        return result
+
+    return convert
+
+
+def choice(enum_type: type[enum.Enum]) -> Convert:
+    def convert(r: _Reader, path: str, value: Any) -> Any:
+        for member in enum_type:
+            if str(value).lower() == str(member.value):
+                return member
+        names = ", ".join(str(m.value) for m in enum_type)
+        r.problem(path, f"expected one of {names}, got {_show(value)}")
+        return None
+
+    return convert
+
+
+def file_path(r: _Reader, path: str, value: Any) -> Path | None:
+    text = string(r, path, value)
+    return None if text is None else Path(text)
+
+
+def optional_path(r: _Reader, path: str, value: Any) -> Path | None:
+    """A directory that an empty value leaves unset."""
+    text = string(r, path, value)
+    return Path(text) if text else None
+
+
+def readable_file(r: _Reader, path: str, value: Any) -> Path | None:
+    text = string(r, path, value)
+    if text is None:
+        return None
+    result = Path(text)
+    try:
+        with result.open("rb"):
+            pass
+    except OSError as exc:
+        r.problem(path, f"cannot read {text!r}: {exc.strerror or exc}")
+        return None
+    return result
+
+
+def listen_address(r: _Reader, path: str, value: Any) -> str | None:
+    text = string(r, path, value)
+    if text is None:
+        return None
+    _host, sep, port = text.rpartition(":")
+    # ASCII digits only: str.isdigit() is true for "²", which int() refuses.
+    if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 <= int(port) <= 65535:
+        r.problem(path, f"expected host:port (port 0-65535), got {_show(value)}")
+        return None
+    return text
+
+
+def topic_level(r: _Reader, path: str, value: Any) -> str | None:
+    text = string(r, path, value)
+    if text is None:
+        return None
+    if not text or any(ch in text for ch in "#+\0") or text.startswith("/") or text.endswith("/"):
+        r.problem(
+            path,
+            f"not a usable MQTT topic prefix: {_show(value)} "
+            "(no wildcards, no leading or trailing '/', not empty)",
+        )
+        return None
+    return text
+
+
+def ha_node_id(r: _Reader, path: str, value: Any) -> str | None:
+    text = string(r, path, value)
+    if text is not None and not NODE_ID_RE.fullmatch(text):
+        r.problem(path, f"expected [a-zA-Z0-9_-]+, got {text!r}")
+        return None
+    return text
+
+
+def camera_id(r: _Reader, path: str, value: Any) -> str | None:
+    """Said when unsafe, but kept: a bad id still finds its duplicates."""
+    text = string(r, path, value)
+    if text is not None and not CAMERA_ID_RE.fullmatch(text):
+        r.problem(path, f"expected [a-z0-9_-]+ (used in topics), got {text!r}")
+    elif text is not None and len(text) > CAMERA_ID_MAX:
+        r.problem(path, f"at most {CAMERA_ID_MAX} characters (used in topics), got {len(text)}")
+    return text
+
+
+def time_zone(r: _Reader, path: str, value: Any) -> str | None:
+    text = string(r, path, value)
+    if text is None:
+        return None
+    try:
+        zoneinfo.ZoneInfo(text)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        r.problem(path, f"unknown time zone {text!r}")
+        return None
+    return text
+
+
+def level_name(r: _Reader, path: str, value: Any) -> str | None:
+    text = string(r, path, value)
+    if text is None:
+        return None
+    if text.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        r.problem(path, f"expected DEBUG, INFO, WARNING or ERROR, got {text.upper()!r}")
+        return None
+    return text.upper()
+
+
+_MQTT_VERSIONS = {"3.1.1": 4, "311": 4, "4": 4, "5": 5, "5.0": 5}
+
+
+def mqtt_version(r: _Reader, path: str, value: Any) -> int | None:
+    text = string(r, path, value)
+    if text is None:
+        return None
+    if text not in _MQTT_VERSIONS:
+        r.problem(path, f"expected 3.1.1 or 5, got {text!r}")
+        return None
+    return _MQTT_VERSIONS[text]
+
+
+def networks(r: _Reader, path: str, value: Any) -> tuple[str, ...] | None:
+    if not isinstance(value, list):
+        r.problem(path, f"expected a list of addresses or networks, got {_show(value)}")
+        return None
+    result = []
+    for index, item in enumerate(value):
+        try:
+            result.append(str(ipaddress.ip_network(str(item), strict=False)))
+        except ValueError:
+            r.problem(f"{path}[{index}]", f"not an address or network: {_show(item)}")
+    return tuple(result)
+
+
+def plate_table(r: _Reader, path: str, value: Any) -> dict[str, tuple[str, ...]] | None:
+    if not isinstance(value, dict):
+        r.problem(path, f"expected a mapping of name: [plate, ...], got {_show(value)}")
+        return None
+    table: dict[str, tuple[str, ...]] = {}
+    for name, plates in value.items():
+        key_path = f"{path}.{name}"
+        text = string(r, key_path, name)
+        if text is None:
+            continue
+        if isinstance(plates, str | int):
+            plates = [plates]
+        if not isinstance(plates, list) or not plates:
+            r.problem(key_path, f"expected a list of plates or patterns, got {_show(plates)}")
+            continue
+        entries: list[str] = []
+        for index, plate in enumerate(plates):
+            entry = string(r, f"{key_path}[{index}]", r.interpolate(key_path, plate))
+            if entry is None:
+                continue
+            if not _plate_entry_usable(entry):
+                r.problem(
+                    f"{key_path}[{index}]",
+                    f"not a usable entry: {_show(plate)} (a plate, a pattern with * "
+                    "and ?, or list:white / list:black / list:visitor)",
+                )
+                continue
+            entries.append(entry)
+        table[text] = tuple(entries)
+    return table
+
+
+def color_names(r: _Reader, path: str, value: Any) -> dict[int, str] | None:
+    if not isinstance(value, dict):
+        r.problem(path, f"expected a mapping of code: name, got {_show(value)}")
+        return None
+    table: dict[int, str] = {}
+    code_number = integer(0, 255)
+    for code, name in value.items():
+        number_ = code_number(r, f"{path}.{code}", code)
+        text = string(r, f"{path}.{code}", name)
+        if number_ is not None and text is not None:
+            table[number_] = text
+    return table
+
+
+def camera_list(r: _Reader, path: str, value: Any) -> tuple[AnyCameraConfig, ...] | None:
+    if not isinstance(value, list):
+        r.problem(path, f"expected a list, got {_show(value)}")
+        return None
+    images = r.scope["images"]  # each camera's images: go on top of the global ones
+    result: list[AnyCameraConfig] = []
+    seen_ids: dict[str, int] = {}
+    seen_paths: dict[str, int] = {}
+    for index, item in enumerate(value):
+        camera = _camera(r, f"{path}[{index}]", item, images)
+        if camera is None:
+            continue
+        if camera.id in seen_ids:
+            r.problem(
+                f"{path}[{index}].id",
+                f"duplicate camera id {camera.id!r} (also {path}[{seen_ids[camera.id]}])",
+            )
+        seen_ids.setdefault(camera.id, index)
+        if isinstance(camera, HttpCameraConfig):
+            if camera.path in seen_paths:
+                r.problem(
+                    f"{path}[{index}].path",
+                    f"path {camera.path!r} already used by {path}[{seen_paths[camera.path]}]",
+                )
+            seen_paths.setdefault(camera.path, index)
+        result.append(camera)
+    return tuple(result)
+
+
+# --------------------------------------------------------------------------
+# The configuration
+
+
 @dataclass(frozen=True, slots=True)
 class TlsConfig:
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    insecure: bool = False
+    ca_file: Path | None = option(
+        None, readable_file, doc="CA that signed the broker's certificate"
+    )
+    cert_file: Path | None = option(None, readable_file, doc="client certificate (with key_file)")
+    key_file: Path | None = option(None, readable_file, doc="client key (with cert_file)")
+    insecure: bool = option(False, boolean, doc="skip certificate and host name checks")
 
 
 @dataclass(frozen=True, slots=True)
 class MqttConfig:
-    url: str | None = None  # None: start the embedded broker
-    username: str | None = None
-    password: str | None = None
-    client_id: str = "lpr-gateway"
-    base_topic: str = "lpr"
-    protocol_version: int = 4  # 4 = MQTT 3.1.1, 5 = MQTT 5
-    keepalive_seconds: int = 30
-    publish_window: int = 32  # QoS 1 messages in flight at once
-    embedded_port: int = 0  # 0: a free port
-    tls: TlsConfig | None = None
+    url: str | None = option(None, string, doc="mqtt:// or mqtts://; None: the embedded broker")
+    username: str | None = option(None, string)
+    password: str | None = option(None, secret)
+    client_id: str = option("lpr-gateway", string)
+    base_topic: str = option("lpr", topic_level)
+    protocol_version: int = option(
+        4, mqtt_version, key="protocol", doc="4 = MQTT 3.1.1, 5 = MQTT 5"
+    )
+    keepalive_seconds: int = option(30, integer(1, 3600))
+    publish_window: int = option(32, integer(1, 1000), doc="QoS 1 messages in flight at once")
+    embedded_port: int = option(0, integer(0, 65535), doc="0: a free port")
+    tls: TlsConfig | None = section(TlsConfig, None, doc="only with an mqtts:// url")
 
     @property
     def host(self) -> str:
@@ -90,27 +445,30 @@ class MqttConfig:
 
 @dataclass(frozen=True, slots=True)
 class HomeAssistantConfig:
-    enabled: bool = False
-    discovery_prefix: str = "homeassistant"
-    # Namespace of unique ids and discovery topics; None: derived from mqtt.client_id.
-    node_id: str | None = None
-
-
-class SceneMode(enum.Enum):
-    SEND = "send"
-    SKIP = "skip"  # never publish the scene image on MQTT
+    enabled: bool = option(False, boolean)
+    discovery_prefix: str = option("homeassistant", topic_level)
+    node_id: str | None = option(
+        None,
+        ha_node_id,
+        doc="namespace of unique ids and discovery topics; None: derived from mqtt.client_id",
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class ImagesConfig:
     """Scene image handling. Default: byte-exact, as the camera sent it."""
 
-    scene: SceneMode = SceneMode.SEND
-    quality: int | None = None  # JPEG quality 1-95 when re-encoding
-    max_width: int | None = None  # scale down (keeping the aspect ratio) when wider
-    # Refuse to decode a picture larger than this (pixels), checked from its
-    # header before decoding: a small JPEG can claim 10000x10000 and cost GBs.
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    scene: SceneMode = option(SceneMode.SEND, choice(SceneMode))
+    quality: int | None = option(None, integer(1, 95), doc="JPEG quality 1-95 when re-encoding")
+    max_width: int | None = option(
+        None, integer(16, 16384), doc="scale down (keeping the aspect ratio) when wider"
+    )
+    max_pixels: int = option(
+        DEFAULT_MAX_PIXELS,
+        integer(1, MAX_PIXELS_LIMIT),
+        doc="refuse to decode a larger picture, checked from its header before decoding: "
+        "a small JPEG can claim 10000x10000 and cost GBs",
+    )
 
     @property
     def reencode(self) -> bool:
@@ -121,18 +479,28 @@ class ImagesConfig:
 
 @dataclass(frozen=True, slots=True)
 class HttpServerConfig:
-    listen: str = "0.0.0.0:8080"
-    max_body_bytes: int = 20_000_000
-    request_timeout_seconds: float = 30.0
-    # A request whose headers are not complete this long after its first byte
-    # (or after the connection opened) is closed: slowloris protection.
-    header_timeout_seconds: float = 10.0
-    # An idle keep-alive connection is closed after this long.
-    keepalive_timeout_seconds: float = 60.0
-    max_connections: int = 512  # open connections in total; beyond it, new ones are closed
-    max_connections_per_source: int = 64  # open connections per source address
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
+    listen: str = option("0.0.0.0:8080", listen_address)
+    max_body_bytes: int = option(20_000_000, integer(1024, 1 << 31))
+    request_timeout_seconds: float = option(30.0, number(0.1, 3600))
+    header_timeout_seconds: float = option(
+        10.0,
+        number(0.1, 3600),
+        doc="a request whose headers are not complete this long after its first byte "
+        "(or after the connection opened) is closed: slowloris protection",
+    )
+    keepalive_timeout_seconds: float = option(
+        60.0, number(0.1, 3600), doc="an idle keep-alive connection is closed after this long"
+    )
+    max_connections: int = option(
+        512,
+        integer(1, 1_000_000),
+        doc="open connections in total; beyond it, new ones are closed",
+    )
+    max_connections_per_source: int = option(
+        64, integer(1, 1_000_000), doc="open connections per source address"
+    )
+    tls_cert_file: Path | None = option(None, readable_file)
+    tls_key_file: Path | None = option(None, readable_file)
 
     @property
     def host(self) -> str:
@@ -145,7 +513,9 @@ class HttpServerConfig:
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
-    listen: str | None = "0.0.0.0:9108"  # None: no metrics endpoint
+    listen: str | None = option(
+        "0.0.0.0:9108", listen_address, off=True, doc="null, empty or false: no metrics endpoint"
+    )
 
     @property
     def host(self) -> str:
@@ -156,35 +526,33 @@ class MetricsConfig:
         return split_listen(self.listen or "")[1]
 
 
-class OutboxSync(enum.Enum):
-    # NORMAL survives a crash or SIGKILL of the gateway (WAL); FULL also a power loss.
-    NORMAL = "normal"
-    FULL = "full"
-
-
 @dataclass(frozen=True, slots=True)
 class OutboxConfig:
-    path: Path = Path("./data/outbox.sqlite3")
-    max_bytes: int = 1_000_000_000
-    sync: OutboxSync = OutboxSync.NORMAL
+    path: Path = option(Path("./data/outbox.sqlite3"), file_path)
+    max_bytes: int = option(1_000_000_000, integer(1_000_000, 1 << 50))
+    sync: OutboxSync = option(OutboxSync.NORMAL, choice(OutboxSync))
 
 
 @dataclass(frozen=True, slots=True)
 class DedupConfig:
-    window_seconds: float = 10.0
-    fuzzy: bool = False  # plates within edit distance 1 count as the same vehicle
+    window_seconds: float = option(10.0, number(0, 86400))
+    fuzzy: bool = option(
+        False, boolean, doc="plates within edit distance 1 count as the same vehicle"
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class CameraConfig:
     """Fields every camera has; the protocol subclasses add their own."""
 
-    id: str
-    protocol: Protocol
-    name: str
-    timezone: str = "UTC"
-    other_events: OtherEvents = OtherEvents.FORWARD
-    images: ImagesConfig = ImagesConfig()  # the effective options (global merged in)
+    id: str = option(convert=camera_id, required=True, doc="[a-z0-9_-], 1-64; used in topics")
+    protocol: Protocol = option(convert=choice(Protocol), required=True)
+    name: str = option(convert=string, doc="display name; default: the id")
+    timezone: str = option("UTC", time_zone)
+    other_events: OtherEvents = option(OtherEvents.FORWARD, choice(OtherEvents))
+    images: ImagesConfig = section(
+        ImagesConfig, doc="the effective options: these keys over the global images"
+    )
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
@@ -193,56 +561,76 @@ class CameraConfig:
 
 @dataclass(frozen=True, slots=True)
 class TcpCameraConfig(CameraConfig):
-    host: str = ""
-    port: int = 5000
-    username: str = "admin"
-    password: str = ""
-    connect_timeout_seconds: float = 5.0
-    # The protocol has no keep-alive: silence this long means a dead session.
-    idle_timeout_seconds: float = 300.0
-    capture_dir: Path | None = None
+    host: str = option("", string, required=True)
+    port: int = option(5000, integer(1, 65535))
+    username: str = option("admin", string)
+    password: str = option("", secret)
+    connect_timeout_seconds: float = option(5.0, number(0.1, 86400))
+    idle_timeout_seconds: float = option(
+        300.0,
+        number(0.1, 86400),
+        doc="the protocol has no keep-alive: silence this long means a dead session",
+    )
+    capture_dir: Path | None = option(None, optional_path)
 
 
 @dataclass(frozen=True, slots=True)
 class HttpCameraConfig(CameraConfig):
-    path: str = ""
-    username: str | None = None
-    password: str | None = None
-    allowed_sources: tuple[str, ...] = ()  # addresses or networks; empty = any
-    swap_direction: bool = False  # camera mounted facing the other way
+    path: str = option("", string, doc="the URL path the camera posts to; default /lpr/<id>")
+    username: str | None = option(None, string)
+    password: str | None = option(None, secret)
+    allowed_sources: tuple[str, ...] = option(
+        (), networks, raw=True, doc="addresses or networks; empty = any"
+    )
+    swap_direction: bool = option(False, boolean, doc="camera mounted facing the other way")
 
 
 @dataclass(frozen=True, slots=True)
 class RtspCameraConfig(CameraConfig):
-    url: str = ""
-    username: str | None = None
-    password: str | None = None
-    http_port: int = 80
-    connect_timeout_seconds: float = 5.0
-    idle_timeout_seconds: float = 120.0
-    image_timeout_seconds: float = 3.0
+    url: str = option("", string, required=True)
+    username: str | None = option(None, string)
+    password: str | None = option(None, secret)
+    http_port: int = option(80, integer(1, 65535))
+    connect_timeout_seconds: float = option(5.0, number(0.1, 86400))
+    idle_timeout_seconds: float = option(120.0, number(0.1, 86400))
+    image_timeout_seconds: float = option(3.0, number(0.1, 86400))
 
 
 AnyCameraConfig = TcpCameraConfig | HttpCameraConfig | RtspCameraConfig
+CAMERA_CLASSES: dict[Protocol, type[AnyCameraConfig]] = {
+    Protocol.TCP: TcpCameraConfig,
+    Protocol.HTTP: HttpCameraConfig,
+    Protocol.RTSP: RtspCameraConfig,
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    mqtt: MqttConfig = MqttConfig()
-    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
-    http: HttpServerConfig = HttpServerConfig()
-    metrics: MetricsConfig = MetricsConfig()
-    outbox: OutboxConfig = OutboxConfig()
-    dedup: DedupConfig = DedupConfig()
-    images: ImagesConfig = ImagesConfig()
-    # name → plates or fnmatch patterns (`*`, `?`), as written (normalized when matched)
-    known_plates: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    known_plates_tolerance: int = 1  # edit distance for a fuzzy match; 0 = exact only
-    # TCP colour codes → names. The vendor's table is "stand by": this default is
-    # provisional; the raw code is always published beside the name.
-    color_table: Mapping[int, str] = field(default_factory=dict)
-    log_level: str = "INFO"
-    cameras: tuple[AnyCameraConfig, ...] = ()
+    mqtt: MqttConfig = section(MqttConfig)
+    homeassistant: HomeAssistantConfig = section(HomeAssistantConfig)
+    http: HttpServerConfig = section(HttpServerConfig)
+    metrics: MetricsConfig = section(MetricsConfig)
+    outbox: OutboxConfig = section(OutboxConfig)
+    dedup: DedupConfig = section(DedupConfig)
+    images: ImagesConfig = section(ImagesConfig)
+    known_plates: Mapping[str, tuple[str, ...]] = option(
+        convert=plate_table,
+        raw=True,
+        factory=dict,
+        doc="name → plates or fnmatch patterns (`*`, `?`), as written (normalized when matched)",
+    )
+    known_plates_tolerance: int = option(
+        1, integer(0, 3), doc="edit distance for a fuzzy match; 0 = exact only"
+    )
+    # The vendor's table is "stand by": the built-in one is provisional.
+    color_table: Mapping[int, str] = option(
+        convert=color_names,
+        raw=True,
+        factory=dict,
+        doc="TCP colour codes → names; the raw code is always published beside the name",
+    )
+    log_level: str = option("INFO", level_name)
+    cameras: tuple[AnyCameraConfig, ...] = option((), camera_list, raw=True)
 
     def cameras_of(self, protocol: Protocol) -> list[AnyCameraConfig]:
         return [c for c in self.cameras if c.protocol is protocol]
@@ -274,11 +662,24 @@ def parse_config(text: str, environ: Mapping[str, str], origin: str = "<config>"
     if document is None:
         document = {}
     reader = _Reader(environ)
-    config = reader.config(document)
+    config = reader.section(Config, "", document, Config())
     if reader.problems:
         raise ConfigError(reader.problems)
-    assert config is not None
+    assert isinstance(config, Config)
     return config
+
+
+@dataclass(slots=True)
+class _Read:
+    """One section as read: its values by field name, before the cross-field checks."""
+
+    path: str
+    raw: Mapping[str, Any]  # as written in the document
+    values: dict[str, Any]  # converted, or the default
+    given: set[str]  # fields whose value came from the document
+
+    def key_path(self, key: str) -> str:
+        return _join(self.path, key)
 
 
 class _Reader:
@@ -291,12 +692,16 @@ class _Reader:
         # unset or empty there, to name the likely culprit in a later problem.
         self.empty_from_env: dict[str, list[str]] = {}
         self._reported: set[str] = set()  # key paths with a problem already
+        self._scopes: list[dict[str, Any]] = []
+
+    @property
+    def scope(self) -> dict[str, Any]:
+        """The values read so far in the section being read."""
+        return self._scopes[-1]
 
     def problem(self, path: str, message: str) -> None:
         self.problems.append(f"{path}: {message}")
         self._reported.add(path)
-
-    # -- scalars -----------------------------------------------------------
 
     def interpolate(self, path: str, value: Any) -> Any:
         if not isinstance(value, str) or "${" not in value:
@@ -321,29 +726,6 @@ class _Reader:
             self.empty_from_env[path] = empty
         return result
 
-    def secret(self, path: str, value: Any) -> str | None:
-        """A password: like `string`, but a message never repeats the value."""
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            self.problem(path, f"expected a string, got {type(value).__name__} (value not shown)")
-            return None
-        return str(value)
-
-    def require_password(
-        self, username_path: str, username: str | None, password_path: str, password: str | None
-    ) -> None:
-        """A login with an empty password is almost always an unset variable, and
-        for the HTTP intake it means `Basic user:` is accepted: refuse it."""
-        if not username or password:
-            return
-        if password_path in self._reported:
-            return  # already said (e.g. "environment variable X is not set")
-        if password is None:
-            self.problem(password_path, f"missing while {_leaf(username_path)} is set")
-            return
-        names = self.empty_from_env.get(password_path)
-        hint = f" (is {' / '.join(names)} set?)" if names else ""
-        self.problem(password_path, f"empty while {_leaf(username_path)} is set{hint}")
-
     def mapping(self, path: str, value: Any, allowed: set[str]) -> dict[str, Any]:
         if value is None:
             return {}
@@ -357,176 +739,70 @@ class _Reader:
                 self.problem(_join(path, str(key)), f"unknown key{suffix}")
         return value
 
-    def get(
+    def section(self, cls: type, path: str, value: Any, base: Any) -> Any:
+        """`cls` read from `value`, its defaults taken from `base`, checked as a whole."""
+        raw = self.mapping(path, value, set(options(cls)))
+        defaults = {item.name: getattr(base, item.name) for item in dataclasses.fields(cls)}
+        read = self.read(cls, path, raw, defaults)
+        return _CHECKS.get(cls, _build)(self, cls, read)
+
+    def read(
         self,
-        section: Mapping[str, Any],
+        cls: type,
         path: str,
-        key: str,
-        convert: Callable[[str, Any], T | None],
-        default: T,
-    ) -> T:
-        raw = section.get(key, _MISSING)
-        if raw is _MISSING or raw is None:
-            return default
-        key_path = _join(path, key)
-        converted = convert(key_path, self.interpolate(key_path, raw))
-        return default if converted is None else converted
-
-    def required(
-        self,
-        section: Mapping[str, Any],
-        path: str,
-        key: str,
-        convert: Callable[[str, Any], T | None],
-    ) -> T | None:
-        if section.get(key) is None:
-            self.problem(_join(path, key), "is required")
-            return None
-        key_path = _join(path, key)
-        return convert(key_path, self.interpolate(key_path, section[key]))
-
-    def string(self, path: str, value: Any) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            self.problem(path, f"expected a string, got {_show(value)}")
-            return None
-        return str(value)
-
-    def boolean(self, path: str, value: Any) -> bool | None:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "1", "0"}:
-            return value.lower() in {"true", "yes", "1"}
-        self.problem(path, f"expected true or false, got {_show(value)}")
-        return None
-
-    def integer(self, low: int, high: int) -> Callable[[str, Any], int | None]:
-        def convert(path: str, value: Any) -> int | None:
-            number: int | None = None
-            if isinstance(value, int) and not isinstance(value, bool):
-                number = value
-            elif isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]{1,20}\s*", value):
-                number = int(value)
-            if number is None or not low <= number <= high:
-                self.problem(path, f"expected an integer {low}-{high}, got {_show(value)}")
-                return None
-            return number
-
-        return convert
-
-    def number(self, low: float, high: float) -> Callable[[str, Any], float | None]:
-        def convert(path: str, value: Any) -> float | None:
-            number: float | None = None
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                number = float(value)
-            elif isinstance(value, str):
-                try:
-                    number = float(value)
-                except ValueError:
-                    number = None
-            if number is None or not low <= number <= high:
-                self.problem(path, f"expected a number {low:g}-{high:g}, got {_show(value)}")
-                return None
-            return number
-
-        return convert
-
-    def choice(self, enum_type: type[Any]) -> Callable[[str, Any], Any]:
-        def convert(path: str, value: Any) -> Any:
-            for member in enum_type:
-                if str(value).lower() == str(member.value):
-                    return member
-            names = ", ".join(str(m.value) for m in enum_type)
-            self.problem(path, f"expected one of {names}, got {_show(value)}")
-            return None
-
-        return convert
-
-    def readable_file(self, path: str, value: Any) -> Path | None:
-        text = self.string(path, value)
-        if text is None:
-            return None
-        file_path = Path(text)
+        raw: Mapping[str, Any],
+        defaults: Mapping[str, Any],
+        preset: Mapping[str, Any] | None = None,
+        only: Collection[str] | None = None,
+    ) -> _Read:
+        """The options of `cls` (those in `only`, but not those in `preset`) from `raw`."""
+        read = _Read(path, raw, dict(preset or {}), set())
+        self._scopes.append(read.values)
         try:
-            with file_path.open("rb"):
-                pass
-        except OSError as exc:
-            self.problem(path, f"cannot read {text!r}: {exc.strerror or exc}")
-            return None
-        return file_path
+            for key, (item, opt) in options(cls).items():
+                if item.name in read.values or (only is not None and item.name not in only):
+                    continue
+                default = defaults.get(item.name, field_default(item))
+                result = self.option(read.key_path(key), raw.get(key, _MISSING), opt, default)
+                if result is not _MISSING:
+                    read.values[item.name] = result
+                    read.given.add(item.name)
+                elif default is not MISSING:
+                    read.values[item.name] = default
+        finally:
+            self._scopes.pop()
+        return read
 
-    def listen(self, path: str, value: Any) -> str | None:
-        text = self.string(path, value)
-        if text is None:
+    def option(self, path: str, value: Any, opt: Option, default: Any) -> Any:
+        """The value read for one option, or _MISSING to take its default."""
+        if opt.off and value is not _MISSING and value in (None, "", False):
             return None
-        _host, sep, port = text.rpartition(":")
-        # ASCII digits only: str.isdigit() is true for "²", which int() refuses.
-        if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 <= int(port) <= 65535:
-            self.problem(path, f"expected host:port (port 0-65535), got {_show(value)}")
-            return None
-        return text
+        if value is _MISSING or value is None:
+            if opt.required:
+                self.problem(path, "is required")
+            return _MISSING
+        if opt.section is not None:
+            return self.section(opt.section, path, value, default or opt.section())
+        assert opt.convert is not None
+        converted = opt.convert(self, path, value if opt.raw else self.interpolate(path, value))
+        return _MISSING if converted is None else converted
 
-    def topic_level(self, path: str, value: Any) -> str | None:
-        text = self.string(path, value)
-        if text is None:
-            return None
-        if (
-            not text
-            or any(ch in text for ch in "#+\0")
-            or text.startswith("/")
-            or text.endswith("/")
-        ):
-            self.problem(
-                path,
-                f"not a usable MQTT topic prefix: {_show(value)} "
-                "(no wildcards, no leading or trailing '/', not empty)",
-            )
-            return None
-        return text
-
-    # -- sections ----------------------------------------------------------
-
-    def config(self, document: Any) -> Config | None:
-        top = self.mapping(
-            "",
-            document,
-            {
-                "mqtt",
-                "homeassistant",
-                "http",
-                "metrics",
-                "outbox",
-                "dedup",
-                "images",
-                "known_plates",
-                "known_plates_tolerance",
-                "color_table",
-                "log_level",
-                "cameras",
-            },
-        )
-        log_level = self.get(top, "", "log_level", self.string, "INFO").upper()
-        if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            self.problem("log_level", f"expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
-        images = self.images("images", top.get("images"), ImagesConfig())
-        cameras = self.cameras(top.get("cameras"), images)
-        if any(c.images.reencode for c in cameras) or images.reencode:
-            self.need_pillow("images" if images.reencode else "cameras[].images")
-        return Config(
-            mqtt=self.mqtt(top.get("mqtt")),
-            homeassistant=self.homeassistant(top.get("homeassistant")),
-            http=self.http(top.get("http")),
-            metrics=self.metrics(top.get("metrics")),
-            outbox=self.outbox(top.get("outbox")),
-            dedup=self.dedup(top.get("dedup")),
-            images=images,
-            known_plates=self.known_plates(top.get("known_plates")),
-            known_plates_tolerance=self.get(
-                top, "", "known_plates_tolerance", self.integer(0, 3), 1
-            ),
-            color_table=self.color_table(top.get("color_table")),
-            log_level=log_level,
-            cameras=cameras,
-        )
+    def require_password(self, read: _Read, username_key: str, password_key: str) -> None:
+        """A login with an empty password is almost always an unset variable, and
+        for the HTTP intake it means `Basic user:` is accepted: refuse it."""
+        username = read.values[username_key] if username_key in read.given else None
+        password = read.values[password_key] if password_key in read.given else None
+        password_path = read.key_path(password_key)
+        if not username or password:
+            return
+        if password_path in self._reported:
+            return  # already said (e.g. "environment variable X is not set")
+        if password is None:
+            self.problem(password_path, f"missing while {username_key} is set")
+            return
+        names = self.empty_from_env.get(password_path)
+        hint = f" (is {' / '.join(names)} set?)" if names else ""
+        self.problem(password_path, f"empty while {username_key} is set{hint}")
 
     def need_pillow(self, path: str) -> None:
         try:
@@ -538,384 +814,131 @@ class _Reader:
                 "not installed: pip install 'lpr-gateway[images]' (or remove the option)",
             )
 
-    def images(self, p: str, value: Any, base: ImagesConfig) -> ImagesConfig:
-        """`images:` globally, or per camera on top of the global one."""
-        section = self.mapping(p, value, {"scene", "quality", "max_width", "max_pixels"})
-        return ImagesConfig(
-            scene=self.get(section, p, "scene", self.choice(SceneMode), base.scene),
-            quality=self.get(section, p, "quality", self.integer(1, 95), base.quality),
-            max_width=self.get(section, p, "max_width", self.integer(16, 16384), base.max_width),
-            max_pixels=self.get(
-                section, p, "max_pixels", self.integer(1, MAX_PIXELS_LIMIT), base.max_pixels
-            ),
-        )
 
-    def known_plates(self, value: Any) -> dict[str, tuple[str, ...]]:
-        p = "known_plates"
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.problem(p, f"expected a mapping of name: [plate, ...], got {_show(value)}")
-            return {}
-        table: dict[str, tuple[str, ...]] = {}
-        for name, plates in value.items():
-            key_path = f"{p}.{name}"
-            text = self.string(key_path, name)
-            if text is None:
-                continue
-            if isinstance(plates, str | int):
-                plates = [plates]
-            if not isinstance(plates, list) or not plates:
-                self.problem(
-                    key_path, f"expected a list of plates or patterns, got {_show(plates)}"
-                )
-                continue
-            entries: list[str] = []
-            for index, plate in enumerate(plates):
-                entry = self.string(f"{key_path}[{index}]", self.interpolate(key_path, plate))
-                if entry is None:
-                    continue
-                if not _plate_entry_usable(entry):
-                    self.problem(
-                        f"{key_path}[{index}]",
-                        f"not a usable entry: {_show(plate)} (a plate, a pattern with * "
-                        "and ?, or list:white / list:black / list:visitor)",
-                    )
-                    continue
-                entries.append(entry)
-            table[text] = tuple(entries)
-        return table
+# -- checks across fields, after the generic read --------------------------------
 
-    def mqtt(self, value: Any) -> MqttConfig:
-        p = "mqtt"
-        section = self.mapping(
-            p,
-            value,
-            {
-                "url",
-                "username",
-                "password",
-                "client_id",
-                "base_topic",
-                "protocol",
-                "keepalive_seconds",
-                "publish_window",
-                "embedded_port",
-                "tls",
-            },
-        )
-        url = self.get(section, p, "url", self.string, None)
-        if url is not None:
-            parts = urlsplit(url)
-            shown = redact_url(url)
-            if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
-                self.problem(
-                    f"{p}.url", f"expected mqtt://host[:port] or mqtts://..., got {shown!r}"
-                )
-            else:
-                try:
-                    _ = parts.port
-                except ValueError:
-                    self.problem(f"{p}.url", f"bad port in {shown!r}")
-        protocol = self.get(section, p, "protocol", self.string, "3.1.1")
-        versions = {"3.1.1": 4, "311": 4, "4": 4, "5": 5, "5.0": 5}
-        if protocol not in versions:
-            self.problem(f"{p}.protocol", f"expected 3.1.1 or 5, got {protocol!r}")
-        tls = self.tls(_join(p, "tls"), section.get("tls"))
-        secure = url is not None and url.startswith("mqtts://")
-        if tls is not None and not secure:
-            # paho only sets TLS up for mqtts://: the block would be ignored and
-            # the login would go over the network in clear.
-            self.problem(
-                f"{p}.tls",
-                "has no effect without TLS: mqtt.url is "
-                f"{_show(redact_url(url)) if url else 'absent (the embedded broker)'}; "
-                "use mqtts://host[:port] (or remove the tls block)",
+
+def _build(r: _Reader, cls: type, read: _Read) -> Any:
+    return cls(**read.values)
+
+
+def _check_config(r: _Reader, cls: type, read: _Read) -> Config:
+    config = Config(**read.values)
+    if any(c.images.reencode for c in config.cameras) or config.images.reencode:
+        r.need_pillow("images" if config.images.reencode else "cameras[].images")
+    return config
+
+
+def _check_mqtt(r: _Reader, cls: type, read: _Read) -> MqttConfig:
+    url = read.values["url"]
+    if url is not None:
+        parts = urlsplit(url)
+        shown = redact_url(url)
+        if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
+            r.problem(
+                read.key_path("url"), f"expected mqtt://host[:port] or mqtts://..., got {shown!r}"
             )
-        if secure and tls is None:
-            tls = TlsConfig()
-        username = self.get(section, p, "username", self.string, None)
-        password = self.get(section, p, "password", self.secret, None)
-        self.require_password(f"{p}.username", username, f"{p}.password", password)
-        return MqttConfig(
-            url=url,
-            username=username,
-            password=password,
-            client_id=self.get(section, p, "client_id", self.string, "lpr-gateway"),
-            base_topic=self.get(section, p, "base_topic", self.topic_level, "lpr"),
-            protocol_version=versions.get(protocol, 4),
-            keepalive_seconds=self.get(section, p, "keepalive_seconds", self.integer(1, 3600), 30),
-            publish_window=self.get(section, p, "publish_window", self.integer(1, 1000), 32),
-            embedded_port=self.get(section, p, "embedded_port", self.integer(0, 65535), 0),
-            tls=tls,
-        )
-
-    def tls(self, p: str, value: Any) -> TlsConfig | None:
-        if value is None:
-            return None
-        section = self.mapping(p, value, {"ca_file", "cert_file", "key_file", "insecure"})
-        config = TlsConfig(
-            ca_file=self.get(section, p, "ca_file", self.readable_file, None),
-            cert_file=self.get(section, p, "cert_file", self.readable_file, None),
-            key_file=self.get(section, p, "key_file", self.readable_file, None),
-            insecure=self.get(section, p, "insecure", self.boolean, False),
-        )
-        if ("cert_file" in section) != ("key_file" in section):
-            self.problem(p, "cert_file and key_file go together")
-        return config
-
-    def homeassistant(self, value: Any) -> HomeAssistantConfig:
-        p = "homeassistant"
-        section = self.mapping(p, value, {"enabled", "discovery_prefix", "node_id"})
-        node_id = self.get(section, p, "node_id", self.string, None)
-        if node_id is not None and not NODE_ID_RE.fullmatch(node_id):
-            self.problem(f"{p}.node_id", f"expected [a-zA-Z0-9_-]+, got {node_id!r}")
-        return HomeAssistantConfig(
-            enabled=self.get(section, p, "enabled", self.boolean, False),
-            discovery_prefix=self.get(
-                section, p, "discovery_prefix", self.topic_level, "homeassistant"
-            ),
-            node_id=node_id,
-        )
-
-    def http(self, value: Any) -> HttpServerConfig:
-        p = "http"
-        section = self.mapping(
-            p,
-            value,
-            {
-                "listen",
-                "max_body_bytes",
-                "request_timeout_seconds",
-                "header_timeout_seconds",
-                "keepalive_timeout_seconds",
-                "max_connections",
-                "max_connections_per_source",
-                "tls_cert_file",
-                "tls_key_file",
-            },
-        )
-        config = HttpServerConfig(
-            listen=self.get(section, p, "listen", self.listen, "0.0.0.0:8080"),
-            max_body_bytes=self.get(
-                section, p, "max_body_bytes", self.integer(1024, 1 << 31), 20_000_000
-            ),
-            request_timeout_seconds=self.get(
-                section, p, "request_timeout_seconds", self.number(0.1, 3600), 30.0
-            ),
-            header_timeout_seconds=self.get(
-                section, p, "header_timeout_seconds", self.number(0.1, 3600), 10.0
-            ),
-            keepalive_timeout_seconds=self.get(
-                section, p, "keepalive_timeout_seconds", self.number(0.1, 3600), 60.0
-            ),
-            max_connections=self.get(
-                section, p, "max_connections", self.integer(1, 1_000_000), 512
-            ),
-            max_connections_per_source=self.get(
-                section, p, "max_connections_per_source", self.integer(1, 1_000_000), 64
-            ),
-            tls_cert_file=self.get(section, p, "tls_cert_file", self.readable_file, None),
-            tls_key_file=self.get(section, p, "tls_key_file", self.readable_file, None),
-        )
-        if ("tls_cert_file" in section) != ("tls_key_file" in section):
-            self.problem(p, "tls_cert_file and tls_key_file go together")
-        return config
-
-    def metrics(self, value: Any) -> MetricsConfig:
-        p = "metrics"
-        section = self.mapping(p, value, {"listen"})
-        if "listen" in section and section["listen"] in (None, "", False):
-            return MetricsConfig(listen=None)
-        return MetricsConfig(listen=self.get(section, p, "listen", self.listen, "0.0.0.0:9108"))
-
-    def outbox(self, value: Any) -> OutboxConfig:
-        p = "outbox"
-        section = self.mapping(p, value, {"path", "max_bytes", "sync"})
-        path = Path(self.get(section, p, "path", self.string, "./data/outbox.sqlite3"))
-        return OutboxConfig(
-            path=path,
-            max_bytes=self.get(
-                section, p, "max_bytes", self.integer(1_000_000, 1 << 50), 1_000_000_000
-            ),
-            sync=self.get(section, p, "sync", self.choice(OutboxSync), OutboxSync.NORMAL),
-        )
-
-    def dedup(self, value: Any) -> DedupConfig:
-        p = "dedup"
-        section = self.mapping(p, value, {"window_seconds", "fuzzy"})
-        return DedupConfig(
-            window_seconds=self.get(section, p, "window_seconds", self.number(0, 86400), 10.0),
-            fuzzy=self.get(section, p, "fuzzy", self.boolean, False),
-        )
-
-    def color_table(self, value: Any) -> dict[int, str]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.problem("color_table", f"expected a mapping of code: name, got {_show(value)}")
-            return {}
-        table: dict[int, str] = {}
-        for code, name in value.items():
-            number = self.integer(0, 255)(f"color_table.{code}", code)
-            text = self.string(f"color_table.{code}", name)
-            if number is not None and text is not None:
-                table[number] = text
-        return table
-
-    def cameras(self, value: Any, images: ImagesConfig) -> tuple[AnyCameraConfig, ...]:
-        if value is None:
-            return ()
-        if not isinstance(value, list):
-            self.problem("cameras", f"expected a list, got {_show(value)}")
-            return ()
-        cameras: list[AnyCameraConfig] = []
-        seen_ids: dict[str, int] = {}
-        seen_paths: dict[str, int] = {}
-        for index, item in enumerate(value):
-            camera = self.camera(f"cameras[{index}]", item, images)
-            if camera is None:
-                continue
-            if camera.id in seen_ids:
-                self.problem(
-                    f"cameras[{index}].id",
-                    f"duplicate camera id {camera.id!r} (also cameras[{seen_ids[camera.id]}])",
-                )
-            seen_ids.setdefault(camera.id, index)
-            if isinstance(camera, HttpCameraConfig):
-                if camera.path in seen_paths:
-                    self.problem(
-                        f"cameras[{index}].path",
-                        f"path {camera.path!r} already used by cameras[{seen_paths[camera.path]}]",
-                    )
-                seen_paths.setdefault(camera.path, index)
-            cameras.append(camera)
-        return tuple(cameras)
-
-    _COMMON: ClassVar[set[str]] = {"id", "name", "protocol", "timezone", "other_events", "images"}
-    _BY_PROTOCOL: ClassVar[dict[Protocol, set[str]]] = {
-        Protocol.TCP: {
-            "host",
-            "port",
-            "username",
-            "password",
-            "connect_timeout_seconds",
-            "idle_timeout_seconds",
-            "capture_dir",
-        },
-        Protocol.HTTP: {"path", "username", "password", "allowed_sources", "swap_direction"},
-        Protocol.RTSP: {
-            "url",
-            "username",
-            "password",
-            "http_port",
-            "connect_timeout_seconds",
-            "idle_timeout_seconds",
-            "image_timeout_seconds",
-        },
-    }
-
-    def camera(self, p: str, value: Any, images: ImagesConfig) -> AnyCameraConfig | None:
-        if not isinstance(value, dict):
-            self.problem(p, f"expected a mapping, got {_show(value)}")
-            return None
-        protocol = self.required(value, p, "protocol", self.choice(Protocol))
-        allowed = self._COMMON | (self._BY_PROTOCOL[protocol] if protocol else set())
-        section = self.mapping(p, value, allowed)
-        camera_id = self.required(section, p, "id", self.string)
-        if camera_id is not None and not CAMERA_ID_RE.fullmatch(camera_id):
-            self.problem(f"{p}.id", f"expected [a-z0-9_-]+ (used in topics), got {camera_id!r}")
-        elif camera_id is not None and len(camera_id) > CAMERA_ID_MAX:
-            self.problem(
-                f"{p}.id",
-                f"at most {CAMERA_ID_MAX} characters (used in topics), got {len(camera_id)}",
-            )
-        timezone = self.get(section, p, "timezone", self.string, "UTC")
-        try:
-            zoneinfo.ZoneInfo(timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            self.problem(f"{p}.timezone", f"unknown time zone {timezone!r}")
-        if protocol is None or camera_id is None:
-            return None
-        common: dict[str, Any] = {
-            "id": camera_id,
-            "protocol": protocol,
-            "name": self.get(section, p, "name", self.string, camera_id),
-            "timezone": timezone,
-            "other_events": self.get(
-                section, p, "other_events", self.choice(OtherEvents), OtherEvents.FORWARD
-            ),
-            "images": self.images(f"{p}.images", section.get("images"), images),
-        }
-        port = self.integer(1, 65535)
-        timeout = self.number(0.1, 86400)
-        username = self.get(section, p, "username", self.string, None)
-        password = self.get(section, p, "password", self.secret, None)
-        self.require_password(f"{p}.username", username, f"{p}.password", password)
-        if protocol is Protocol.TCP:
-            return TcpCameraConfig(
-                **common,
-                host=self.required(section, p, "host", self.string) or "",
-                port=self.get(section, p, "port", port, 5000),
-                username="admin" if username is None else username,
-                password=password or "",
-                connect_timeout_seconds=self.get(
-                    section, p, "connect_timeout_seconds", timeout, 5.0
-                ),
-                idle_timeout_seconds=self.get(section, p, "idle_timeout_seconds", timeout, 300.0),
-                capture_dir=_opt_path(self.get(section, p, "capture_dir", self.string, None)),
-            )
-        if protocol is Protocol.HTTP:
-            path = self.get(section, p, "path", self.string, f"/lpr/{camera_id}")
-            if not path.startswith("/"):
-                self.problem(f"{p}.path", f"expected a URL path starting with '/', got {path!r}")
-            return HttpCameraConfig(
-                **common,
-                path=path,
-                username=username,
-                password=password,
-                allowed_sources=self.sources(
-                    f"{p}.allowed_sources", section.get("allowed_sources")
-                ),
-                swap_direction=self.get(section, p, "swap_direction", self.boolean, False),
-            )
-        url = self.required(section, p, "url", self.string) or ""
-        if url and (urlsplit(url).scheme != "rtsp" or not urlsplit(url).hostname):
-            self.problem(f"{p}.url", f"expected rtsp://host[:port]/path, got {redact_url(url)!r}")
-        elif url and username is None:
-            # Credentials in the URL are used when username is absent: the same rule,
-            # read the way the RTSP adapter reads them (urlsplit).
-            url_user, url_password = urlsplit(url).username, urlsplit(url).password
-            if url_user and not url_password:
-                self.problem(
-                    f"{p}.url",
-                    f"has user {url_user!r} but no password: set password "
-                    "(and username) instead of credentials in the URL",
-                )
-        return RtspCameraConfig(
-            **common,
-            url=url,
-            username=username,
-            password=password,
-            http_port=self.get(section, p, "http_port", port, 80),
-            connect_timeout_seconds=self.get(section, p, "connect_timeout_seconds", timeout, 5.0),
-            idle_timeout_seconds=self.get(section, p, "idle_timeout_seconds", timeout, 120.0),
-            image_timeout_seconds=self.get(section, p, "image_timeout_seconds", timeout, 3.0),
-        )
-
-    def sources(self, p: str, value: Any) -> tuple[str, ...]:
-        if value is None:
-            return ()
-        if not isinstance(value, list):
-            self.problem(p, f"expected a list of addresses or networks, got {_show(value)}")
-            return ()
-        result = []
-        for index, item in enumerate(value):
+        else:
             try:
-                result.append(str(ipaddress.ip_network(str(item), strict=False)))
+                _ = parts.port
             except ValueError:
-                self.problem(f"{p}[{index}]", f"not an address or network: {_show(item)}")
-        return tuple(result)
+                r.problem(read.key_path("url"), f"bad port in {shown!r}")
+    secure = url is not None and url.startswith("mqtts://")
+    if read.values["tls"] is not None and not secure:
+        # paho only sets TLS up for mqtts://: the block would be ignored and
+        # the login would go over the network in clear.
+        r.problem(
+            read.key_path("tls"),
+            "has no effect without TLS: mqtt.url is "
+            f"{_show(redact_url(url)) if url else 'absent (the embedded broker)'}; "
+            "use mqtts://host[:port] (or remove the tls block)",
+        )
+    if secure and read.values["tls"] is None:
+        read.values["tls"] = TlsConfig()
+    r.require_password(read, "username", "password")
+    return MqttConfig(**read.values)
+
+
+def _together(r: _Reader, read: _Read, first: str, second: str) -> None:
+    if (first in read.raw) != (second in read.raw):
+        r.problem(read.path, f"{first} and {second} go together")
+
+
+def _check_tls(r: _Reader, cls: type, read: _Read) -> TlsConfig:
+    _together(r, read, "cert_file", "key_file")
+    return TlsConfig(**read.values)
+
+
+def _check_http(r: _Reader, cls: type, read: _Read) -> HttpServerConfig:
+    _together(r, read, "tls_cert_file", "tls_key_file")
+    return HttpServerConfig(**read.values)
+
+
+def _camera(r: _Reader, path: str, value: Any, images: ImagesConfig) -> AnyCameraConfig | None:
+    if not isinstance(value, dict):
+        r.problem(path, f"expected a mapping, got {_show(value)}")
+        return None
+    # The protocol says which options the camera has: read it first.
+    protocol_field, protocol_option = options(CameraConfig)["protocol"]
+    protocol = r.option(
+        _join(path, "protocol"), value.get("protocol", _MISSING), protocol_option, MISSING
+    )
+    protocol = None if protocol is _MISSING else protocol
+    cls = CAMERA_CLASSES[protocol] if protocol is not None else CameraConfig
+    raw = r.mapping(path, value, set(options(cls)))
+    defaults = {"images": images}
+    # Without a usable protocol and id, only these two are read (and reported).
+    identity = r.read(cls, path, raw, defaults, {protocol_field.name: protocol}, ("id", "timezone"))
+    given_id = identity.values.get("id")
+    if protocol is None or given_id is None:
+        return None
+    read = r.read(cls, path, raw, defaults, identity.values)
+    read.given |= identity.given
+    read.values.setdefault("name", given_id)
+    r.require_password(read, "username", "password")
+    camera: AnyCameraConfig = _CAMERA_CHECKS[protocol](r, read)
+    return camera
+
+
+def _check_http_camera(r: _Reader, read: _Read) -> HttpCameraConfig:
+    if "path" not in read.given:
+        read.values["path"] = f"/lpr/{read.values['id']}"
+    url_path = read.values["path"]
+    if not url_path.startswith("/"):
+        r.problem(read.key_path("path"), f"expected a URL path starting with '/', got {url_path!r}")
+    return HttpCameraConfig(**read.values)
+
+
+def _check_rtsp_camera(r: _Reader, read: _Read) -> RtspCameraConfig:
+    url = read.values["url"]
+    if url and (urlsplit(url).scheme != "rtsp" or not urlsplit(url).hostname):
+        r.problem(
+            read.key_path("url"), f"expected rtsp://host[:port]/path, got {redact_url(url)!r}"
+        )
+    elif url and "username" not in read.given:
+        # Credentials in the URL are used when username is absent: the same rule,
+        # read the way the RTSP adapter reads them (urlsplit).
+        url_user, url_password = urlsplit(url).username, urlsplit(url).password
+        if url_user and not url_password:
+            r.problem(
+                read.key_path("url"),
+                f"has user {url_user!r} but no password: set password "
+                "(and username) instead of credentials in the URL",
+            )
+    return RtspCameraConfig(**read.values)
+
+
+_CHECKS: dict[type, Callable[[_Reader, type, _Read], Any]] = {
+    Config: _check_config,
+    MqttConfig: _check_mqtt,
+    TlsConfig: _check_tls,
+    HttpServerConfig: _check_http,
+}
+_CAMERA_CHECKS: dict[Protocol, Callable[[_Reader, _Read], AnyCameraConfig]] = {
+    Protocol.TCP: lambda r, read: TcpCameraConfig(**read.values),
+    Protocol.HTTP: _check_http_camera,
+    Protocol.RTSP: _check_rtsp_camera,
+}
 
 
 # --------------------------------------------------------------------------
@@ -998,10 +1021,6 @@ def _plate_entry_usable(entry: str) -> bool:
     if entry.strip().lower().startswith("list:"):
         return entry.strip().lower() in {"list:white", "list:black", "list:visitor"}
     return any(ch.isalnum() or ch in "*?" for ch in entry)
-
-
-def _opt_path(value: str | None) -> Path | None:
-    return Path(value) if value else None
 
 
 def _join(path: str, key: str) -> str:
