@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway.adapters.base import (
@@ -23,23 +23,25 @@ from gateway.adapters.base import (
 )
 from gateway.codecs.tcp import (
     DEFAULT_MAX_DATA_SIZE,
+    FRAME_EVENTS,
     NEED_DATA,
-    Command,
+    BadLoginReply,
+    ClientEvent,
     CorruptFrame,
     EndOfStream,
-    Frame,
-    FrameDecoder,
     GarbageSkipped,
+    LoginAccepted,
+    LoginRefused,
+    LoginReplyIgnored,
+    Recognition,
     StreamBroken,
+    TcpClient,
     UnknownCommand,
+    UnreadableRecognition,
     effective_color_table,
-    encode_login_request,
-    parse_login_reply,
-    parse_recognition_result,
     to_plate_event,
 )
 from gateway.config import TcpCameraConfig
-from gateway.errors import CameraProtocolError
 from gateway.event import PlateEvent, utc_now
 from gateway.log_limit import RateLimitedLog
 
@@ -101,7 +103,6 @@ class CameraSession:
         self.policy = policy
         self.metrics = ctx.metrics
         self.color_table = effective_color_table(ctx.config.color_table)
-        self.progress: SessionProgress | None = None
         self._auth_reported = False
         self._capture_full_reported = False
         # Every complaint the camera can repeat goes through this, keyed by
@@ -116,7 +117,6 @@ class CameraSession:
 
     async def session(self, progress: SessionProgress) -> Outcome:
         cam, camera = self.camera.id, self.camera
-        self.progress = progress
         # A buffer limit above a whole frame (~330 KB) lets one read take a
         # frame instead of the default 64 KiB steps.
         connection = await progress.connect(
@@ -126,173 +126,182 @@ class CameraSession:
             return Outcome.CONNECT_FAILED
         reader, writer = connection
         log.info("camera %s: connected to %s:%d, logging in", cam, camera.host, camera.port)
+        client = TcpClient(camera.username, camera.password, max_data_size=MAX_DATA_SIZE)
         try:
-            writer.write(encode_login_request(camera.username, camera.password))
+            client.start()
+            writer.write(client.data_to_send())
             await writer.drain()
-            return await self._read_loop(reader)
+            return await self._receive(reader, client, progress)
         finally:
             writer.close()
 
-    async def _read_loop(self, reader: asyncio.StreamReader) -> Outcome:
-        cam = self.camera.id
-        decoder = FrameDecoder(MAX_DATA_SIZE)
-        bytes_metric = self.metrics.camera_bytes.labels(camera=cam)
-        logged_in = False
-        clock = asyncio.get_running_loop().time
-        frame_started: float | None = None  # when the frame being awaited began
+    async def _receive(
+        self, reader: asyncio.StreamReader, client: TcpClient, progress: SessionProgress
+    ) -> Outcome:
+        """Read → feed → dispatch until the session ends."""
+        bytes_metric = self.metrics.camera_bytes.labels(camera=self.camera.id)
+        frames_metric = self.metrics.camera_frames.labels(camera=self.camera.id)
+        stall = _FrameStall(client, asyncio.get_running_loop().time)
         while True:
-            event = decoder.next_event()
-            if event is not NEED_DATA:
-                frame_started = None
-            else:
-                now = clock()
-                if not decoder.awaiting_frame:
-                    frame_started = None
-                elif frame_started is None:
-                    frame_started = now
-                elif now - frame_started >= FRAME_STALL_SECONDS:
-                    # A DATA_SIZE that is plausible but wrong would hold every later
-                    # frame until that many bytes came: give up on it and rescan.
-                    frame_started = None
-                    decoder.abandon_partial_frame()
-                    continue
-                timeout = (
-                    self.camera.idle_timeout_seconds
-                    if logged_in
-                    else self.camera.connect_timeout_seconds
-                )
-                stall_in = (
-                    None if frame_started is None else frame_started + FRAME_STALL_SECONDS - now
-                )
-                try:
-                    # asyncio.timeout, not wait_for: no task per read (3.11's
-                    # wait_for wraps the read in one), which showed in profiles.
-                    async with asyncio.timeout(
-                        timeout if stall_in is None else min(timeout, stall_in)
-                    ):
-                        data = await reader.read(READ_SIZE)
-                except TimeoutError:
-                    if stall_in is not None and stall_in < timeout:
-                        continue  # the frame is overdue: handled at the top
-                    if logged_in:
-                        log.warning("camera %s: no data for %g s, reconnecting", cam, timeout)
-                        return Outcome.CLOSED
-                    log.warning("camera %s: no login reply within %g s", cam, timeout)
-                    return Outcome.FAILED
-                if data:
-                    bytes_metric.inc(len(data))
-                decoder.receive_data(data)
+            event = client.next_event()
+            if event is NEED_DATA:
+                if stall.overdue():
+                    continue  # the decoder rescans the abandoned frame's bytes
+                data = await self._read(reader, client, stall)
+                if isinstance(data, Outcome):
+                    return data
+                if data is not None:
+                    if data:
+                        bytes_metric.inc(len(data))
+                    client.receive_data(data)
                 continue
-            if isinstance(event, Frame):
-                self.metrics.camera_frames.labels(camera=cam).inc()
-                command = event.known_command
-                if command is Command.RECOG_POST:
-                    await self._recognition(event)
-                elif command is Command.LOGIN_REPLY:
-                    if logged_in:
-                        log.debug("camera %s: another login reply ignored", cam)
-                        continue
-                    outcome = self._login_reply(event)
-                    if outcome is not None:
-                        return outcome
-                    logged_in = True
-                else:
-                    # LOGIN_REQ is ours to send, not the camera's: skipped like
-                    # an unknown command, and counted as one.
-                    self._unknown_command(event.command, event.size, event.offset)
-            elif isinstance(event, UnknownCommand):
-                self.metrics.camera_frames.labels(camera=cam).inc()
-                self._unknown_command(event.command, event.length, event.offset)
-            elif isinstance(event, GarbageSkipped):
-                self.metrics.bytes_skipped.labels(camera=cam).inc(event.count)
-                if event.starts_region:
-                    # One loss of sync is one parse error, however long it
-                    # lasts and however many false headers it holds.
-                    self._parse_error("garbage")
-                    self._complaints.warning(
-                        (cam, "garbage"),
-                        "camera %s: garbage between frames at stream offset %d, "
-                        "resynchronising (bytes skipped: lpr_camera_bytes_skipped_total)",
-                        cam,
-                        event.offset,
-                    )
-            elif isinstance(event, CorruptFrame):
-                self._parse_error(event.reason)
-                self._complaints.warning(
-                    (cam, event.reason),
-                    "camera %s: corrupt %s frame at offset %d (%s, DATA_SIZE %d), resynchronising",
-                    cam,
-                    f"0x{event.command:04x}",
-                    event.offset,
-                    event.reason,
-                    event.data_size,
-                )
-                await self._capture(event.raw, event.reason)
-            elif isinstance(event, StreamBroken):
-                self._parse_error(event.kind)
-                self._complaints.log(
-                    logging.ERROR,
-                    (cam, event.kind),
-                    "camera %s: %s at offset %d; dropping the connection",
-                    cam,
-                    event.detail,
-                    event.offset,
-                )
-                return Outcome.CLOSED
-            elif isinstance(event, EndOfStream):
-                log.info("camera %s: connection closed by the camera", cam)
-                return Outcome.CLOSED if logged_in else Outcome.FAILED
+            stall.reset()
+            if isinstance(event, FRAME_EVENTS):
+                frames_metric.inc()
+            outcome = await self._dispatch(event, client, progress)
+            if outcome is not None:
+                return outcome
 
-    def _login_reply(self, frame: Frame) -> Outcome | None:
-        cam = self.camera.id
+    async def _read(
+        self, reader: asyncio.StreamReader, client: TcpClient, stall: _FrameStall
+    ) -> bytes | Outcome | None:
+        """The next bytes (b"" at end of stream), None when the frame stall is due,
+        or how the session ends when the camera says nothing in time."""
+        camera = self.camera
+        logged_in = client.logged_in
+        timeout = camera.idle_timeout_seconds if logged_in else camera.connect_timeout_seconds
+        stall_in = stall.remaining()
         try:
-            reply = parse_login_reply(frame.data)
-        except CameraProtocolError as exc:
-            self._parse_error(exc.kind)
+            # asyncio.timeout, not wait_for: no task per read (3.11's wait_for
+            # wraps the read in one), which showed in profiles.
+            async with asyncio.timeout(timeout if stall_in is None else min(timeout, stall_in)):
+                return await reader.read(READ_SIZE)
+        except TimeoutError:
+            if stall_in is not None and stall_in < timeout:
+                return None  # the frame is overdue: handled before the next read
+            if logged_in:
+                log.warning("camera %s: no data for %g s, reconnecting", camera.id, timeout)
+                return Outcome.CLOSED
+            log.warning("camera %s: no login reply within %g s", camera.id, timeout)
+            return Outcome.FAILED
+
+    async def _dispatch(
+        self, event: ClientEvent, client: TcpClient, progress: SessionProgress
+    ) -> Outcome | None:
+        """Act on one event; how the session ends, if it does."""
+        cam = self.camera.id
+        if isinstance(event, Recognition):
+            await self._recognition(event, progress)
+        elif isinstance(event, GarbageSkipped):
+            self._garbage(event)
+        elif isinstance(event, CorruptFrame):
+            await self._corrupt_frame(event)
+        elif isinstance(event, UnknownCommand):
+            self._unknown_command(event.command, event.length, event.offset)
+        elif isinstance(event, UnreadableRecognition):
+            await self._unreadable_recognition(event)
+        elif isinstance(event, LoginReplyIgnored):
+            log.debug("camera %s: another login reply ignored", cam)
+        elif isinstance(event, LoginAccepted | LoginRefused | BadLoginReply):
+            return self._login_reply(event, progress)
+        elif isinstance(event, StreamBroken):
+            self._parse_error(event.kind)
+            self._complaints.log(
+                logging.ERROR,
+                (cam, event.kind),
+                "camera %s: %s at offset %d; dropping the connection",
+                cam,
+                event.detail,
+                event.offset,
+            )
+            return Outcome.CLOSED
+        elif isinstance(event, EndOfStream):
+            log.info("camera %s: connection closed by the camera", cam)
+            # The state before the end: the client is CLOSED now.
+            return Outcome.CLOSED if progress.is_established else Outcome.FAILED
+        return None
+
+    def _garbage(self, event: GarbageSkipped) -> None:
+        cam = self.camera.id
+        self.metrics.bytes_skipped.labels(camera=cam).inc(event.count)
+        if event.starts_region:
+            # One loss of sync is one parse error, however long it lasts and
+            # however many false headers it holds.
+            self._parse_error("garbage")
             self._complaints.warning(
-                (cam, exc.kind), "camera %s: unreadable login reply: %s", cam, exc.detail
+                (cam, "garbage"),
+                "camera %s: garbage between frames at stream offset %d, "
+                "resynchronising (bytes skipped: lpr_camera_bytes_skipped_total)",
+                cam,
+                event.offset,
+            )
+
+    async def _corrupt_frame(self, event: CorruptFrame) -> None:
+        cam = self.camera.id
+        self._parse_error(event.reason)
+        self._complaints.warning(
+            (cam, event.reason),
+            "camera %s: corrupt %s frame at offset %d (%s, DATA_SIZE %d), resynchronising",
+            cam,
+            f"0x{event.command:04x}",
+            event.offset,
+            event.reason,
+            event.data_size,
+        )
+        await self._capture(event.raw, event.reason)
+
+    def _login_reply(
+        self, event: LoginAccepted | LoginRefused | BadLoginReply, progress: SessionProgress
+    ) -> Outcome | None:
+        cam = self.camera.id
+        if isinstance(event, BadLoginReply):
+            self._parse_error(event.kind)
+            self._complaints.warning(
+                (cam, event.kind), "camera %s: unreadable login reply: %s", cam, event.detail
             )
             return Outcome.FAILED
-        if reply.unauthorized:
-            self.metrics.camera_auth_failures.labels(camera=cam).inc()
-            if not self._auth_reported:
-                log.error(
-                    "camera %s: login refused (401) for user %r: check username and password "
-                    "in the config; retrying every %g s",
-                    cam,
-                    self.camera.username,
-                    self.policy.auth_retry_seconds,
-                )
-                self._auth_reported = True
-            return Outcome.AUTH_FAILED
-        if not reply.ok:
-            self._complaints.warning(
-                (cam, "login_status"), "camera %s: login answered with status %d", cam, reply.status
-            )
-            return Outcome.FAILED
+        if isinstance(event, LoginRefused):
+            return self._login_refused(event)
         if self._auth_reported:
             log.info("camera %s: login accepted again", cam)
         self._auth_reported = False
         log.info("camera %s: logged in, waiting for reads", cam)
-        assert self.progress is not None
-        self.progress.established()
+        progress.established()
         return None
 
-    async def _recognition(self, frame: Frame) -> None:
+    def _login_refused(self, event: LoginRefused) -> Outcome:
         cam = self.camera.id
-        try:
-            result = parse_recognition_result(frame.data)
-        except CameraProtocolError as exc:
-            self._parse_error(exc.kind)
+        if not event.unauthorized:
             self._complaints.warning(
-                (cam, exc.kind),
-                "camera %s: unreadable recognition frame at offset %d: %s",
-                cam,
-                frame.offset,
-                exc,
+                (cam, "login_status"), "camera %s: login answered with status %d", cam, event.status
             )
-            await self._capture(frame.encode(), exc.kind)
-            return
+            return Outcome.FAILED
+        self.metrics.camera_auth_failures.labels(camera=cam).inc()
+        if not self._auth_reported:
+            log.error(
+                "camera %s: login refused (401) for user %r: check username and password "
+                "in the config; retrying every %g s",
+                cam,
+                self.camera.username,
+                self.policy.auth_retry_seconds,
+            )
+            self._auth_reported = True
+        return Outcome.AUTH_FAILED
+
+    async def _unreadable_recognition(self, event: UnreadableRecognition) -> None:
+        cam, frame, exc = self.camera.id, event.frame, event.error
+        self._parse_error(exc.kind)
+        self._complaints.warning(
+            (cam, exc.kind),
+            "camera %s: unreadable recognition frame at offset %d: %s",
+            cam,
+            frame.offset,
+            exc,
+        )
+        await self._capture(frame.encode(), exc.kind)
+
+    async def _recognition(self, event: Recognition, progress: SessionProgress) -> None:
+        cam, frame, result = self.camera.id, event.frame, event.result
         for issue in result.issues:
             self._parse_error(issue.kind)
             self._complaints.warning(
@@ -305,9 +314,10 @@ class CameraSession:
             )
         if result.issues:
             await self._capture(frame.encode(), result.issues[0].kind)
-        event = to_plate_event(result, camera=cam, received=utc_now(), color_table=self.color_table)
-        assert self.progress is not None
-        self.progress.delivered()
+        event_out = to_plate_event(
+            result, camera=cam, received=utc_now(), color_table=self.color_table
+        )
+        progress.delivered()
         # events_received is counted by the pipeline on submit.
         # The camera cannot be acknowledged, so there is no reason to wait for
         # each read to be durable before reading the next: up to
@@ -315,7 +325,7 @@ class CameraSession:
         # order) and share the outbox's group commits. Beyond that the read
         # loop waits: the backpressure reaches the socket.
         await self._submit_slots.acquire()
-        task = asyncio.create_task(self._submit(event))
+        task = asyncio.create_task(self._submit(event_out))
         self._pending_submits.add(task)
         task.add_done_callback(self._pending_submits.discard)
 
@@ -376,6 +386,46 @@ class CameraSession:
                 directory,
                 CAPTURE_MAX_FILES,
             )
+
+
+class _FrameStall:
+    """When the frame being awaited began: the codec has no clock, so the adapter
+    decides when a frame is overdue and asks the codec to give up on it.
+
+    A DATA_SIZE that is plausible but wrong would hold every later frame until
+    that many bytes came.
+    """
+
+    __slots__ = ("_client", "_clock", "_now", "_started")
+
+    def __init__(self, client: TcpClient, clock: Callable[[], float]) -> None:
+        self._client = client
+        self._clock = clock
+        self._started: float | None = None
+        self._now = 0.0
+
+    def reset(self) -> None:
+        self._started = None
+
+    def overdue(self) -> bool:
+        """Called when the codec needs data: start, check or clear the watch;
+        abandon the partial frame if it is overdue."""
+        self._now = now = self._clock()
+        if not self._client.awaiting_frame:
+            self._started = None
+        elif self._started is None:
+            self._started = now
+        elif now - self._started >= FRAME_STALL_SECONDS:
+            self._started = None
+            self._client.abandon_partial_frame()
+            return True
+        return False
+
+    def remaining(self) -> float | None:
+        """Seconds until the awaited frame is overdue (as of `overdue()`), or None."""
+        if self._started is None:
+            return None
+        return self._started + FRAME_STALL_SECONDS - self._now
 
 
 def _capture_prefix(camera_id: str) -> str:

@@ -1035,3 +1035,202 @@ def to_plate_event(
 
 def _image(data: bytes | None, reason: str) -> Image:
     return Image(data=data) if data is not None else Image.missing(reason)
+
+
+# --------------------------------------------------------------------------
+# The client: login, then recognitions (h11's Connection shape)
+
+
+class ClientState(enum.Enum):
+    IDLE = "idle"  # start() not called yet
+    LOGGING_IN = "logging_in"  # the login request is queued or sent; its reply awaited
+    LOGGED_IN = "logged_in"
+    LOGIN_FAILED = "login_failed"  # refused or unreadable reply: the session is over
+    CLOSED = "closed"  # the stream ended or broke
+
+
+@dataclass(frozen=True, slots=True)
+class LoginAccepted:
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoginRefused:
+    status: int
+    offset: int
+
+    @property
+    def unauthorized(self) -> bool:
+        """401: the credentials, not the camera, are wrong."""
+        return self.status == 401
+
+
+@dataclass(frozen=True, slots=True)
+class BadLoginReply:
+    """A login reply that is not the spec's JSON: the session cannot go on."""
+
+    kind: str
+    detail: str
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoginReplyIgnored:
+    """A further login reply once logged in (some cameras repeat it)."""
+
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Recognition:
+    frame: Frame
+    result: RecognitionResult
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableRecognition:
+    """A whole COMM_RECOG_POST frame whose payload cannot be read."""
+
+    frame: Frame
+    error: CameraProtocolError
+
+
+ClientEvent = (
+    LoginAccepted
+    | LoginRefused
+    | BadLoginReply
+    | LoginReplyIgnored
+    | Recognition
+    | UnreadableRecognition
+    | UnknownCommand
+    | GarbageSkipped
+    | CorruptFrame
+    | StreamBroken
+    | EndOfStream
+)
+# The events that are one whole frame from the camera (counted as frames).
+FRAME_EVENTS: Final = (
+    Recognition,
+    UnreadableRecognition,
+    LoginAccepted,
+    LoginRefused,
+    BadLoginReply,
+    LoginReplyIgnored,
+    UnknownCommand,
+)
+_IN_SESSION: Final = (
+    Recognition,
+    UnreadableRecognition,
+    UnknownCommand,
+    GarbageSkipped,
+    CorruptFrame,
+)
+_ENDS: Final = (StreamBroken, EndOfStream)
+
+# Every transition of the client, and the only place one is decided: the state
+# a (state, event type) pair leads to. LoginRequest is the caller's start();
+# the rest are what next_event() hands out. A pair not listed is a bug.
+CLIENT_TRANSITIONS: Final[Mapping[ClientState, Mapping[type, ClientState]]] = {
+    ClientState.IDLE: {LoginRequest: ClientState.LOGGING_IN},
+    ClientState.LOGGING_IN: {
+        LoginAccepted: ClientState.LOGGED_IN,
+        LoginRefused: ClientState.LOGIN_FAILED,
+        BadLoginReply: ClientState.LOGIN_FAILED,
+        # Reads before the login reply are taken, as the camera sent them.
+        **dict.fromkeys(_IN_SESSION, ClientState.LOGGING_IN),
+        **dict.fromkeys(_ENDS, ClientState.CLOSED),
+    },
+    ClientState.LOGGED_IN: {
+        LoginReplyIgnored: ClientState.LOGGED_IN,
+        **dict.fromkeys(_IN_SESSION, ClientState.LOGGED_IN),
+        **dict.fromkeys(_ENDS, ClientState.CLOSED),
+    },
+    ClientState.LOGIN_FAILED: {},
+    # The decoder repeats its last event once the stream is over.
+    ClientState.CLOSED: dict.fromkeys(_ENDS, ClientState.CLOSED),
+}
+
+
+class TcpClient:
+    """One session with a TCP camera, sans-IO.
+
+    `start()` queues the login request (take it with `data_to_send()`), then
+    feed the camera's bytes to `receive_data()` (`b""` at end of stream) and
+    drain `next_event()` until NEED_DATA. The login reply decides the session;
+    every recognition frame comes out parsed. The framing is `FrameDecoder`'s:
+    its garbage, corrupt-frame and end events come through as they are. The
+    caller owns the clock: `awaiting_frame` and `abandon_partial_frame()` are
+    the decoder's, for a frame that is overdue.
+    """
+
+    def __init__(
+        self, username: str, password: str, *, max_data_size: int = DEFAULT_MAX_DATA_SIZE
+    ) -> None:
+        self.state = ClientState.IDLE
+        self._login = LoginRequest(username, password)
+        self._decoder = FrameDecoder(max_data_size)
+        self._outgoing = bytearray()
+
+    @property
+    def logged_in(self) -> bool:
+        return self.state is ClientState.LOGGED_IN
+
+    @property
+    def awaiting_frame(self) -> bool:
+        return self._decoder.awaiting_frame
+
+    def abandon_partial_frame(self) -> bool:
+        return self._decoder.abandon_partial_frame()
+
+    def start(self) -> None:
+        self._transition(self._login)
+        self._outgoing += encode_login_request(self._login.user, self._login.password)
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._outgoing)
+        self._outgoing.clear()
+        return out
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed the camera's bytes; `b""` means the stream ended."""
+        self._decoder.receive_data(data)
+
+    def next_event(self) -> ClientEvent | Literal[NeedData.NEED_DATA]:
+        if self.state is ClientState.LOGIN_FAILED:
+            raise RuntimeError("next_event after a failed login: the session is over")
+        decoded = self._decoder.next_event()
+        if decoded is NEED_DATA:
+            return NEED_DATA
+        event = self._interpret(decoded) if isinstance(decoded, Frame) else decoded
+        self._transition(event)
+        return event
+
+    def _transition(self, event: object) -> None:
+        allowed = CLIENT_TRANSITIONS[self.state]
+        kind = type(event)
+        if kind not in allowed:
+            raise RuntimeError(f"{kind.__name__} in state {self.state.name}")
+        self.state = allowed[kind]
+
+    def _interpret(self, frame: Frame) -> ClientEvent:
+        command = frame.command
+        if command == Command.RECOG_POST:
+            try:
+                return Recognition(frame, parse_recognition_result(frame.data))
+            except CameraProtocolError as exc:
+                return UnreadableRecognition(frame, exc)
+        if command == Command.LOGIN_REPLY:
+            return self._login_reply(frame)
+        # LOGIN_REQ is ours to send, not the camera's: skipped like an unknown command.
+        return UnknownCommand(frame.command, frame.size, frame.offset, frame.data[:UNKNOWN_HEAD])
+
+    def _login_reply(self, frame: Frame) -> ClientEvent:
+        if self.state is ClientState.LOGGED_IN:
+            return LoginReplyIgnored(frame.offset)
+        try:
+            reply = parse_login_reply(frame.data)
+        except CameraProtocolError as exc:
+            return BadLoginReply(exc.kind, exc.detail, frame.offset)
+        if reply.ok:
+            return LoginAccepted(frame.offset)
+        return LoginRefused(reply.status, frame.offset)

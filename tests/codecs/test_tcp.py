@@ -15,8 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.codecs import assumed
+from gateway.codecs.tcp import CLIENT_TRANSITIONS as TCP_CLIENT_TRANSITIONS
 from gateway.codecs.tcp import (
     NEED_DATA,
+    BadLoginReply,
     Command,
     CorruptFrame,
     DecoderEvent,
@@ -26,9 +28,15 @@ from gateway.codecs.tcp import (
     Frame,
     FrameDecoder,
     GarbageSkipped,
+    LoginAccepted,
+    LoginRefused,
+    LoginReplyIgnored,
+    Recognition,
     RecognitionMetadata,
     StreamBroken,
+    TcpClient,
     UnknownCommand,
+    UnreadableRecognition,
     classify_images,
     effective_color_table,
     encode_frame,
@@ -44,6 +52,7 @@ from gateway.codecs.tcp import (
     parse_recognition_result,
     to_plate_event,
 )
+from gateway.codecs.tcp import ClientState as TcpClientState
 from gateway.errors import CameraProtocolError
 from gateway.event import Direction, Image, ListMembership, Source
 from gateway.simulate.common import plate_jpeg, scene_jpeg
@@ -1030,3 +1039,127 @@ def test_color_table_override() -> None:
         result, camera="c", received=RECEIVED, color_table=effective_color_table({1: "weiss"})
     )
     assert event.vehicle.color == "weiss" and event.plate_color.name is None
+
+
+# --------------------------------------------------------------------------
+# TcpClient: login, then recognitions
+
+
+def client_events(*chunks: bytes, eof: bool = False) -> tuple[TcpClient, list[object]]:
+    client = TcpClient("admin", "1234")
+    client.start()
+    events: list[object] = []
+    for chunk in [*chunks, *([b""] if eof else [])]:
+        client.receive_data(chunk)
+        while (event := client.next_event()) is not NEED_DATA:
+            events.append(event)
+            if isinstance(event, EndOfStream | StreamBroken | LoginRefused | BadLoginReply):
+                return client, events
+    return client, events
+
+
+def test_client_start_queues_the_login_request_once() -> None:
+    client = TcpClient("admin", "1234")
+    assert client.state is TcpClientState.IDLE
+    client.start()
+    assert client.state is TcpClientState.LOGGING_IN
+    assert client.data_to_send() == encode_login_request("admin", "1234")
+    assert client.data_to_send() == b""
+    with pytest.raises(RuntimeError):
+        client.start()
+
+
+def test_client_logs_in_then_hands_out_parsed_recognitions() -> None:
+    reply = encode_login_reply(200)
+    client, events = client_events(reply + recog_frame(), recog_frame()[:100])
+    assert client.state is TcpClientState.LOGGED_IN and client.logged_in
+    assert events[0] == LoginAccepted(0)
+    (recognition,) = events[1:]
+    assert isinstance(recognition, Recognition)
+    assert recognition.result.metadata.plate == "부산02가1234"
+    assert recognition.frame.offset == len(reply)
+    assert client.awaiting_frame  # the second frame has begun
+    assert client.abandon_partial_frame()
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (encode_login_reply(401), LoginRefused(401, 0)),
+        (encode_login_reply(500, as_number=True), LoginRefused(500, 0)),
+        (
+            encode_frame(Command.LOGIN_REPLY, b"[]"),
+            BadLoginReply("bad_login_reply", "not a JSON object", 0),
+        ),
+    ],
+)
+def test_client_login_failures_end_the_session(reply: bytes, expected: object) -> None:
+    client, events = client_events(reply + recog_frame())
+    assert events == [expected]
+    assert client.state is TcpClientState.LOGIN_FAILED
+    assert not client.logged_in
+    with pytest.raises(RuntimeError):
+        client.next_event()
+
+
+def test_client_login_refused_401_is_unauthorized() -> None:
+    assert LoginRefused(401, 0).unauthorized and not LoginRefused(403, 0).unauthorized
+
+
+def test_client_ignores_a_repeated_login_reply_and_skips_a_login_request() -> None:
+    reply = encode_login_reply(200)
+    request = encode_login_request("x", "y")
+    _, events = client_events(reply + reply + request)
+    assert events[1] == LoginReplyIgnored(len(reply))
+    assert events[2] == UnknownCommand(
+        Command.LOGIN_REQ, len(request), 2 * len(reply), request[8:-2]
+    )
+
+
+def test_client_reads_before_the_login_reply_are_taken() -> None:
+    client, events = client_events(recog_frame())
+    assert client.state is TcpClientState.LOGGING_IN
+    assert [type(e) for e in events] == [Recognition]
+
+
+def test_client_unreadable_recognition_keeps_the_session() -> None:
+    bad = encode_frame(Command.RECOG_POST, b"short")
+    client, events = client_events(encode_login_reply(200) + bad)
+    assert isinstance(events[1], UnreadableRecognition)
+    assert events[1].frame.data == b"short"
+    assert isinstance(events[1].error, CameraProtocolError)
+    assert client.logged_in
+
+
+@pytest.mark.parametrize("logged_in", [False, True])
+def test_client_end_of_stream_closes(logged_in: bool) -> None:
+    start = encode_login_reply(200) if logged_in else b""
+    client, events = client_events(start, eof=True)
+    assert isinstance(events[-1], EndOfStream)
+    assert client.state is TcpClientState.CLOSED
+    assert isinstance(client.next_event(), EndOfStream)  # repeated, still CLOSED
+
+
+def test_client_broken_stream_closes() -> None:
+    client = TcpClient("admin", "1234", max_data_size=100)
+    client.start()
+    client.receive_data(encode_frame(Command.RECOG_POST, b"x" * 200))
+    assert isinstance(client.next_event(), StreamBroken)
+    assert client.state is TcpClientState.CLOSED
+
+
+def test_client_every_state_is_in_the_transition_table() -> None:
+    assert set(TCP_CLIENT_TRANSITIONS) == set(TcpClientState)
+    reachable = {TcpClientState.IDLE}
+    for table in TCP_CLIENT_TRANSITIONS.values():
+        reachable |= set(table.values())
+    assert reachable == set(TcpClientState)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=8))
+def test_client_any_bytes_give_events_never_a_crash(chunks: list[bytes]) -> None:
+    prefix = encode_login_reply(200)
+    client, events = client_events(prefix, *[c for c in chunks if c], eof=True)
+    assert client.state in (TcpClientState.CLOSED, TcpClientState.LOGGED_IN)
+    assert events and events[0] == LoginAccepted(0)
