@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import enum
+import re
 import subprocess
 import sys
+from dataclasses import MISSING, Field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from gateway.config import (
+    CAMERA_CLASSES,
+    Config,
     HttpCameraConfig,
+    Option,
     OutboxSync,
     Protocol,
     RtspCameraConfig,
     TcpCameraConfig,
     config_warnings,
+    field_default,
     load_config,
+    options,
     parse_config,
     redact_url,
 )
@@ -402,3 +411,141 @@ def test_check_prints_the_warnings_and_still_passes(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "warning: cameras[0]: HTTP camera 'open' has no username/password" in result.stderr
     assert "OK (1 cameras)" in result.stdout
+
+
+# -- the example and the declarations cannot drift ---------------------------------------
+
+# What the example sets on purpose; every other key it shows is at the field's default.
+EXAMPLE_SETS = {
+    "mqtt.url",
+    "mqtt.username",
+    "mqtt.password",
+    "known_plates",
+    "color_table",
+    "cameras",
+    "cameras.gate_in.host",
+    "cameras.gate_in.password",
+    "cameras.gate_out.path",
+    "cameras.gate_out.username",
+    "cameras.gate_out.password",
+    "cameras.gate_out.timezone",
+    "cameras.gate_out.images.scene",
+    "cameras.lobby.url",
+    "cameras.lobby.username",
+    "cameras.lobby.password",
+}
+# `  # key: value` in the example documents an option left out: uncommented, it is YAML.
+_COMMENTED_KEY = re.compile(r"^(\s*)# ( *[a-z_]+:(?:\s.*)?)$")
+
+
+def documented(text: str) -> dict[str, tuple[Field[Any], Option]]:
+    """Every key path the example shows → its field and option."""
+    found: dict[str, tuple[Field[Any], Option]] = {}
+
+    def walk(section: dict[str, Any], cls: type, path: str) -> None:
+        declared = options(cls)
+        for key, value in section.items():
+            key_path = f"{path}.{key}" if path else key
+            assert key in declared, f"{key_path}: in the example, but {cls.__name__} has no option"
+            item, opt = declared[key]
+            found[key_path] = (item, opt)
+            if opt.section is not None and isinstance(value, dict):
+                walk(value, opt.section, key_path)
+            if cls is Config and item.name == "cameras":
+                for camera in value:
+                    cls_ = CAMERA_CLASSES[Protocol(camera["protocol"])]
+                    walk(camera, cls_, f"{key_path}.{camera['id']}")
+
+    walk(yaml.safe_load(text), Config, "")
+    return found
+
+
+def loaded(config: Config, path: str) -> Any:
+    value: Any = config
+    for key in path.split("."):
+        if isinstance(value, tuple):  # cameras, by id
+            value = next(camera for camera in value if camera.id == key)
+        else:
+            item, _opt = options(type(value))[key]
+            value = getattr(value, item.name)
+    return value
+
+
+def test_every_key_the_example_documents_is_an_option() -> None:
+    text = EXAMPLE.read_text()
+    uncommented = "\n".join(_COMMENTED_KEY.sub(r"\1\2", line) for line in text.splitlines())
+    keys = documented(uncommented)
+    # The commented-out ones are there too (and were checked against the dataclasses).
+    assert {"mqtt.tls.ca_file", "homeassistant.node_id", "images.quality"} <= set(keys)
+    assert "cameras.gate_in.capture_dir" in keys and "http.tls_key_file" in keys
+
+
+def test_where_the_example_shows_a_default_it_is_the_fields_default() -> None:
+    config = load_config(EXAMPLE, environ=EXAMPLE_ENV)
+    shown = documented(EXAMPLE.read_text())
+    assert set(shown) >= EXAMPLE_SETS, EXAMPLE_SETS - set(shown)
+    for path, (item, opt) in shown.items():
+        default = field_default(item)
+        if opt.section is not None or default is MISSING:
+            continue  # a section (its keys are checked one by one), or a required key
+        if path in EXAMPLE_SETS:
+            assert loaded(config, path) != default, f"{path}: at its default, drop it here"
+        else:
+            assert loaded(config, path) == default, f"{path}: the example and the field differ"
+
+
+def _yaml_form(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    return str(value) if isinstance(value, Path) else value
+
+
+# What a camera of each class needs besides the option under test.
+_CAMERA_MINIMUM: dict[type, dict[str, str]] = {
+    TcpCameraConfig: {"protocol": "tcp", "host": "h"},
+    HttpCameraConfig: {"protocol": "http"},
+    RtspCameraConfig: {"protocol": "rtsp", "url": "rtsp://h/x"},
+}
+# Defaults that cannot be written out alone: the HTTP path's is derived (/lpr/<id>),
+# and a TCP username without a password is refused.
+_NOT_WRITABLE = {(HttpCameraConfig, "path"), (TcpCameraConfig, "username")}
+
+
+def _plain_defaults() -> list[tuple[str, type, Any]]:
+    """(key path, class, default) of every option whose default can be written in YAML.
+
+    Per-camera images are the global images' class: checked there."""
+    sections: list[tuple[str, type]] = [("", Config)]
+    sections += [("cameras.a", cls) for cls in _CAMERA_MINIMUM]
+    found: list[tuple[str, type, Any]] = []
+    while sections:
+        path, cls = sections.pop(0)
+        for key, (item, opt) in options(cls).items():
+            key_path = f"{path}.{key}" if path else key
+            default = field_default(item)
+            if opt.section is not None:
+                if not path.startswith("cameras"):
+                    sections.append((key_path, opt.section))
+                continue
+            writable = not (opt.raw or opt.required or (cls, key) in _NOT_WRITABLE)
+            if writable and default not in (MISSING, None):
+                found.append((key_path, cls, default))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("path", "cls", "default"),
+    [pytest.param(*case, id=f"{case[1].__name__}:{case[0]}") for case in _plain_defaults()],
+)
+def test_every_default_is_accepted_by_its_own_converter(path: str, cls: type, default: Any) -> None:
+    # Written out, an option's default gives the default: bounds and default agree.
+    *where, key = path.split(".")
+    document: dict[str, Any] = {key: _yaml_form(default)}
+    if where == ["cameras", "a"]:
+        document = {"cameras": [{"id": "a", **_CAMERA_MINIMUM[cls], **document}]}
+    else:
+        for part in reversed(where):
+            document = {part: document}
+        if where == ["mqtt", "tls"]:  # a tls block goes with mqtts:// only
+            document["mqtt"]["url"] = "mqtts://broker"
+    assert loaded(parse_config(yaml.safe_dump(document), {}), path) == default
