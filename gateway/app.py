@@ -134,7 +134,7 @@ class Gateway:
         self._writer = OutboxWriter(self.outbox, self._executor)
         self.pipeline = Pipeline(self.config, self.metrics, self._writer, self._on_stored)
         if self.config.homeassistant.enabled:
-            self.discovery = Discovery(self.config, self.publisher)
+            self.discovery = Discovery(self.config, self.publisher.state)
             self.discovery.attach()
             self.pipeline.observers.append(self.discovery.note_event)
         self._check_ports_free()

@@ -90,7 +90,7 @@ def ha_event_payload(event: PlateEvent, event_type: str) -> dict[str, Any]:
 
 
 class StatePublisher(Protocol):
-    """What discovery needs of the MQTT publisher."""
+    """What discovery needs of the MQTT side: `gateway.mqtt.state.BridgeState`."""
 
     def publish_state(self, topic: str, payload: bytes, retain: bool = True) -> None: ...
 

@@ -23,7 +23,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Executor
 
 from gateway.config import Config
@@ -32,7 +32,7 @@ from gateway.metrics import Metrics
 from gateway.mqtt.link import MqttLink
 from gateway.mqtt.state import OFFLINE, BridgeState
 from gateway.mqtt.window import DEAD_LETTER_AFTER_DROPS, OutboxWindow
-from gateway.outbox import Outbox, StoredMessage
+from gateway.outbox import Outbox
 from gateway.topics import Topics
 
 __all__ = ["DEAD_LETTER_AFTER_DROPS", "MqttPublisher"]
@@ -61,7 +61,6 @@ class MqttPublisher:
         self.metrics = metrics
         self.outbox = outbox
         self.executor = executor
-        self.broker_url = self.mqtt.url
         self.topics = Topics(self.mqtt.base_topic)
         self.state_topic = self.topics.state
         self.info_topic = self.topics.info
@@ -192,6 +191,3 @@ class MqttPublisher:
             await self.link.disconnect()
         await self.window.flush_acks()
         self.window.wake()
-
-    def pending_messages(self) -> Sequence[StoredMessage]:
-        return list(self.window.inflight.values())

@@ -1,0 +1,91 @@
+"""The MQTT link on its own, against a real mosquitto: CONNACK, PUBACK futures,
+the public ack callback, subscriptions made again on every connect, errors as
+`BrokerError`."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+
+import pytest
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway.broker import MosquittoProcess
+from gateway.config import MqttConfig
+from gateway.errors import BrokerError
+from gateway.mqtt.link import LinkClosedError, MqttLink
+from tests.helpers import eventually
+
+
+def link_to(url: str, acks: list[tuple[int, ReasonCode]] | None = None) -> MqttLink:
+    config = MqttConfig(url=url, client_id=f"link-test-{uuid.uuid4().hex[:6]}")
+    return MqttLink(
+        config,
+        will=("test/bridge/state", b"offline"),
+        on_ack=lambda mid, reason: acks.append((mid, reason)) if acks is not None else None,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_publish_acked_returns_on_the_puback_and_the_ack_callback_sees_it(
+    mqtt_broker: MosquittoProcess,
+) -> None:
+    acks: list[tuple[int, ReasonCode]] = []
+    link = link_to(mqtt_broker.url, acks)
+    await link.connect()
+    try:
+        assert link.is_open
+        await link.publish_acked("test/a", b"1", retain=False)
+        mid = link.publish("test/b", b"2", retain=False)
+        await eventually(lambda: mid in [m for m, _ in acks], what="the PUBACK")
+        assert all(not reason.is_failure for _, reason in acks)
+    finally:
+        await link.disconnect()
+    assert not link.is_open
+    with pytest.raises(LinkClosedError):
+        link.publish("test/c", b"3", retain=False)
+
+
+async def test_a_closing_link_fails_the_publish_someone_awaits(
+    mqtt_broker: MosquittoProcess,
+) -> None:
+    link = link_to(mqtt_broker.url)
+    await link.connect()
+    waiting = asyncio.ensure_future(link.publish_acked("test/a", b"1", retain=False))
+    link.close()  # before any PUBACK can be read
+    with pytest.raises(LinkClosedError):
+        await asyncio.wait_for(waiting, 5)
+    link.release()
+
+
+async def test_subscriptions_are_made_again_on_every_connect(
+    mqtt_broker: MosquittoProcess,
+) -> None:
+    received: list[tuple[str, bytes, bool]] = []
+    link = link_to(mqtt_broker.url)
+    link.subscribe("test/sub/#", lambda *message: received.append(message))
+    for round_ in range(2):
+        await link.connect()
+        try:
+            await link.publish_acked(f"test/sub/{round_}", b"x", retain=False)
+
+            def arrived(n: int = round_ + 1) -> bool:
+                return len(received) >= n
+
+            await eventually(arrived, what="the message")
+        finally:
+            await link.disconnect()
+    assert [topic for topic, _, _ in received] == ["test/sub/0", "test/sub/1"]
+
+
+async def test_a_broker_that_is_not_there_is_a_broker_error() -> None:
+    link = link_to(f"mqtt://127.0.0.1:{free_port()}")
+    with pytest.raises(BrokerError):
+        await link.connect()
+    assert not link.is_open
