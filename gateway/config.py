@@ -559,16 +559,26 @@ class CameraConfig:
         return zoneinfo.ZoneInfo(self.timezone)
 
 
+_PORT = integer(1, 65535)
+_TIMEOUT = number(0.1, 86400)
+
+
 @dataclass(frozen=True, slots=True)
-class TcpCameraConfig(CameraConfig):
+class ConnectingCameraConfig(CameraConfig):
+    """What cameras the gateway connects to (TCP, RTSP) share."""
+
+    connect_timeout_seconds: float = option(5.0, _TIMEOUT)
+
+
+@dataclass(frozen=True, slots=True)
+class TcpCameraConfig(ConnectingCameraConfig):
     host: str = option("", string, required=True)
-    port: int = option(5000, integer(1, 65535))
+    port: int = option(5000, _PORT)
     username: str = option("admin", string)
     password: str = option("", secret)
-    connect_timeout_seconds: float = option(5.0, number(0.1, 86400))
     idle_timeout_seconds: float = option(
         300.0,
-        number(0.1, 86400),
+        _TIMEOUT,
         doc="the protocol has no keep-alive: silence this long means a dead session",
     )
     capture_dir: Path | None = option(None, optional_path)
@@ -586,14 +596,13 @@ class HttpCameraConfig(CameraConfig):
 
 
 @dataclass(frozen=True, slots=True)
-class RtspCameraConfig(CameraConfig):
+class RtspCameraConfig(ConnectingCameraConfig):
     url: str = option("", string, required=True)
     username: str | None = option(None, string)
     password: str | None = option(None, secret)
-    http_port: int = option(80, integer(1, 65535))
-    connect_timeout_seconds: float = option(5.0, number(0.1, 86400))
-    idle_timeout_seconds: float = option(120.0, number(0.1, 86400))
-    image_timeout_seconds: float = option(3.0, number(0.1, 86400))
+    http_port: int = option(80, _PORT)
+    idle_timeout_seconds: float = option(120.0, _TIMEOUT)
+    image_timeout_seconds: float = option(3.0, _TIMEOUT)
 
 
 AnyCameraConfig = TcpCameraConfig | HttpCameraConfig | RtspCameraConfig
