@@ -847,14 +847,50 @@ class ClientState(enum.Enum):
     FAILED = "failed"
 
 
-# What a successful answer in each state leads to (the one table of transitions).
-_NEXT_STATE: Mapping[ClientState, ClientState] = {
-    ClientState.OPTIONS: ClientState.DESCRIBE,
-    ClientState.DESCRIBE: ClientState.SETUP,
-    ClientState.SETUP: ClientState.PLAY,
-    ClientState.PLAY: ClientState.PLAYING,
-    ClientState.PLAYING: ClientState.PLAYING,
-    ClientState.TEARDOWN: ClientState.CLOSED,
+class Trigger(enum.Enum):
+    """What moves the client from one state to another."""
+
+    START = "start"  # start(): OPTIONS sent
+    ANSWERED = "answered"  # the handshake request of this state answered with success
+    KEEPALIVE = "keepalive"  # send_keepalive()
+    TEARDOWN = "teardown"  # send_teardown()
+    REFUSED = "refused"  # a request refused, or its credentials
+    TORN_DOWN = "torn_down"  # TEARDOWN answered
+
+
+# Every transition of the client, and the only place one is decided. A trigger
+# the table does not list for the state is refused: start() and
+# send_keepalive() raise, send_teardown() returns False, a handshake answer is
+# stale and ignored. Once started, a refusal fails the client and a TEARDOWN
+# answer closes it, whatever the state (see _ENDINGS).
+_MOVES: Mapping[ClientState, Mapping[Trigger, ClientState]] = {
+    ClientState.IDLE: {Trigger.START: ClientState.OPTIONS},
+    # OPTIONS only informs: any answer but a final 401 moves on to DESCRIBE.
+    ClientState.OPTIONS: {Trigger.ANSWERED: ClientState.DESCRIBE},
+    ClientState.DESCRIBE: {Trigger.ANSWERED: ClientState.SETUP},
+    ClientState.SETUP: {
+        Trigger.ANSWERED: ClientState.PLAY,
+        Trigger.TEARDOWN: ClientState.TEARDOWN,
+    },
+    ClientState.PLAY: {
+        Trigger.ANSWERED: ClientState.PLAYING,
+        Trigger.TEARDOWN: ClientState.TEARDOWN,
+    },
+    ClientState.PLAYING: {
+        Trigger.KEEPALIVE: ClientState.PLAYING,
+        Trigger.TEARDOWN: ClientState.TEARDOWN,
+    },
+    ClientState.TEARDOWN: {},
+    ClientState.FAILED: {Trigger.TEARDOWN: ClientState.TEARDOWN},
+    ClientState.CLOSED: {},
+}
+_ENDINGS: Mapping[Trigger, ClientState] = {
+    Trigger.REFUSED: ClientState.FAILED,
+    Trigger.TORN_DOWN: ClientState.CLOSED,
+}
+CLIENT_TRANSITIONS: Mapping[ClientState, Mapping[Trigger, ClientState]] = {
+    state: {**moves, **(_ENDINGS if state is not ClientState.IDLE else {})}
+    for state, moves in _MOVES.items()
 }
 
 
@@ -972,10 +1008,17 @@ class RtspClient:
 
     # -- outgoing -----------------------------------------------------------
 
+    def _move(self, trigger: Trigger) -> bool:
+        """Take the transition the table gives for `trigger`; False if it gives none."""
+        next_state = CLIENT_TRANSITIONS[self.state].get(trigger)
+        if next_state is None:
+            return False
+        self.state = next_state
+        return True
+
     def start(self) -> None:
-        if self.state is not ClientState.IDLE:
+        if not self._move(Trigger.START):
             raise RuntimeError(f"start() in state {self.state.name}")
-        self.state = ClientState.OPTIONS
         self._request("OPTIONS", self.url)
 
     def data_to_send(self) -> bytes:
@@ -988,15 +1031,14 @@ class RtspClient:
         return "GET_PARAMETER" if "GET_PARAMETER" in self.public else "OPTIONS"
 
     def send_keepalive(self) -> None:
-        if self.state is not ClientState.PLAYING:
+        if not self._move(Trigger.KEEPALIVE):
             raise RuntimeError(f"keep-alive in state {self.state.name}")
         self._request(self.keepalive_method, self._aggregate_url)
 
     def send_teardown(self) -> bool:
         """Queue TEARDOWN if a session exists; False when there is nothing to tear down."""
-        if self.session is None or self.state in (ClientState.TEARDOWN, ClientState.CLOSED):
+        if self.session is None or not self._move(Trigger.TEARDOWN):
             return False
-        self.state = ClientState.TEARDOWN
         self._request("TEARDOWN", self._aggregate_url)
         return True
 
@@ -1078,7 +1120,7 @@ class RtspClient:
                 return
             if verdict is AuthVerdict.RETRY:
                 verdict = AuthVerdict.REJECTED
-            self.state = ClientState.FAILED
+            self._move(Trigger.REFUSED)
             realm = ""
             challenge = choose_challenge(
                 parse_www_authenticate(response.headers.get_all("WWW-Authenticate"))
@@ -1101,19 +1143,18 @@ class RtspClient:
         handler(response, pending, ok)
 
     def _fail(self, pending: _Pending, response: RtspResponse) -> None:
-        self.state = ClientState.FAILED
+        self._move(Trigger.REFUSED)
         self._events.append(RequestFailed(pending.method, response.status, response.reason))
 
     def _on_options(self, response: RtspResponse, pending: _Pending, ok: bool) -> None:
         if self.state is ClientState.PLAYING:
             self._on_keepalive(response, pending, ok)
             return
-        if self.state is not ClientState.OPTIONS:
-            return
+        if not self._move(Trigger.ANSWERED):
+            return  # stale
         # OPTIONS only informs; a camera that refuses it may still DESCRIBE.
         if ok:
             self.public = parse_public(response.headers.get("Public"))
-        self.state = _NEXT_STATE[ClientState.OPTIONS]
         self._request("DESCRIBE", self.url, (("Accept", "application/sdp"),))
 
     def _on_describe(self, response: RtspResponse, pending: _Pending, ok: bool) -> None:
@@ -1128,7 +1169,8 @@ class RtspClient:
         sdp = parse_sdp(response.body)
         self.track = find_metadata_track(sdp, base)
         self._aggregate_url = resolve_control(sdp.control, base) if sdp.control else pending.uri
-        self.state = _NEXT_STATE[ClientState.DESCRIBE]
+        if not self._move(Trigger.ANSWERED):
+            return  # stale
         transport = f"RTP/AVP/TCP;unicast;interleaved={self.rtp_channel}-{self.rtcp_channel}"
         self._request("SETUP", self.track.control_url, (("Transport", transport),))
 
@@ -1145,7 +1187,8 @@ class RtspClient:
             channels = parse_transport(transport_value).interleaved
             if channels is not None:
                 self.rtp_channel, self.rtcp_channel = channels
-        self.state = _NEXT_STATE[ClientState.SETUP]
+        if not self._move(Trigger.ANSWERED):
+            return  # stale
         self._request("PLAY", self._aggregate_url, (("Range", "npt=0.000-"),))
 
     def _on_play(self, response: RtspResponse, pending: _Pending, ok: bool) -> None:
@@ -1159,7 +1202,8 @@ class RtspClient:
             answered = parse_session(session_value)
             if answered.timeout_seconds is not None:
                 self.session = SessionHeader(self.session.id, answered.timeout_seconds)
-        self.state = _NEXT_STATE[ClientState.PLAY]
+        if not self._move(Trigger.ANSWERED):
+            return  # stale
         issues: list[str] = []
         try:
             first_sequence = parse_rtp_info_sequence(
@@ -1192,6 +1236,6 @@ class RtspClient:
             self._fail(pending, response)
 
     def _on_teardown(self, response: RtspResponse, pending: _Pending, ok: bool) -> None:
-        self.state = ClientState.CLOSED
+        self._move(Trigger.TORN_DOWN)
         self.session = None
         self._events.append(TeardownComplete(response.status))

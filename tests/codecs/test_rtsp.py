@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from gateway.codecs.rtp import RtpDocument, RtpReassembler, packetize
 from gateway.codecs.rtsp import (
+    CLIENT_TRANSITIONS,
     CLOSED,
     NEED_DATA,
     AuthChallenge,
@@ -31,6 +32,7 @@ from gateway.codecs.rtsp import (
     SessionStarted,
     Signal,
     TeardownComplete,
+    Trigger,
     basic_authorization,
     choose_challenge,
     digest_authorization,
@@ -930,3 +932,41 @@ def test_client_fed_random_bytes_raises_only_protocol_errors(chunks: list[bytes]
         for chunk in [prefix, *chunks]:
             if chunk:
                 client_events(client, chunk)
+
+
+def test_client_transition_table_covers_every_state() -> None:
+    assert set(CLIENT_TRANSITIONS) == set(ClientState)
+    reachable = {ClientState.IDLE}
+    for moves in CLIENT_TRANSITIONS.values():
+        reachable |= set(moves.values())
+    assert reachable == set(ClientState)
+    assert CLIENT_TRANSITIONS[ClientState.CLOSED] == {
+        Trigger.REFUSED: ClientState.FAILED,
+        Trigger.TORN_DOWN: ClientState.CLOSED,
+    }
+
+
+def test_client_refuses_what_the_table_does_not_allow() -> None:
+    client = RtspClient(URL, cnonce=lambda: "c")
+    with pytest.raises(RuntimeError):
+        client.send_keepalive()
+    assert not client.send_teardown()  # no session yet
+    client.start()
+    with pytest.raises(RuntimeError):
+        client.start()
+    assert client.state is ClientState.OPTIONS
+
+
+def test_client_a_play_answer_after_teardown_is_stale() -> None:
+    client = RtspClient(URL, cnonce=lambda: "c")
+    client.start()
+    client_events(client, reply(sent_request(client)))
+    client_events(client, reply(sent_request(client), body=SDP_REPLY))
+    client_events(client, reply(sent_request(client), headers=Headers((("Session", "S1"),))))
+    play = sent_request(client)
+    assert client.send_teardown()  # shutdown before PLAY was answered
+    teardown = sent_request(client)
+    assert client_events(client, reply(play)) == []
+    assert client.state is ClientState.TEARDOWN
+    assert client_events(client, reply(teardown)) == [TeardownComplete(200)]
+    assert client.state is ClientState.CLOSED
