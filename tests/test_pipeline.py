@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,8 +95,10 @@ async def test_concurrent_submits_keep_per_camera_order(
     order: only the pipeline's per-camera ordering keeps the reads in line.
     """
     count = 40 if reencode else 200
-    extra = {"images": {"max_width": 320, "quality": 50}} if reencode else {}
-    config = gateway_config(mqtt_broker.url, tmp_path, **extra)
+    extra: dict[str, dict[str, Any]] = (
+        {"images": {"max_width": 320, "quality": 50}} if reencode else {}
+    )
+    config = gateway_config(mqtt_broker.url, tmp_path, (), **extra)
     scene = scene_jpeg()
     with MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=("lpr/+/event",)) as sub:
         async with Gateway(config) as gw:

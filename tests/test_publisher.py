@@ -50,6 +50,7 @@ async def test_images_then_event_then_last(mqtt_broker: MosquittoProcess, tmp_pa
         document = ours[2].json()
         assert document["id"] == event.id
         assert document["plate_normalized"] == "AB123CD"
+        assert event.scene_image is not None and event.plate_image is not None
         assert (
             document["images"]["scene"]["sha256"]
             == hashlib.sha256(event.scene_image.data or b"").hexdigest()
