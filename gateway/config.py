@@ -42,7 +42,7 @@ CAMERA_ID_RE = re.compile(r"[a-z0-9_-]+")
 CAMERA_ID_MAX = 64
 NODE_ID_RE = re.compile(r"[a-zA-Z0-9_-]+")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_MISSING: Any = object()
+_UNSET: Any = object()  # not in the document, or refused: take the default
 
 
 class Protocol(enum.Enum):
@@ -109,10 +109,10 @@ def option(
     return field(default=default, metadata=meta)
 
 
-def section(cls: type, default: Any = _MISSING, *, doc: str = "") -> Any:
+def section(cls: type, default: Any = MISSING, *, doc: str = "") -> Any:
     """A dataclass field holding a nested section (default: the section's defaults)."""
     meta = {"option": Option(None, doc, section=cls, raw=True)}
-    return field(default=cls() if default is _MISSING else default, metadata=meta)
+    return field(default=cls() if default is MISSING else default, metadata=meta)
 
 
 def options(cls: type) -> dict[str, tuple[dataclasses.Field[Any], Option]]:
@@ -415,14 +415,20 @@ class TlsConfig:
 @dataclass(frozen=True, slots=True)
 class MqttConfig:
     url: str | None = option(None, string, doc="mqtt:// or mqtts://; None: the embedded broker")
-    username: str | None = option(None, string)
-    password: str | None = option(None, secret)
-    client_id: str = option("lpr-gateway", string)
-    base_topic: str = option("lpr", topic_level)
+    username: str | None = option(None, string, doc="broker login (none: anonymous)")
+    password: str | None = option(
+        None, secret, doc="never logged; required (not empty) when username is set"
+    )
+    client_id: str = option(
+        "lpr-gateway", string, doc="must be unique per gateway instance on the broker"
+    )
+    base_topic: str = option("lpr", topic_level, doc="prefix of every topic")
     protocol_version: int = option(
         4, mqtt_version, key="protocol", doc="4 = MQTT 3.1.1, 5 = MQTT 5"
     )
-    keepalive_seconds: int = option(30, integer(1, 3600))
+    keepalive_seconds: int = option(
+        30, integer(1, 3600), doc="a broker that stops answering is noticed after ~1.5x this"
+    )
     publish_window: int = option(32, integer(1, 1000), doc="QoS 1 messages in flight at once")
     embedded_port: int = option(0, integer(0, 65535), doc="0: a free port")
     tls: TlsConfig | None = section(TlsConfig, None, doc="only with an mqtts:// url")
@@ -445,8 +451,12 @@ class MqttConfig:
 
 @dataclass(frozen=True, slots=True)
 class HomeAssistantConfig:
-    enabled: bool = option(False, boolean)
-    discovery_prefix: str = option("homeassistant", topic_level)
+    enabled: bool = option(False, boolean, doc="publish discovery: a device per camera")
+    discovery_prefix: str = option(
+        "homeassistant",
+        topic_level,
+        doc="also where HA announces itself (<prefix>/status): discovery is re-sent then",
+    )
     node_id: str | None = option(
         None,
         ha_node_id,
@@ -458,7 +468,9 @@ class HomeAssistantConfig:
 class ImagesConfig:
     """Scene image handling. Default: byte-exact, as the camera sent it."""
 
-    scene: SceneMode = option(SceneMode.SEND, choice(SceneMode))
+    scene: SceneMode = option(
+        SceneMode.SEND, choice(SceneMode), doc="skip: never published (the event says why)"
+    )
     quality: int | None = option(None, integer(1, 95), doc="JPEG quality 1-95 when re-encoding")
     max_width: int | None = option(
         None, integer(16, 16384), doc="scale down (keeping the aspect ratio) when wider"
@@ -479,9 +491,13 @@ class ImagesConfig:
 
 @dataclass(frozen=True, slots=True)
 class HttpServerConfig:
-    listen: str = option("0.0.0.0:8080", listen_address)
-    max_body_bytes: int = option(20_000_000, integer(1024, 1 << 31))
-    request_timeout_seconds: float = option(30.0, number(0.1, 3600))
+    listen: str = option("0.0.0.0:8080", listen_address, doc="host:port")
+    max_body_bytes: int = option(
+        20_000_000, integer(1024, 1 << 31), doc="larger bodies get 413 while streaming"
+    )
+    request_timeout_seconds: float = option(
+        30.0, number(0.1, 3600), doc="a request that takes longer is dropped"
+    )
     header_timeout_seconds: float = option(
         10.0,
         number(0.1, 3600),
@@ -499,8 +515,8 @@ class HttpServerConfig:
     max_connections_per_source: int = option(
         64, integer(1, 1_000_000), doc="open connections per source address"
     )
-    tls_cert_file: Path | None = option(None, readable_file)
-    tls_key_file: Path | None = option(None, readable_file)
+    tls_cert_file: Path | None = option(None, readable_file, doc="serve HTTPS (with tls_key_file)")
+    tls_key_file: Path | None = option(None, readable_file, doc="with tls_cert_file")
 
     @property
     def host(self) -> str:
@@ -528,14 +544,26 @@ class MetricsConfig:
 
 @dataclass(frozen=True, slots=True)
 class OutboxConfig:
-    path: Path = option(Path("./data/outbox.sqlite3"), file_path)
-    max_bytes: int = option(1_000_000_000, integer(1_000_000, 1 << 50))
-    sync: OutboxSync = option(OutboxSync.NORMAL, choice(OutboxSync))
+    path: Path = option(
+        Path("./data/outbox.sqlite3"), file_path, doc="put it on a persistent volume"
+    )
+    max_bytes: int = option(
+        1_000_000_000,
+        integer(1_000_000, 1 << 50),
+        doc="when full, new reads are refused; what is stored is never dropped",
+    )
+    sync: OutboxSync = option(
+        OutboxSync.NORMAL, choice(OutboxSync), doc="normal: survives a crash; full: a power loss"
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class DedupConfig:
-    window_seconds: float = option(10.0, number(0, 86400))
+    window_seconds: float = option(
+        10.0,
+        number(0, 86400),
+        doc="same camera and plate within this long of the last read let through; 0 = off",
+    )
     fuzzy: bool = option(
         False, boolean, doc="plates within edit distance 1 count as the same vehicle"
     )
@@ -546,10 +574,16 @@ class CameraConfig:
     """Fields every camera has; the protocol subclasses add their own."""
 
     id: str = option(convert=camera_id, required=True, doc="[a-z0-9_-], 1-64; used in topics")
-    protocol: Protocol = option(convert=choice(Protocol), required=True)
+    protocol: Protocol = option(
+        convert=choice(Protocol), required=True, doc="tcp | http | rtsp: the options it has"
+    )
     name: str = option(convert=string, doc="display name; default: the id")
-    timezone: str = option("UTC", time_zone)
-    other_events: OtherEvents = option(OtherEvents.FORWARD, choice(OtherEvents))
+    timezone: str = option(
+        "UTC", time_zone, doc="the camera's clock (HTTP local times are converted with it)"
+    )
+    other_events: OtherEvents = option(
+        OtherEvents.FORWARD, choice(OtherEvents), doc="non-plate notifications: forward | skip"
+    )
     images: ImagesConfig = section(
         ImagesConfig, doc="the effective options: these keys over the global images"
     )
@@ -567,28 +601,30 @@ _TIMEOUT = number(0.1, 86400)
 class ConnectingCameraConfig(CameraConfig):
     """What cameras the gateway connects to (TCP, RTSP) share."""
 
-    connect_timeout_seconds: float = option(5.0, _TIMEOUT)
+    connect_timeout_seconds: float = option(5.0, _TIMEOUT, doc="per connection attempt")
 
 
 @dataclass(frozen=True, slots=True)
 class TcpCameraConfig(ConnectingCameraConfig):
-    host: str = option("", string, required=True)
-    port: int = option(5000, _PORT)
-    username: str = option("admin", string)
-    password: str = option("", secret)
+    host: str = option("", string, required=True, doc="the camera's address")
+    port: int = option(5000, _PORT, doc="the camera's LPR port")
+    username: str = option("admin", string, doc="the camera's login")
+    password: str = option("", secret, doc="never logged; empty is warned about")
     idle_timeout_seconds: float = option(
         300.0,
         _TIMEOUT,
         doc="the protocol has no keep-alive: silence this long means a dead session",
     )
-    capture_dir: Path | None = option(None, optional_path)
+    capture_dir: Path | None = option(
+        None, optional_path, doc="keep raw frames that failed to parse here"
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class HttpCameraConfig(CameraConfig):
     path: str = option("", string, doc="the URL path the camera posts to; default /lpr/<id>")
-    username: str | None = option(None, string)
-    password: str | None = option(None, secret)
+    username: str | None = option(None, string, doc="HTTP Basic the camera must send")
+    password: str | None = option(None, secret, doc="required (not empty) with username")
     allowed_sources: tuple[str, ...] = option(
         (), networks, raw=True, doc="addresses or networks; empty = any"
     )
@@ -597,12 +633,16 @@ class HttpCameraConfig(CameraConfig):
 
 @dataclass(frozen=True, slots=True)
 class RtspCameraConfig(ConnectingCameraConfig):
-    url: str = option("", string, required=True)
-    username: str | None = option(None, string)
-    password: str | None = option(None, secret)
-    http_port: int = option(80, _PORT)
-    idle_timeout_seconds: float = option(120.0, _TIMEOUT)
-    image_timeout_seconds: float = option(3.0, _TIMEOUT)
+    url: str = option("", string, required=True, doc="rtsp://host[:port]/path")
+    username: str | None = option(
+        None, string, doc="the camera's login (absent: the URL's user-info)"
+    )
+    password: str | None = option(None, secret, doc="required (not empty) with username")
+    http_port: int = option(80, _PORT, doc="for fetching the pictures notifications name")
+    idle_timeout_seconds: float = option(
+        120.0, _TIMEOUT, doc="no RTP/RTSP data for this long: reconnect"
+    )
+    image_timeout_seconds: float = option(3.0, _TIMEOUT, doc="per picture fetch attempt")
 
 
 AnyCameraConfig = TcpCameraConfig | HttpCameraConfig | RtspCameraConfig
@@ -615,13 +655,19 @@ CAMERA_CLASSES: dict[Protocol, type[AnyCameraConfig]] = {
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    mqtt: MqttConfig = section(MqttConfig)
-    homeassistant: HomeAssistantConfig = section(HomeAssistantConfig)
-    http: HttpServerConfig = section(HttpServerConfig)
-    metrics: MetricsConfig = section(MetricsConfig)
-    outbox: OutboxConfig = section(OutboxConfig)
-    dedup: DedupConfig = section(DedupConfig)
-    images: ImagesConfig = section(ImagesConfig)
+    mqtt: MqttConfig = section(MqttConfig, doc="the broker reads are published to")
+    homeassistant: HomeAssistantConfig = section(
+        HomeAssistantConfig, doc="Home Assistant MQTT discovery"
+    )
+    http: HttpServerConfig = section(
+        HttpServerConfig, doc="the server cameras of protocol http call"
+    )
+    metrics: MetricsConfig = section(MetricsConfig, doc="/metrics (Prometheus) and /healthz")
+    outbox: OutboxConfig = section(OutboxConfig, doc="durable store between cameras and the broker")
+    dedup: DedupConfig = section(DedupConfig, doc="repeated reads of one vehicle")
+    images: ImagesConfig = section(
+        ImagesConfig, doc="scene image on MQTT; a camera may override any key"
+    )
     known_plates: Mapping[str, tuple[str, ...]] = option(
         convert=plate_table,
         raw=True,
@@ -638,8 +684,10 @@ class Config:
         factory=dict,
         doc="TCP colour codes → names; the raw code is always published beside the name",
     )
-    log_level: str = option("INFO", level_name)
-    cameras: tuple[AnyCameraConfig, ...] = option((), camera_list, raw=True)
+    log_level: str = option("INFO", level_name, doc="DEBUG | INFO | WARNING | ERROR")
+    cameras: tuple[AnyCameraConfig, ...] = option(
+        (), camera_list, raw=True, doc="each with an id and a protocol: tcp | http | rtsp"
+    )
 
     def cameras_of(self, protocol: Protocol) -> list[AnyCameraConfig]:
         return [c for c in self.cameras if c.protocol is protocol]
@@ -772,8 +820,8 @@ class _Reader:
                 if item.name in read.values or (only is not None and item.name not in only):
                     continue
                 default = defaults.get(item.name, field_default(item))
-                result = self.option(read.key_path(key), raw.get(key, _MISSING), opt, default)
-                if result is not _MISSING:
+                result = self.option(read.key_path(key), raw.get(key, _UNSET), opt, default)
+                if result is not _UNSET:
                     read.values[item.name] = result
                     read.given.add(item.name)
                 elif default is not MISSING:
@@ -783,18 +831,18 @@ class _Reader:
         return read
 
     def option(self, path: str, value: Any, opt: Option, default: Any) -> Any:
-        """The value read for one option, or _MISSING to take its default."""
-        if opt.off and value is not _MISSING and value in (None, "", False):
+        """The value read for one option, or _UNSET to take its default."""
+        if opt.off and value is not _UNSET and value in (None, "", False):
             return None
-        if value is _MISSING or value is None:
+        if value is _UNSET or value is None:
             if opt.required:
                 self.problem(path, "is required")
-            return _MISSING
+            return _UNSET
         if opt.section is not None:
             return self.section(opt.section, path, value, default or opt.section())
         assert opt.convert is not None
         converted = opt.convert(self, path, value if opt.raw else self.interpolate(path, value))
-        return _MISSING if converted is None else converted
+        return _UNSET if converted is None else converted
 
     def require_password(self, read: _Read, username_key: str, password_key: str) -> None:
         """A login with an empty password is almost always an unset variable, and
@@ -890,9 +938,9 @@ def _camera(r: _Reader, path: str, value: Any, images: ImagesConfig) -> AnyCamer
     # The protocol says which options the camera has: read it first.
     protocol_field, protocol_option = options(CameraConfig)["protocol"]
     protocol = r.option(
-        _join(path, "protocol"), value.get("protocol", _MISSING), protocol_option, MISSING
+        _join(path, "protocol"), value.get("protocol", _UNSET), protocol_option, MISSING
     )
-    protocol = None if protocol is _MISSING else protocol
+    protocol = None if protocol is _UNSET else protocol
     cls = CAMERA_CLASSES[protocol] if protocol is not None else CameraConfig
     raw = r.mapping(path, value, set(options(cls)))
     defaults = {"images": images}

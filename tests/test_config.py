@@ -16,7 +16,9 @@ import yaml
 from gateway.config import (
     CAMERA_CLASSES,
     Config,
+    ConnectingCameraConfig,
     HttpCameraConfig,
+    MqttConfig,
     Option,
     OutboxSync,
     Protocol,
@@ -492,6 +494,19 @@ def test_where_the_example_shows_a_default_it_is_the_fields_default() -> None:
             assert loaded(config, path) != default, f"{path}: at its default, drop it here"
         else:
             assert loaded(config, path) == default, f"{path}: the example and the field differ"
+
+
+def test_every_option_is_documented_where_it_is_declared() -> None:
+    sections = [Config, ConnectingCameraConfig, *CAMERA_CLASSES.values()]
+    sections += [opt.section for _item, opt in options(Config).values() if opt.section]
+    sections += [opt.section for _item, opt in options(MqttConfig).values() if opt.section]
+    undocumented = [
+        f"{cls.__name__}.{key}"
+        for cls in sections
+        for key, (_item, opt) in options(cls).items()
+        if not opt.doc
+    ]
+    assert undocumented == []
 
 
 def _yaml_form(value: Any) -> Any:
