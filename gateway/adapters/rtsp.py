@@ -20,7 +20,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,6 +47,7 @@ from gateway.codecs.rtsp import (
     AuthenticationFailed,
     Authenticator,
     AuthVerdict,
+    ClientEvent,
     KeepAliveAcknowledged,
     MetadataPacket,
     RequestFailed,
@@ -157,7 +158,6 @@ class CameraSession:
         self.pending: set[asyncio.Task[None]] = set()
         self._last_submit: asyncio.Task[None] | None = None
         self.policy = policy
-        self.progress: SessionProgress | None = None  # of the current session
         self._auth_failure_said = False
         m = ctx.metrics
         # Every complaint the camera can repeat goes through this, keyed by
@@ -184,7 +184,6 @@ class CameraSession:
     async def session(self, progress: SessionProgress) -> Outcome:
         """Connect, play, receive until the session ends."""
         camera = self.camera
-        self.progress = progress
         connection = await progress.connect(self.host, self.port, camera.connect_timeout_seconds)
         if connection is None:
             return Outcome.CONNECT_FAILED
@@ -196,7 +195,7 @@ class CameraSession:
             cnonce=_cnonce,
             user_agent=USER_AGENT,
         )
-        state = _SessionState(client, reader, writer)
+        state = _SessionState(client, reader, writer, progress)
         try:
             return await self._converse(state)
         except asyncio.CancelledError:
@@ -210,140 +209,175 @@ class CameraSession:
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
     async def _converse(self, state: _SessionState) -> Outcome:
-        camera = self.camera
+        """Read → feed → dispatch until the session ends, keeping its deadlines."""
         client = state.client
         client.start()
         state.writer.write(client.data_to_send())
         now = time.monotonic()
-        handshake_deadline = now + HANDSHAKE_TIMEOUT_SECONDS
-        idle_deadline = now + camera.idle_timeout_seconds
-        keepalive_at = float("inf")
-        keepalive_every = float("inf")
-        reassembler = RtpReassembler(max_document_bytes=MAX_DOCUMENT_BYTES)
+        state.handshake_deadline = now + HANDSHAKE_TIMEOUT_SECONDS
+        state.idle_deadline = now + self.camera.idle_timeout_seconds
+        state.reassembler = RtpReassembler(max_document_bytes=MAX_DOCUMENT_BYTES)
         stop_wait = asyncio.ensure_future(self.ctx.stopping.wait())
         try:
             while True:
                 now = time.monotonic()
-                if not state.playing and now >= handshake_deadline:
-                    log.warning(
-                        "camera %s: no PLAY within %.0f s (state %s); reconnecting",
-                        camera.id,
-                        HANDSHAKE_TIMEOUT_SECONDS,
-                        client.state.name,
-                    )
-                    return Outcome.FAILED
-                if now >= idle_deadline:
-                    log.warning(
-                        "camera %s: nothing received for %.0f s; reconnecting",
-                        camera.id,
-                        camera.idle_timeout_seconds,
-                    )
-                    return Outcome.CLOSED
-                if state.playing and now >= keepalive_at:
-                    client.send_keepalive()
-                    state.writer.write(client.data_to_send())
-                    keepalive_at = now + keepalive_every
-                wake_at = min(idle_deadline, keepalive_at)
-                if not state.playing:
-                    wake_at = min(wake_at, handshake_deadline)
-                if state.read_task is None:
-                    state.read_task = asyncio.ensure_future(state.reader.read(READ_SIZE))
-                waiting: set[asyncio.Future[Any]] = {state.read_task, stop_wait}
-                done, _ = await asyncio.wait(
-                    waiting,
-                    timeout=max(0.0, wake_at - now),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if stop_wait in done:
-                    await self._teardown(state)
-                    return Outcome.STOPPED
-                if state.read_task not in done:
-                    continue
-                try:
-                    data = state.read_task.result()
-                except OSError as exc:
-                    log.warning("camera %s: connection error: %s", camera.id, exc)
-                    return Outcome.CLOSED
-                finally:
-                    state.read_task = None
-                if not data:
-                    log.warning("camera %s: the camera closed the connection", camera.id)
-                    return Outcome.CLOSED
-                self._bytes.inc(len(data))
-                idle_deadline = time.monotonic() + camera.idle_timeout_seconds
-                client.receive_data(data)
-                while True:
-                    try:
-                        event = client.next_event()
-                    except CameraProtocolError as exc:
-                        self._count_error(exc.kind)
-                        self._complaints.warning(
-                            (camera.id, exc.kind),
-                            "camera %s: RTSP protocol error (%s): %s; reconnecting",
-                            camera.id,
-                            exc.kind,
-                            exc.detail,
-                        )
-                        return Outcome.FAILED
-                    if isinstance(event, Signal):
-                        break
-                    if isinstance(event, MetadataPacket):
-                        await self._on_packet(reassembler, event.data)
-                    elif isinstance(event, SessionStarted):
-                        state.playing = True
-                        for kind in event.issues:
-                            self._count_error(kind)
-                            self._complaints.warning(
-                                (camera.id, kind),
-                                "camera %s: PLAY answer not fully readable (%s); playing anyway",
-                                camera.id,
-                                kind,
-                            )
-                        reassembler = RtpReassembler(
-                            max_document_bytes=MAX_DOCUMENT_BYTES,
-                            payload_type=event.track.payload_type,
-                        )
-                        reassembler.expect_first_sequence(event.first_sequence)
-                        timeout = event.session.effective_timeout
-                        keepalive_every = max(MIN_KEEPALIVE_SECONDS, timeout * KEEPALIVE_FRACTION)
-                        keepalive_at = time.monotonic() + keepalive_every
-                        self._auth_failure_said = False
-                        assert self.progress is not None
-                        self.progress.established()
-                        log.info(
-                            "camera %s: playing metadata track %s (payload type %d); "
-                            "session timeout %d s, keep-alive by %s every %.1f s",
-                            camera.id,
-                            event.track.control_url,
-                            event.track.payload_type,
-                            timeout,
-                            event.keepalive_method,
-                            keepalive_every,
-                        )
-                    elif isinstance(event, KeepAliveAcknowledged):
-                        log.debug("camera %s: keep-alive answered %d", camera.id, event.status)
-                    elif isinstance(event, AuthenticationFailed):
-                        self._on_auth_failed(event)
-                        return Outcome.AUTH_FAILED
-                    elif isinstance(event, RequestFailed):
-                        self._complaints.warning(
-                            (camera.id, f"refused_{event.method}"),
-                            "camera %s: %s refused: %d %s; reconnecting",
-                            camera.id,
-                            event.method,
-                            event.status,
-                            event.reason,
-                        )
-                        return Outcome.FAILED
-                    elif isinstance(event, TeardownComplete):
-                        return Outcome.STOPPED
-                pending_out = client.data_to_send()
-                if pending_out:
-                    state.writer.write(pending_out)
+                outcome = self._keep_time(state, now)
+                if outcome is not None:
+                    return outcome
+                data = await self._read(state, stop_wait, now)
+                if isinstance(data, Outcome):
+                    return data
+                if data is None:
+                    continue  # a deadline is due
+                outcome = await self._feed(state, data)
+                if outcome is not None:
+                    return outcome
                 # Backpressure from a slow socket: never let our own writes pile up.
                 await state.writer.drain()
         finally:
             stop_wait.cancel()
+
+    def _keep_time(self, state: _SessionState, now: float) -> Outcome | None:
+        """End the session past a deadline; send the keep-alive when it is due."""
+        camera = self.camera
+        if not state.playing and now >= state.handshake_deadline:
+            log.warning(
+                "camera %s: no PLAY within %.0f s (state %s); reconnecting",
+                camera.id,
+                HANDSHAKE_TIMEOUT_SECONDS,
+                state.client.state.name,
+            )
+            return Outcome.FAILED
+        if now >= state.idle_deadline:
+            log.warning(
+                "camera %s: nothing received for %.0f s; reconnecting",
+                camera.id,
+                camera.idle_timeout_seconds,
+            )
+            return Outcome.CLOSED
+        if state.playing and now >= state.keepalive_at:
+            state.client.send_keepalive()
+            state.writer.write(state.client.data_to_send())
+            state.keepalive_at = now + state.keepalive_every
+        return None
+
+    async def _read(
+        self, state: _SessionState, stop_wait: asyncio.Future[Any], now: float
+    ) -> bytes | Outcome | None:
+        """The next bytes; None when a deadline comes first; how the session ends
+        if the camera closed it or the gateway stops."""
+        wake_at = min(state.idle_deadline, state.keepalive_at)
+        if not state.playing:
+            wake_at = min(wake_at, state.handshake_deadline)
+        if state.read_task is None:
+            state.read_task = asyncio.ensure_future(state.reader.read(READ_SIZE))
+        done, _ = await asyncio.wait(
+            {state.read_task, stop_wait},
+            timeout=max(0.0, wake_at - now),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if stop_wait in done:
+            await self._teardown(state)
+            return Outcome.STOPPED
+        if state.read_task not in done:
+            return None
+        try:
+            data = state.read_task.result()
+        except OSError as exc:
+            log.warning("camera %s: connection error: %s", self.camera.id, exc)
+            return Outcome.CLOSED
+        finally:
+            state.read_task = None
+        if not data:
+            log.warning("camera %s: the camera closed the connection", self.camera.id)
+            return Outcome.CLOSED
+        return data
+
+    async def _feed(self, state: _SessionState, data: bytes) -> Outcome | None:
+        """Hand the bytes to the client and act on its events; send what it queued."""
+        camera, client = self.camera, state.client
+        self._bytes.inc(len(data))
+        state.idle_deadline = time.monotonic() + camera.idle_timeout_seconds
+        client.receive_data(data)
+        while True:
+            try:
+                event = client.next_event()
+            except CameraProtocolError as exc:
+                self._count_error(exc.kind)
+                self._complaints.warning(
+                    (camera.id, exc.kind),
+                    "camera %s: RTSP protocol error (%s): %s; reconnecting",
+                    camera.id,
+                    exc.kind,
+                    exc.detail,
+                )
+                return Outcome.FAILED
+            if isinstance(event, Signal):
+                break
+            outcome = await self._dispatch(state, event)
+            if outcome is not None:
+                return outcome
+        pending_out = client.data_to_send()
+        if pending_out:
+            state.writer.write(pending_out)
+        return None
+
+    async def _dispatch(self, state: _SessionState, event: ClientEvent) -> Outcome | None:
+        """Act on one client event; how the session ends, if it does."""
+        camera = self.camera
+        if isinstance(event, MetadataPacket):
+            await self._on_packet(state, event.data)
+        elif isinstance(event, SessionStarted):
+            self._on_session_started(state, event)
+        elif isinstance(event, KeepAliveAcknowledged):
+            log.debug("camera %s: keep-alive answered %d", camera.id, event.status)
+        elif isinstance(event, AuthenticationFailed):
+            self._on_auth_failed(event)
+            return Outcome.AUTH_FAILED
+        elif isinstance(event, RequestFailed):
+            self._complaints.warning(
+                (camera.id, f"refused_{event.method}"),
+                "camera %s: %s refused: %d %s; reconnecting",
+                camera.id,
+                event.method,
+                event.status,
+                event.reason,
+            )
+            return Outcome.FAILED
+        elif isinstance(event, TeardownComplete):
+            return Outcome.STOPPED
+        return None
+
+    def _on_session_started(self, state: _SessionState, event: SessionStarted) -> None:
+        camera = self.camera
+        state.playing = True
+        for kind in event.issues:
+            self._count_error(kind)
+            self._complaints.warning(
+                (camera.id, kind),
+                "camera %s: PLAY answer not fully readable (%s); playing anyway",
+                camera.id,
+                kind,
+            )
+        state.reassembler = RtpReassembler(
+            max_document_bytes=MAX_DOCUMENT_BYTES, payload_type=event.track.payload_type
+        )
+        state.reassembler.expect_first_sequence(event.first_sequence)
+        timeout = event.session.effective_timeout
+        state.keepalive_every = max(MIN_KEEPALIVE_SECONDS, timeout * KEEPALIVE_FRACTION)
+        state.keepalive_at = time.monotonic() + state.keepalive_every
+        self._auth_failure_said = False
+        state.progress.established()
+        log.info(
+            "camera %s: playing metadata track %s (payload type %d); "
+            "session timeout %d s, keep-alive by %s every %.1f s",
+            camera.id,
+            event.track.control_url,
+            event.track.payload_type,
+            timeout,
+            event.keepalive_method,
+            state.keepalive_every,
+        )
 
     def _on_auth_failed(self, event: AuthenticationFailed) -> None:
         camera = self.camera
@@ -392,12 +426,11 @@ class CameraSession:
 
     # -- documents and reads --------------------------------------------------------------
 
-    async def _on_packet(self, reassembler: RtpReassembler, packet: bytes) -> None:
-        for result in reassembler.feed(packet):
+    async def _on_packet(self, state: _SessionState, packet: bytes) -> None:
+        for result in state.reassembler.feed(packet):
             if isinstance(result, RtpDocument):
                 self._frames.inc()
-                if self.progress is not None:
-                    self.progress.delivered()
+                state.progress.delivered()
                 await self._on_document(result.data)
             elif isinstance(result, RtpDocumentDropped):
                 self._count_error(f"rtp_{result.reason.value}")
@@ -508,6 +541,22 @@ class CameraSession:
             return _PictureResult(
                 Image.missing(f"unusable picture path {path[:100]!r}"), "bad_path"
             )
+        data, failure, reason = await self._fetch_with_retries(url, path)
+        if data is not None:
+            return _PictureResult(Image(data=data))
+        self.ctx.metrics.image_fetch_failures.labels(camera=camera.id, reason=failure).inc()
+        self._complaints.warning(
+            (camera.id, f"picture_{failure}"),
+            "camera %s: picture %s missing: %s",
+            camera.id,
+            path[:200],
+            reason,
+        )
+        return _PictureResult(Image.missing(f"picture fetch failed: {reason}"), failure)
+
+    async def _fetch_with_retries(self, url: yarl.URL, path: str) -> tuple[bytes | None, str, str]:
+        """GET the picture, once more after a timeout, connection error or 5xx."""
+        camera = self.camera
         failure, reason = "unknown", "not fetched"
         async with self.fetch_limit:
             for attempt in range(IMAGE_FETCH_ATTEMPTS):
@@ -523,7 +572,7 @@ class CameraSession:
                     failure = "connection"
                     reason = f"connection error: {type(exc).__name__}"
                 if data is not None:
-                    return _PictureResult(Image(data=data))
+                    return data, "", ""
                 if failure not in ("timeout", "connection", "http_5xx"):
                     break  # a 404 or a non-JPEG will not change on retry
                 log.debug(
@@ -533,15 +582,7 @@ class CameraSession:
                     attempt + 1,
                     reason,
                 )
-        self.ctx.metrics.image_fetch_failures.labels(camera=camera.id, reason=failure).inc()
-        self._complaints.warning(
-            (camera.id, f"picture_{failure}"),
-            "camera %s: picture %s missing: %s",
-            camera.id,
-            path[:200],
-            reason,
-        )
-        return _PictureResult(Image.missing(f"picture fetch failed: {reason}"), failure)
+        return None, failure, reason
 
     async def _get_picture(self, url: yarl.URL) -> tuple[bytes | None, str, str]:
         """One GET (with at most a few auth rounds): (data, failure label, reason)."""
@@ -589,5 +630,12 @@ class _SessionState:
     client: RtspClient
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    progress: SessionProgress
     read_task: asyncio.Future[bytes] | None = None
     playing: bool = False
+    reassembler: RtpReassembler = field(default_factory=RtpReassembler)
+    # time.monotonic() deadlines
+    handshake_deadline: float = 0.0
+    idle_deadline: float = 0.0
+    keepalive_at: float = float("inf")
+    keepalive_every: float = float("inf")
