@@ -37,10 +37,11 @@ demo: venv system-deps
 lint: venv
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/ruff format --check gateway tests bench
-	$(BIN)/mypy gateway
+	$(BIN)/mypy gateway tests bench
 
+# Coverage of gateway/, the gateway processes the end-to-end tests start included.
 test: venv system-deps lint
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q --cov=gateway --cov-report=term $(PYTEST_ARGS)
 
 bench: venv system-deps
 	$(BIN)/python -m bench

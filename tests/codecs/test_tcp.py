@@ -1062,7 +1062,8 @@ def test_client_start_queues_the_login_request_once() -> None:
     client = TcpClient("admin", "1234")
     assert client.state is TcpClientState.IDLE
     client.start()
-    assert client.state is TcpClientState.LOGGING_IN
+    # mypy narrowed `state` by the assert above; start() changed it.
+    assert client.state is TcpClientState.LOGGING_IN  # type: ignore[comparison-overlap]
     assert client.data_to_send() == encode_login_request("admin", "1234")
     assert client.data_to_send() == b""
     with pytest.raises(RuntimeError):
