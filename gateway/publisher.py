@@ -21,7 +21,6 @@ import asyncio
 import dataclasses
 import logging
 import random
-import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -129,7 +128,7 @@ class MqttPublisher:
                 try:
                     await self._run_session()
                     backoff = RECONNECT_MIN_SECONDS
-                except (OSError, BrokerError, ssl.SSLError, ValueError) as exc:
+                except BrokerError as exc:  # the link translated what paho and the OS raised
                     self.last_error = str(exc) or type(exc).__name__
                     log.warning(
                         "MQTT broker %s: %s; retrying in %.1fs",
