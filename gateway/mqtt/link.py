@@ -185,7 +185,7 @@ class MqttLink:
     async def connect(self) -> None:
         """Open a new connection and wait for CONNACK; `BrokerError` if that fails.
 
-        Only one connection at a time: `close()` the last one first.
+        Only one connection at a time: `release()` the last one first.
         """
         try:
             client = self._make_client()
