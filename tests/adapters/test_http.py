@@ -880,6 +880,7 @@ async def test_a_request_trickled_byte_by_byte_is_cut_at_the_header_deadline() -
                     break
                 await asyncio.sleep(0.05)
         assert await read_to_eof(reader) == b""
+        writer.close()
         assert sent < len(get_request())
         assert served.count("lpr_http_connections_closed_total", reason="header_timeout") == 1
         assert served.intake.events == []
