@@ -109,6 +109,7 @@ class Rig:
             self.run(simulator.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        self.loop.close()
         self.broker.close()
 
     def published_plates(self) -> set[tuple[str, str]]:
