@@ -38,6 +38,7 @@ from gateway.config import (
     RtspCameraConfig,
     TcpCameraConfig,
 )
+from gateway.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ class EventPrinter:
             return f"{'':24}  {camera:<10} is {payload.decode()}"
         if len(parts) >= 4 and parts[-2] == "camera_event":
             return f"{'':24}  {parts[-3]:<10} camera event: {parts[-1]}"
-        if topic == f"{self.base}/bridge/state":
+        if topic == Topics(self.base).state:
             return f"{'':24}  gateway    is {payload.decode()}"
         return None
 

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.event import ListMembership, normalize_plate
-from gateway.topics import safe_slug
+from gateway.topics import known_name_slug
 
 # Fuzzy matching only for plates (and entries) with at least this many literal
 # characters: with tolerance 1, "AB1" would otherwise match half the car park.
@@ -214,11 +214,8 @@ def _deletions(text: str, depth: int) -> set[str]:
 
 
 def topic_slug(name: str) -> str:
-    """A known-plates name as one MQTT topic level (`safe_slug`: `[a-z0-9_.-]`, ≤ 64).
-
-    A name in a script without a Latin form becomes a short stable hash.
-    """
-    return safe_slug(normalize_name(name), fallback="known")
+    """A known-plates name as one MQTT topic level: `Topics.known` builds the topic."""
+    return known_name_slug(name)
 
 
 def normalize_name(name: str) -> str:
