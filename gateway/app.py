@@ -16,12 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import importlib
 import json
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
@@ -29,7 +28,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.adapters.base import AdapterContext
+from gateway.adapters import http, rtsp, tcp
+from gateway.adapters.base import AdapterContext, ReconnectPolicy
 from gateway.broker import MosquittoProcess
 from gateway.config import Config, Protocol, split_listen
 from gateway.errors import StartupError
@@ -52,10 +52,35 @@ TASK_STABLE_SECONDS = 60.0
 RESTART_REPORT_SECONDS = 600.0
 
 
+AdapterRun = Callable[[AdapterContext, Sequence[Any], ReconnectPolicy], Awaitable[None]]
+
+
+def _run_http(
+    ctx: AdapterContext, cameras: Sequence[Any], _policy: ReconnectPolicy
+) -> Awaitable[None]:
+    # Push mode: the cameras connect to us, there is nothing to reconnect.
+    return http.run(ctx, cameras)
+
+
+# Which adapter serves each protocol's cameras.
+ADAPTERS: dict[Protocol, AdapterRun] = {
+    Protocol.TCP: tcp.run,
+    Protocol.HTTP: _run_http,
+    Protocol.RTSP: rtsp.run,
+}
+
+
 class Gateway:
-    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics | None = None,
+        reconnect_policy: ReconnectPolicy | None = None,
+    ) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
+        # When a camera that the gateway connects to (TCP, RTSP) is tried again.
+        self.reconnect_policy = reconnect_policy or ReconnectPolicy()
         self.stopping = asyncio.Event()
         self.embedded_broker: MosquittoProcess | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
@@ -163,12 +188,8 @@ class Gateway:
             cameras = self.config.cameras_of(protocol)
             if not cameras:
                 continue
-            module = importlib.import_module(f"gateway.adapters.{protocol.value}")
-            self._adapter_tasks.append(
-                self._supervised(
-                    f"adapter-{protocol.value}", _adapter_runner(module.run, context, cameras)
-                )
-            )
+            runner = _adapter_runner(ADAPTERS[protocol], context, cameras, self.reconnect_policy)
+            self._adapter_tasks.append(self._supervised(f"adapter-{protocol.value}", runner))
         log.info(
             "gateway started: %d cameras, outbox %s, metrics %s",
             len(self.config.cameras),
@@ -278,9 +299,8 @@ class Gateway:
         await self._metrics_runner.setup()
         site = web.TCPSite(self._metrics_runner, self.config.metrics.host, self.config.metrics.port)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.metrics_port = sockets[0].getsockname()[1] if sockets else self.config.metrics.port
+        addresses = self._metrics_runner.addresses
+        self.metrics_port = addresses[0][1] if addresses else self.config.metrics.port
 
     async def _handle_metrics(self, _request: web.Request) -> web.Response:
         self.metrics.asyncio_tasks.set(len(asyncio.all_tasks()))
@@ -338,9 +358,10 @@ class Gateway:
 
 
 def _adapter_runner(
-    run: Callable[[AdapterContext, Any], Awaitable[None]],
+    run: AdapterRun,
     context: AdapterContext,
-    cameras: list[Any],
+    cameras: Sequence[Any],
+    policy: ReconnectPolicy,
 ) -> Callable[[], Awaitable[None]]:
-    """A fresh run of one adapter module for every (re)start."""
-    return lambda: run(context, cameras)
+    """A fresh run of one adapter for every (re)start."""
+    return lambda: run(context, cameras, policy)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.app import Gateway
+from gateway.app import ADAPTERS, Gateway
 from gateway.broker import MosquittoProcess
+from gateway.config import Protocol
 from gateway.event import Image, PlateEvent, Source, utc_now
 from tests.helpers import MqttCollector, gateway_config
 
@@ -77,3 +78,7 @@ async def test_metrics_move_and_health_follows_broker(
             assert any(p.startswith("mqtt: not connected") for p in report["problems"])
             _, text = await fetch(f"{base}/metrics")
             assert sample_value(text, "lpr_mqtt_connected") == 0
+
+
+def test_every_protocol_has_an_adapter() -> None:
+    assert set(ADAPTERS) == set(Protocol)

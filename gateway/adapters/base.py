@@ -67,12 +67,17 @@ class ReconnectPolicy:
     delivered a read or lasted `healthy_after_seconds`) resets the count.
     Refused credentials will not fix themselves: they are retried every
     `auth_retry_seconds`, whatever the count.
+
+    `frame_stall_seconds` is how long a session waits for the rest of a frame
+    whose header came (TCP): then the header is taken to be corrupt and the
+    frame given up (a real 16 MiB frame takes well under a second on a LAN).
     """
 
     initial_seconds: float = 1.0
     max_seconds: float = 60.0
     auth_retry_seconds: float = 60.0
     healthy_after_seconds: float = 30.0
+    frame_stall_seconds: float = 15.0
 
     def delay(self, failures: int, rng: random.Random | None = None) -> float:
         """The wait after `failures` (>= 1) failed sessions in a row."""

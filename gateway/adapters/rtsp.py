@@ -69,13 +69,6 @@ SOURCE = "rtsp"
 DEFAULT_RTSP_PORT = 554
 READ_SIZE = 64 * 1024
 USER_AGENT = "lpr-gateway"
-# Backoff after a failed or dropped session: initial * 2**n, capped, with jitter.
-RECONNECT_INITIAL_SECONDS = 1.0
-RECONNECT_MAX_SECONDS = 60.0
-# Refused credentials will not fix themselves: retry on a slow schedule.
-AUTH_RETRY_SECONDS = 60.0
-# A session that played this long (or delivered a document) resets the backoff.
-HEALTHY_SESSION_SECONDS = 30.0
 # OPTIONS → PLAY must be done within this (a server that answers nothing).
 HANDSHAKE_TIMEOUT_SECONDS = 15.0
 # Keep-alive at this fraction of the session timeout (RFC 2326 servers drop at 1.0).
@@ -98,7 +91,7 @@ async def run(
     policy: ReconnectPolicy | None = None,
 ) -> None:
     """Serve every RTSP camera until cancelled."""
-    policy = policy or default_policy()
+    policy = policy or ReconnectPolicy()
     timeout = aiohttp.ClientTimeout(total=None)
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=IMAGE_FETCH_CONCURRENCY)
     async with (
@@ -109,16 +102,6 @@ async def run(
             group.create_task(
                 CameraSession(ctx, camera, http, policy).run(), name=f"rtsp-camera-{camera.id}"
             )
-
-
-def default_policy() -> ReconnectPolicy:
-    """The production schedule (read when the adapter starts)."""
-    return ReconnectPolicy(
-        initial_seconds=RECONNECT_INITIAL_SECONDS,
-        max_seconds=RECONNECT_MAX_SECONDS,
-        auth_retry_seconds=AUTH_RETRY_SECONDS,
-        healthy_after_seconds=HEALTHY_SESSION_SECONDS,
-    )
 
 
 def _cnonce() -> str:

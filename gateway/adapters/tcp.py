@@ -50,17 +50,7 @@ log = logging.getLogger(__name__)
 SOURCE = "tcp"
 READ_SIZE = 1024 * 1024
 STREAM_LIMIT = 1024 * 1024
-# Backoff after a failed or dropped session: initial * 2**n, capped, with jitter.
-RECONNECT_INITIAL_SECONDS = 1.0
-RECONNECT_MAX_SECONDS = 60.0
-# A refused login will not fix itself: retry on a slow schedule.
-AUTH_RETRY_SECONDS = 60.0
-# A session that lived this long (or delivered a read) resets the backoff.
-HEALTHY_SESSION_SECONDS = 30.0
 MAX_DATA_SIZE = DEFAULT_MAX_DATA_SIZE
-# A frame still incomplete this long after its header came is taken to be a
-# corrupt header (a real 16 MiB frame takes well under a second on a LAN).
-FRAME_STALL_SECONDS = 15.0
 # Reads of one camera in the pipeline at once (not yet durable in the outbox).
 MAX_PENDING_SUBMITS = 16
 # capture_dir bounds: files kept per camera, bytes kept per file.
@@ -74,22 +64,12 @@ async def run(
     policy: ReconnectPolicy | None = None,
 ) -> None:
     """Serve every TCP camera until cancelled."""
-    policy = policy or default_policy()
+    policy = policy or ReconnectPolicy()
     async with asyncio.TaskGroup() as group:
         for camera in cameras:
             group.create_task(
                 CameraSession(ctx, camera, policy).run(), name=f"tcp-camera-{camera.id}"
             )
-
-
-def default_policy() -> ReconnectPolicy:
-    """The production schedule (read when the adapter starts)."""
-    return ReconnectPolicy(
-        initial_seconds=RECONNECT_INITIAL_SECONDS,
-        max_seconds=RECONNECT_MAX_SECONDS,
-        auth_retry_seconds=AUTH_RETRY_SECONDS,
-        healthy_after_seconds=HEALTHY_SESSION_SECONDS,
-    )
 
 
 class CameraSession:
@@ -141,7 +121,9 @@ class CameraSession:
         """Read → feed → dispatch until the session ends."""
         bytes_metric = self.metrics.camera_bytes.labels(camera=self.camera.id)
         frames_metric = self.metrics.camera_frames.labels(camera=self.camera.id)
-        stall = _FrameStall(client, asyncio.get_running_loop().time)
+        stall = _FrameStall(
+            client, asyncio.get_running_loop().time, self.policy.frame_stall_seconds
+        )
         while True:
             event = client.next_event()
             if event is NEED_DATA:
@@ -396,11 +378,12 @@ class _FrameStall:
     that many bytes came.
     """
 
-    __slots__ = ("_client", "_clock", "_now", "_started")
+    __slots__ = ("_client", "_clock", "_limit", "_now", "_started")
 
-    def __init__(self, client: TcpClient, clock: Callable[[], float]) -> None:
+    def __init__(self, client: TcpClient, clock: Callable[[], float], limit: float) -> None:
         self._client = client
         self._clock = clock
+        self._limit = limit
         self._started: float | None = None
         self._now = 0.0
 
@@ -415,7 +398,7 @@ class _FrameStall:
             self._started = None
         elif self._started is None:
             self._started = now
-        elif now - self._started >= FRAME_STALL_SECONDS:
+        elif now - self._started >= self._limit:
             self._started = None
             self._client.abandon_partial_frame()
             return True
@@ -425,7 +408,7 @@ class _FrameStall:
         """Seconds until the awaited frame is overdue (as of `overdue()`), or None."""
         if self._started is None:
             return None
-        return self._started + FRAME_STALL_SECONDS - self._now
+        return self._started + self._limit - self._now
 
 
 def _capture_prefix(camera_id: str) -> str:

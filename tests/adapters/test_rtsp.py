@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 
 from gateway.adapters import rtsp as adapter
-from gateway.adapters.base import backoff_delay
+from gateway.adapters.base import ReconnectPolicy, backoff_delay
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
 from gateway.codecs import onvif
@@ -39,10 +39,8 @@ AVAILABILITY = f"lpr/{CAMERA}/availability"
 PLATE_TOPIC = f"lpr/{CAMERA}/image/plate"
 
 
-@pytest.fixture(autouse=True)
-def quick_reconnect(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The production backoff starts at 1 s; tests need not wait that long.
-    monkeypatch.setattr(adapter, "RECONNECT_INITIAL_SECONDS", 0.1)
+# The production backoff starts at 1 s; tests need not wait that long.
+QUICK_RECONNECT = ReconnectPolicy(initial_seconds=0.1)
 
 
 def camera_entry(sim: RtspCameraSimulator, **overrides: Any) -> dict[str, Any]:
@@ -64,7 +62,7 @@ async def running(
     broker: MosquittoProcess, tmp_path: Path, cameras: Iterable[dict[str, Any]]
 ) -> AsyncIterator[Gateway]:
     config = gateway_config(broker.url, tmp_path, list(cameras))
-    async with Gateway(config) as gw:
+    async with Gateway(config, reconnect_policy=QUICK_RECONNECT) as gw:
         yield gw
 
 
@@ -474,12 +472,10 @@ async def test_unreachable_camera_is_offline_and_retried(
     [(0, 0.05, 0.1), (1, 0.1, 0.2), (3, 0.4, 0.8), (20, 30.0, 60.0), (10_000, 30.0, 60.0)],
 )
 def test_backoff_is_capped_exponential_with_jitter(attempt: int, low: float, high: float) -> None:
-    # quick_reconnect sets the initial delay to 0.1 s; the cap stays 60 s.
+    # QUICK_RECONNECT sets the initial delay to 0.1 s; the cap stays 60 s.
     rng = random.Random(attempt)
     delays = [
-        backoff_delay(
-            attempt, adapter.RECONNECT_INITIAL_SECONDS, adapter.RECONNECT_MAX_SECONDS, rng
-        )
+        backoff_delay(attempt, QUICK_RECONNECT.initial_seconds, QUICK_RECONNECT.max_seconds, rng)
         for _ in range(50)
     ]
     assert all(low <= d <= high for d in delays)

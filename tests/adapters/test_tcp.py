@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import struct
@@ -98,9 +99,13 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
 
 @contextlib.asynccontextmanager
 async def running(
-    spine: FakeSpine, *cameras: TcpCameraConfig, config: Config | None = None
+    spine: FakeSpine,
+    *cameras: TcpCameraConfig,
+    config: Config | None = None,
+    policy: ReconnectPolicy | None = None,
 ) -> AsyncIterator[None]:
-    task = asyncio.create_task(tcp.run(spine.context(config), cameras, FAST_RETRIES))
+    run = tcp.run(spine.context(config), cameras, policy or FAST_RETRIES)
+    task = asyncio.create_task(run)
     try:
         yield
     finally:
@@ -319,12 +324,10 @@ async def test_unknown_commands_are_counted_and_logged_once(
     assert spine.plates == ["부산02가1234"]
 
 
-async def test_a_stalled_frame_is_given_up_and_later_reads_arrive(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_stalled_frame_is_given_up_and_later_reads_arrive() -> None:
     # A header claiming 1 MiB, then a real read: without a stall limit the read
     # would wait behind the bogus frame until a megabyte more arrived.
-    monkeypatch.setattr(tcp, "FRAME_STALL_SECONDS", 0.2)
+    policy = dataclasses.replace(FAST_RETRIES, frame_stall_seconds=0.2)
 
     async def script(writer: asyncio.StreamWriter) -> None:
         writer.write(b"\xcc\xff\x42\x42" + struct.pack("<I", 1 << 20))
@@ -332,7 +335,10 @@ async def test_a_stalled_frame_is_given_up_and_later_reads_arrive(
         writer.write(encode_recognition_frame(FULL, [PLATE, SCENE]))
 
     spine = FakeSpine()
-    async with ScriptedCamera(script) as camera, running(spine, camera_config(camera.port)):
+    async with (
+        ScriptedCamera(script) as camera,
+        running(spine, camera_config(camera.port), policy=policy),
+    ):
         await eventually(lambda: len(spine.events) == 1)
         assert spine.online() is True  # the session was kept
     assert spine.sample("lpr_parse_errors_total", source="tcp", kind="stalled") == 1

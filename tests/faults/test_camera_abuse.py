@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from gateway.adapters import tcp as tcp_adapter
+from gateway.adapters.base import ReconnectPolicy
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
 from gateway.codecs.tcp import (
@@ -160,10 +160,9 @@ def p99(values: list[float]) -> float:
 
 
 async def test_garbage_half_frame_then_silence(
-    mqtt_broker: MosquittoProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mqtt_broker: MosquittoProcess, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(tcp_adapter, "FRAME_STALL_SECONDS", 1.0)
-    monkeypatch.setattr(tcp_adapter, "RECONNECT_INITIAL_SECONDS", 0.2)
+    policy = ReconnectPolicy(initial_seconds=0.2, frame_stall_seconds=1.0)
     with CountingCollector(mqtt_broker.host, mqtt_broker.port, topics=("lpr/+/event",)) as sub:
         async with BadCamera(garbage_half_frame_silence) as bad, good_tcp_camera() as good:
             config = gateway_config(
@@ -174,7 +173,7 @@ async def test_garbage_half_frame_then_silence(
                     tcp_entry(TCP_CAMERA, good.port),
                 ],
             )
-            async with Gateway(config) as gw:
+            async with Gateway(config, reconnect_policy=policy) as gw:
                 await eventually(lambda: bad.connections >= 3, timeout=15)
                 await eventually(lambda: len(good.sent_reads) >= 10, timeout=15)
                 stop_reads(good)  # what was sent can now all arrive
@@ -231,7 +230,7 @@ async def test_camera_that_hangs_up_at_once_is_retried_with_backoff(
             await eventually(lambda: good_reads() >= good_sent, timeout=10)
     record(
         f"TCP camera that accepts and hangs up: {attempts} connections in {window:.1f} s "
-        f"(backoff from {tcp_adapter.RECONNECT_INITIAL_SECONDS:g} s), "
+        f"(backoff from {ReconnectPolicy().initial_seconds:g} s), "
         f"{counted:.0f} counted in lpr_camera_reconnects_total; the other camera: "
         f"{good_reads():.0f} of {good_sent} reads taken in"
     )
