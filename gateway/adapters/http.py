@@ -43,9 +43,10 @@ from gateway.codecs.http_body import (
 )
 from gateway.config import HttpCameraConfig, HttpServerConfig, OtherEvents
 from gateway.errors import CameraProtocolError
-from gateway.event import utc_now
+from gateway.event import AnyEvent, utc_now
 from gateway.log_limit import RateLimitedLog
 from gateway.metrics import Metrics
+from gateway.pipeline import Admission
 
 log = logging.getLogger(__name__)
 
@@ -398,60 +399,58 @@ class HttpPushServer:
             return _UNAVAILABLE
         camera = self._cameras.get(_path_key(request.path))
         if not self._authorized(camera, request.headers.get("Authorization")):
-            if camera is None:
-                if not self._any_auth:
-                    self._complaints.info(
-                        (request.remote, "unknown_path"),
-                        "request for unknown path %r from %s",
-                        request.path[:200],
-                        request.remote,
-                    )
-                    return _NOT_FOUND
-                self._complaints.info(
-                    (request.remote, "unknown_path"),
-                    "refused request for unknown path %r from %s",
-                    request.path[:200],
-                    request.remote,
-                )
-            else:
-                cid = camera.config.id
-                self.metrics.camera_auth_failures.labels(camera=cid).inc()
-                self._complaints.warning(
-                    (cid, "auth"),
-                    "camera %s: missing or wrong credentials from %s",
-                    cid,
-                    request.remote,
-                )
-            return _UNAUTHORIZED
+            return self._unauthorized(camera, request)
         assert camera is not None
-        cid = camera.config.id
         if camera.networks and not _source_allowed(request.remote, camera.networks):
             self._complaints.warning(
-                (cid, "source_not_allowed"),
+                (camera.config.id, "source_not_allowed"),
                 "camera %s: refused request from %s (not in allowed_sources)",
-                cid,
+                camera.config.id,
                 request.remote,
             )
             return _FORBIDDEN
         if request.method == "GET":
-            parsed = self._parse_query(request, camera)
-            size = 0
+            parsed, size = self._parse_query(request, camera), 0
         elif request.method == "POST":
-            reserved = [0]
-            try:
-                body = await self._read_body(request, cid, reserved)
-                if isinstance(body, _Reply):
-                    return body
-                size = len(body)
-                parsed = await self._parse(body, camera)
-                del body
-            finally:
-                self._buffered -= reserved[0]
+            parsed, size = await self._read_and_parse(request, camera)
         else:
             return _Reply(405, {"error": "method not allowed"}, (("Allow", "GET, POST"),))
         if isinstance(parsed, _Reply):
             return parsed
         return await self._submit(parsed, camera, size)
+
+    def _unauthorized(self, camera: _Camera | None, request: web.BaseRequest) -> _Reply:
+        """Say (rate-limited) who was refused; 404 only when there is nothing to guess."""
+        if camera is not None:
+            cid = camera.config.id
+            self.metrics.camera_auth_failures.labels(camera=cid).inc()
+            self._complaints.warning(
+                (cid, "auth"),
+                "camera %s: missing or wrong credentials from %s",
+                cid,
+                request.remote,
+            )
+            return _UNAUTHORIZED
+        if self._any_auth:
+            message = "refused request for unknown path %r from %s"
+        else:
+            message = "request for unknown path %r from %s"
+        key = (request.remote, "unknown_path")
+        self._complaints.info(key, message, request.path[:200], request.remote)
+        return _UNAUTHORIZED if self._any_auth else _NOT_FOUND
+
+    async def _read_and_parse(
+        self, request: web.BaseRequest, camera: _Camera
+    ) -> tuple[HttpBody | _Reply, int]:
+        """The POST body parsed, and its size; its share of the buffer budget released."""
+        reserved = [0]
+        try:
+            body = await self._read_body(request, camera.config.id, reserved)
+            if isinstance(body, _Reply):
+                return body, 0
+            return await self._parse(body, camera), len(body)
+        finally:
+            self._buffered -= reserved[0]
 
     def _authorized(self, camera: _Camera | None, header: str | None) -> bool:
         if camera is not None and camera.user is None:
@@ -477,59 +476,58 @@ class HttpPushServer:
         limit = self.settings.max_body_bytes
         declared = request.content_length
         if declared is not None and declared > limit:
-            self._complaints.warning(
-                (cid, "too_large"),
-                "camera %s: body of %d bytes refused (limit %d)",
+            return self._body_refused(
                 cid,
+                "too_large",
+                _too_large(limit),
+                "camera %s: body of %d bytes refused (limit %d)",
                 declared,
                 limit,
             )
-            self.metrics.parse_errors.labels(source=SOURCE, kind="too_large").inc()
-            return _Reply(413, {"error": f"body larger than {limit} bytes"}, close=True)
+        timeout = self.settings.request_timeout_seconds
+        try:
+            async with asyncio.timeout(timeout):
+                chunks = await self._read_chunks(request, cid, limit, reserved)
+        except TimeoutError:
+            reply = _Reply(408, {"error": "request body timed out"}, close=True)
+            message = "camera %s: body not received within %ss"
+            return self._body_refused(cid, "timeout", reply, message, timeout)
+        except (ConnectionError, HttpProcessingError) as exc:
+            reply = _Reply(400, {"error": "incomplete body"}, close=True)
+            message = "camera %s: request body broken off: %s"
+            return self._body_refused(cid, "incomplete_body", reply, message, exc)
+        if isinstance(chunks, _Reply):
+            return chunks
+        self.metrics.camera_bytes.labels(camera=cid).inc(sum(map(len, chunks)))
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _read_chunks(
+        self, request: web.BaseRequest, cid: str, limit: int, reserved: list[int]
+    ) -> list[bytes] | _Reply:
+        """The body's chunks as they come, each reserved in the server-wide budget."""
         chunks: list[bytes] = []
         total = 0
-        try:
-            async with asyncio.timeout(self.settings.request_timeout_seconds):
-                while chunk := await request.content.readany():
-                    total += len(chunk)
-                    if total > limit:
-                        self._complaints.warning(
-                            (cid, "too_large"),
-                            "camera %s: body over %d bytes refused while streaming",
-                            cid,
-                            limit,
-                        )
-                        self.metrics.parse_errors.labels(source=SOURCE, kind="too_large").inc()
-                        return _Reply(413, {"error": f"body larger than {limit} bytes"}, close=True)
-                    if self._buffered + len(chunk) > MAX_BUFFERED_BYTES:
-                        self._complaints.warning(
-                            (cid, "server_busy"),
-                            "camera %s: %d bytes of bodies already buffered; answered 503",
-                            cid,
-                            self._buffered,
-                        )
-                        self.metrics.parse_errors.labels(source=SOURCE, kind="server_busy").inc()
-                        return _Reply(*_UNAVAILABLE_PARTS, close=True)
-                    self._buffered += len(chunk)
-                    reserved[0] += len(chunk)
-                    chunks.append(chunk)
-        except TimeoutError:
-            self._complaints.warning(
-                (cid, "timeout"),
-                "camera %s: body not received within %ss",
-                cid,
-                self.settings.request_timeout_seconds,
-            )
-            self.metrics.parse_errors.labels(source=SOURCE, kind="timeout").inc()
-            return _Reply(408, {"error": "request body timed out"}, close=True)
-        except (ConnectionError, HttpProcessingError) as exc:
-            self._complaints.warning(
-                (cid, "incomplete_body"), "camera %s: request body broken off: %s", cid, exc
-            )
-            self.metrics.parse_errors.labels(source=SOURCE, kind="incomplete_body").inc()
-            return _Reply(400, {"error": "incomplete body"}, close=True)
-        self.metrics.camera_bytes.labels(camera=cid).inc(total)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        while chunk := await request.content.readany():
+            total += len(chunk)
+            if total > limit:
+                message = "camera %s: body over %d bytes refused while streaming"
+                return self._body_refused(cid, "too_large", _too_large(limit), message, limit)
+            if self._buffered + len(chunk) > MAX_BUFFERED_BYTES:
+                reply = _Reply(*_UNAVAILABLE_PARTS, close=True)
+                message = "camera %s: %d bytes of bodies already buffered; answered 503"
+                return self._body_refused(cid, "server_busy", reply, message, self._buffered)
+            self._buffered += len(chunk)
+            reserved[0] += len(chunk)
+            chunks.append(chunk)
+        return chunks
+
+    def _body_refused(
+        self, cid: str, kind: str, reply: _Reply, message: str, *args: object
+    ) -> _Reply:
+        """Say (rate-limited) why camera `cid`'s body was refused, count it, give `reply`."""
+        self._complaints.warning((cid, kind), message, cid, *args)
+        self.metrics.parse_errors.labels(source=SOURCE, kind=kind).inc()
+        return reply
 
     async def _parse(self, body: bytes, camera: _Camera) -> HttpBody | _Reply:
         try:
@@ -565,6 +563,22 @@ class HttpPushServer:
     async def _submit(self, parsed: HttpBody, camera: _Camera, size: int) -> _Reply:
         cid = camera.config.id
         self.metrics.camera_frames.labels(camera=cid).inc()
+        self._report_problems(parsed, cid)
+        event = to_event(parsed, cid, utc_now())
+        if isinstance(parsed, HttpCameraNotice) and camera.config.other_events is OtherEvents.SKIP:
+            # Counted here: the pipeline (which counts every submitted event) never sees it.
+            self.metrics.events_received.labels(camera=cid, source=SOURCE).inc()
+            log.debug("camera %s: %s event skipped (other_events: skip)", cid, parsed.kind)
+            return _Reply(200, {"status": "skipped", "id": event.id})
+        if self.ctx.stopping.is_set():
+            return _UNAVAILABLE
+        admission = await self._admit(event, cid)
+        if admission is None:
+            return _UNAVAILABLE
+        return self._admission_reply(admission, parsed, event, cid, size)
+
+    def _report_problems(self, parsed: HttpBody, cid: str) -> None:
+        """Each unusable field: said (rate-limited) and counted; the read still goes on."""
         for problem in parsed.problems:
             self._complaints.warning(
                 (cid, problem.kind),
@@ -575,19 +589,14 @@ class HttpPushServer:
                 problem.detail,
             )
             self.metrics.parse_errors.labels(source=SOURCE, kind=problem.kind).inc()
-        event = to_event(parsed, cid, utc_now())
-        if isinstance(parsed, HttpCameraNotice) and camera.config.other_events is OtherEvents.SKIP:
-            # Counted here: the pipeline (which counts every submitted event) never sees it.
-            self.metrics.events_received.labels(camera=cid, source=SOURCE).inc()
-            log.debug("camera %s: %s event skipped (other_events: skip)", cid, parsed.kind)
-            return _Reply(200, {"status": "skipped", "id": event.id})
-        if self.ctx.stopping.is_set():
-            return _UNAVAILABLE
+
+    async def _admit(self, event: AnyEvent, cid: str) -> Admission | None:
+        """The pipeline's answer, or None if it did not come within the request timeout."""
         # Shielded: a timed-out request still lets the pipeline finish its write;
         # the camera's retry is then a duplicate, which the pipeline absorbs.
         pending = asyncio.ensure_future(self.ctx.submit(event))
         try:
-            admission = await asyncio.wait_for(
+            return await asyncio.wait_for(
                 asyncio.shield(pending), self.settings.request_timeout_seconds
             )
         except TimeoutError:
@@ -597,7 +606,12 @@ class HttpPushServer:
                 cid,
                 event.id,
             )
-            return _UNAVAILABLE
+            return None
+
+    def _admission_reply(
+        self, admission: Admission, parsed: HttpBody, event: AnyEvent, cid: str, size: int
+    ) -> _Reply:
+        """200 once the event is taken (stored or a duplicate), else 503: the camera retries."""
         if admission.taken:
             log.debug(
                 "camera %s: %s event %s (%d bytes) %s",
@@ -616,6 +630,10 @@ class HttpPushServer:
             admission.value,
         )
         return _UNAVAILABLE
+
+
+def _too_large(limit: int) -> _Reply:
+    return _Reply(413, {"error": f"body larger than {limit} bytes"}, close=True)
 
 
 def _basic_credentials(header: str | None) -> tuple[bytes, bytes]:
