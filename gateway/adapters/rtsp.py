@@ -81,7 +81,6 @@ MAX_PICTURE_BYTES = 5_000_000
 IMAGE_FETCH_ATTEMPTS = 2
 # Reads waiting for their picture or their turn; beyond it the stream waits (backpressure).
 MAX_PENDING_READS = 64
-MAX_DOCUMENT_BYTES = onvif.MAX_DOCUMENT_BYTES
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
@@ -106,12 +105,6 @@ async def run(
 
 def _cnonce() -> str:
     return secrets.token_hex(8)
-
-
-@dataclass(frozen=True, slots=True)
-class _PictureResult:
-    image: Image
-    failure: str | None = None  # short metric label when missing
 
 
 class CameraSession:
@@ -199,7 +192,7 @@ class CameraSession:
         now = time.monotonic()
         state.handshake_deadline = now + HANDSHAKE_TIMEOUT_SECONDS
         state.idle_deadline = now + self.camera.idle_timeout_seconds
-        state.reassembler = RtpReassembler(max_document_bytes=MAX_DOCUMENT_BYTES)
+        state.reassembler = RtpReassembler(max_document_bytes=onvif.MAX_DOCUMENT_BYTES)
         stop_wait = asyncio.ensure_future(self.ctx.stopping.wait())
         try:
             while True:
@@ -343,7 +336,7 @@ class CameraSession:
                 kind,
             )
         state.reassembler = RtpReassembler(
-            max_document_bytes=MAX_DOCUMENT_BYTES, payload_type=event.track.payload_type
+            max_document_bytes=onvif.MAX_DOCUMENT_BYTES, payload_type=event.track.payload_type
         )
         state.reassembler.expect_first_sequence(event.first_sequence)
         timeout = event.session.effective_timeout
@@ -437,7 +430,7 @@ class CameraSession:
     async def _on_document(self, document: bytes) -> None:
         camera = self.camera
         try:
-            results = onvif.parse_metadata(document, max_bytes=MAX_DOCUMENT_BYTES)
+            results = onvif.parse_metadata(document, max_bytes=onvif.MAX_DOCUMENT_BYTES)
         except CameraProtocolError as exc:
             self._count_error(exc.kind)
             self._complaints.warning(
@@ -466,7 +459,7 @@ class CameraSession:
                 await self._spawn(functools.partial(self._plate_read, result, received))
             elif camera.other_events is OtherEvents.FORWARD:
                 event = onvif.to_camera_event(result, camera.id, utc_now())
-                await self._spawn(functools.partial(self._submit_in_order, event))
+                await self._spawn(functools.partial(self._submit_after, event))
 
     async def _spawn(
         self, work: Callable[[asyncio.Task[None] | None], Coroutine[Any, Any, None]]
@@ -488,13 +481,11 @@ class CameraSession:
         # The picture is fetched at once (the camera keeps only its 10 latest),
         # then the read waits its turn so reads reach the pipeline in camera order.
         picture = await self._fetch_picture(read.picture_path)
-        event = onvif.to_plate_event(read, self.camera.id, received, plate_image=picture.image)
-        await self._submit_after(previous, event)
+        event = onvif.to_plate_event(read, self.camera.id, received, plate_image=picture)
+        await self._submit_after(event, previous)
 
-    async def _submit_in_order(self, event: AnyEvent, previous: asyncio.Task[None] | None) -> None:
-        await self._submit_after(previous, event)
-
-    async def _submit_after(self, previous: asyncio.Task[None] | None, event: AnyEvent) -> None:
+    async def _submit_after(self, event: AnyEvent, previous: asyncio.Task[None] | None) -> None:
+        """Submit `event` once the previous read's work is done (camera order)."""
         if previous is not None and not previous.done():
             await asyncio.wait([previous])  # never raises, even if it was cancelled
         admission = await self.ctx.submit(event)
@@ -511,22 +502,21 @@ class CameraSession:
 
     # -- picture fetch -------------------------------------------------------------------
 
-    async def _fetch_picture(self, path: str | None) -> _PictureResult:
+    async def _fetch_picture(self, path: str | None) -> Image:
+        """The picture, or a missing Image that says why."""
         camera = self.camera
         if not path:
-            return _PictureResult(Image.missing("the notification names no picture"), None)
+            return Image.missing("the notification names no picture")
         if not path.startswith("/"):
             path = "/" + path
         try:
             url = yarl.URL(self.picture_base + path)
         except ValueError:
             self.ctx.metrics.image_fetch_failures.labels(camera=camera.id, reason="bad_path").inc()
-            return _PictureResult(
-                Image.missing(f"unusable picture path {path[:100]!r}"), "bad_path"
-            )
+            return Image.missing(f"unusable picture path {path[:100]!r}")
         data, failure, reason = await self._fetch_with_retries(url, path)
         if data is not None:
-            return _PictureResult(Image(data=data))
+            return Image(data=data)
         self.ctx.metrics.image_fetch_failures.labels(camera=camera.id, reason=failure).inc()
         self._complaints.warning(
             (camera.id, f"picture_{failure}"),
@@ -535,7 +525,7 @@ class CameraSession:
             path[:200],
             reason,
         )
-        return _PictureResult(Image.missing(f"picture fetch failed: {reason}"), failure)
+        return Image.missing(f"picture fetch failed: {reason}")
 
     async def _fetch_with_retries(self, url: yarl.URL, path: str) -> tuple[bytes | None, str, str]:
         """GET the picture, once more after a timeout, connection error or 5xx."""

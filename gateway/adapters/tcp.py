@@ -22,7 +22,6 @@ from gateway.adapters.base import (
     supervise,
 )
 from gateway.codecs.tcp import (
-    DEFAULT_MAX_DATA_SIZE,
     FRAME_EVENTS,
     NEED_DATA,
     BadLoginReply,
@@ -50,7 +49,6 @@ log = logging.getLogger(__name__)
 SOURCE = "tcp"
 READ_SIZE = 1024 * 1024
 STREAM_LIMIT = 1024 * 1024
-MAX_DATA_SIZE = DEFAULT_MAX_DATA_SIZE
 # Reads of one camera in the pipeline at once (not yet durable in the outbox).
 MAX_PENDING_SUBMITS = 16
 # capture_dir bounds: files kept per camera, bytes kept per file.
@@ -106,7 +104,7 @@ class CameraSession:
             return Outcome.CONNECT_FAILED
         reader, writer = connection
         log.info("camera %s: connected to %s:%d, logging in", cam, camera.host, camera.port)
-        client = TcpClient(camera.username, camera.password, max_data_size=MAX_DATA_SIZE)
+        client = TcpClient(camera.username, camera.password)
         try:
             client.start()
             writer.write(client.data_to_send())
