@@ -26,7 +26,7 @@ from gateway.event import CameraEvent, Image, PlateEvent, Source, utc_now
 from gateway.outbox import EventDraft, MessageDraft, Outbox, OutboxOpenError
 from gateway.pipeline import Admission
 from gateway.publisher import DEAD_LETTER_AFTER_DROPS
-from tests.helpers import MqttCollector, gateway_config
+from tests.helpers import MqttCollector, gateway_config, sample
 
 
 def plate_read(camera: str, plate: str, scene: bytes = b"\xff\xd8scene") -> PlateEvent:
@@ -91,8 +91,8 @@ async def test_a_poisoned_row_left_by_an_older_version_is_set_aside(
             arrived = await sub.until_count("lpr/cam/event", 3)
             await until(lambda: gw.outbox.pending_events == 0, what="outbox drained")
             health = gw.health()
-            dead = gw.metrics.dead_lettered.labels(reason="invalid_topic")._value.get()
-            reconnects = gw.metrics.mqtt_reconnects._value.get()
+            dead = sample(gw.metrics, "lpr_outbox_dead_lettered_total", reason="invalid_topic")
+            reconnects = sample(gw.metrics, "lpr_mqtt_reconnects_total")
     assert [m.json()["id"] for m in arrived] == [r.id for r in reads]
     assert dead == 1
     assert reconnects == 1  # never dropped by the broker
@@ -148,7 +148,7 @@ async def test_a_message_the_broker_drops_us_for_is_isolated_and_set_aside(
                 lambda msgs: wanted <= {m.json()["id"] for m in msgs}, timeout=60
             )
             await until(lambda: gw.outbox.pending_events == 0, timeout=30, what="drained")
-            dead = gw.metrics.dead_lettered.labels(reason="broker_dropped")._value.get()
+            dead = sample(gw.metrics, "lpr_outbox_dead_lettered_total", reason="broker_dropped")
             letters = gw.outbox.dead_letters()
     first_seen: list[str] = []
     for message in arrived:
@@ -245,7 +245,7 @@ async def test_a_crashed_publisher_is_restarted_and_reported(
             read = plate_read("cam", "AFTERCRASH")
             assert await gw.submit(read) is Admission.ACCEPTED
             (event,) = await sub.until_count("lpr/cam/event", 1, timeout=30)
-            restarts = gw.metrics.task_restarts.labels(task="mqtt-publisher")._value.get()
+            restarts = sample(gw.metrics, "lpr_task_restarts_total", task="mqtt-publisher")
             after = gw.health()
     assert event.json()["id"] == read.id
     assert restarts == 1

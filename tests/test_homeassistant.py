@@ -23,6 +23,7 @@ from gateway.homeassistant import (
     ha_event_type,
     state_file_path,
 )
+from gateway.pipeline import Admission
 from tests.helpers import MqttCollector, Received, gateway_config
 
 NODE = "lprtest"
@@ -156,7 +157,7 @@ async def test_ha_event_per_read_even_for_the_same_plate(
                     received=utc_now(),
                     plate_image=Image(b"\xff\xd8jpeg"),
                 )
-                assert await gw.submit(event) is not None
+                assert await gw.submit(event) is Admission.ACCEPTED
             ha_events = await sub.until_count("lpr/gate/ha_event", 3)
     docs = [m.json() for m in ha_events]
     assert [(d["event_type"], d["plate"], d["known"]) for d in docs] == [

@@ -14,7 +14,7 @@ from gateway.event import CameraEvent, Image, PlateEvent, Source, utc_now
 from gateway.pipeline import Admission, DuplicateFilter, render_messages
 from gateway.simulate.common import scene_jpeg
 from gateway.topics import Topics
-from tests.helpers import MqttCollector, gateway_config
+from tests.helpers import MqttCollector, gateway_config, sample
 
 
 class FakeClock:
@@ -81,7 +81,7 @@ async def test_dedup_in_gateway_counts_and_publishes_once(
             assert await gw.submit(other) is Admission.ACCEPTED
             events = await sub.until_count("lpr/c/event", 2)
             assert [e.json()["id"] for e in events] == [first.id, other.id]
-            assert gw.metrics.duplicates_suppressed.labels(camera="c")._value.get() == 1
+            assert sample(gw.metrics, "lpr_duplicates_suppressed_total", camera="c") == 1
         assert await gw.submit(other) is Admission.SHUTTING_DOWN
 
 
