@@ -1,4 +1,4 @@
-"""HTTP push receiver: the server that cameras in HTTP mode call (spec section 2).
+"""HTTP push receiver: the server that cameras in HTTP mode call.
 
 A thin aiohttp shell around `gateway.codecs.http_body`: one URL path per camera,
 POST with a JSON body or GET with `Caption`/`description`. A camera gets its 200
