@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -119,14 +120,16 @@ def test_normalize_plate(plate: str, normalized: str) -> None:
     assert normalize_plate(plate) == normalized
 
 
-def test_unique_ids() -> None:
-    ids = {minimal_event().id for _ in range(3)}
-    assert len(ids) == 1  # fixed in the factory
-    fresh = {
+def test_every_event_gets_its_own_uuid4_id() -> None:
+    fresh = [
         PlateEvent(camera="c", source=Source.TCP, plate="x", received=T_RECEIVED).id
         for _ in range(1000)
-    }
-    assert len(fresh) == 1000
+    ]
+    assert len(set(fresh)) == 1000
+    assert all(uuid.UUID(i).version == 4 for i in fresh)
+    # A redelivered event keeps its id: it is the event's, not the rendering's.
+    event = minimal_event()
+    assert event.to_json_dict("lpr")["id"] == event.to_json_dict("lpr")["id"] == event.id
 
 
 def test_time_format_requires_aware_datetimes() -> None:
