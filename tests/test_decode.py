@@ -19,7 +19,7 @@ from gateway.codecs.tcp import (
     encode_recognition_frame,
 )
 from gateway.decode import main
-from tests.codecs.test_tcp import BASE, FULL, PLATE, SCENE
+from tests.tcp_samples import BASE, FULL, PLATE, SCENE
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[dict[str, Any]]]:

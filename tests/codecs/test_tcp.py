@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import struct
-import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -55,41 +54,7 @@ from gateway.codecs.tcp import (
 from gateway.codecs.tcp import ClientState as TcpClientState
 from gateway.errors import CameraProtocolError
 from gateway.event import Direction, Image, ListMembership, Source
-from gateway.simulate.common import plate_jpeg, scene_jpeg
-
-DEVICE_BYTES = bytes.fromhex("04f912bbce94654089afe83cd88f70be")
-DEVICE_ID = uuid.UUID(bytes_le=DEVICE_BYTES)
-PLATE = plate_jpeg()
-SCENE = scene_jpeg()
-
-BASE = RecognitionMetadata(
-    device_id=DEVICE_ID,
-    time_ms=1525867890000,
-    car_number="부산02가1234",
-    car_color=1,
-    plate_color=3,
-    speed=25,
-    image_count=2,
-    direction=1,
-    region="KR",
-    roi=1,
-)
-FULL = replace(
-    BASE,
-    license_plate="부산02가1234",
-    vehicle_type=1,
-    confidence=0.93,
-    plate_type=2,
-    distance=12,
-    azimuth=1.5,
-    vehicle_count=7,
-    width=1920,
-    height=1080,
-    x1=10,
-    y1=20,
-    x2=110,
-    y2=60,
-)
+from tests.tcp_samples import BASE, DEVICE_BYTES, FULL, PLATE, SCENE
 
 
 def drain(decoder: FrameDecoder) -> list[DecoderEvent]:
