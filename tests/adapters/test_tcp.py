@@ -291,6 +291,10 @@ async def test_refused_admission_is_logged(caplog: pytest.LogCaptureFixture) -> 
         await sim.push(1)
         await eventually(lambda: len(spine.events) == 1)
         await eventually(lambda: any("not taken" in r.getMessage() for r in caplog.records))
+    (line,) = [r for r in caplog.records if "not taken" in r.getMessage()]
+    assert line.levelno == logging.WARNING
+    assert "camera cam" in line.getMessage() and "outbox_full" in line.getMessage()
+    assert spine.events[0].id in line.getMessage()
 
 
 # --------------------------------------------------------------------------
