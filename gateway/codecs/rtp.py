@@ -3,15 +3,17 @@
 The camera splits each XML document over RTP packets and sets the marker bit on
 the last one. `RtpReassembler` glues payloads back per SSRC; a lost packet drops
 only the document it damaged, and an oversized document is skipped without
-buffering it. Sans-IO: packets in, `RtpDocument` / `RtpDocumentDropped` out.
+buffering it. Sans-IO, shaped like the other codecs: `receive_data(packet)`,
+then `next_event()` until NEED_DATA gives `RtpDocument` / `RtpDocumentDropped`.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Final, Literal
 
 from gateway.errors import CameraProtocolError
 
@@ -168,6 +170,15 @@ def packetize(
 # Reassembly
 
 
+class NeedData(enum.Enum):
+    """`next_event()` has nothing complete to return: feed more packets."""
+
+    NEED_DATA = "need_data"
+
+
+NEED_DATA: Final = NeedData.NEED_DATA
+
+
 class DropReason(enum.Enum):
     LOSS = "loss"  # a sequence gap inside (or before the end of) the document
     OVERSIZE = "oversize"  # the document grew past the size limit
@@ -225,6 +236,10 @@ class ReassemblyCounters:
 class RtpReassembler:
     """Per-SSRC reassembly of marker-delimited documents.
 
+    Feed one whole RTP packet per `receive_data()` call (an interleaved `$`
+    frame's payload: RTP keeps packet boundaries), then drain `next_event()`
+    until NEED_DATA.
+
     `reorder_window` packets may arrive ahead of a missing one and still be put
     back in order; over RTSP-interleaved TCP nothing is reordered, so the default
     is 0 (a gap is a loss at once, and no good document waits behind it).
@@ -247,6 +262,9 @@ class RtpReassembler:
         self.counters = ReassemblyCounters()
         self._sources: OrderedDict[int, _SourceState] = OrderedDict()
         self._first_sequence: int | None = None
+        # At most a few events per packet (a loss, then up to a reorder
+        # window of documents); the caller drains them after each packet.
+        self._events: deque[ReassemblyEvent] = deque()
 
     def expect_first_sequence(self, sequence: int | None) -> None:
         """The sequence number the next new source starts at (RTSP `RTP-Info: seq=`).
@@ -256,24 +274,36 @@ class RtpReassembler:
         """
         self._first_sequence = None if sequence is None else sequence % SEQUENCE_MODULO
 
-    def feed(self, data: bytes) -> list[ReassemblyEvent]:
-        """Take one RTP packet (bytes); return what it completed or dropped."""
+    def receive_data(self, data: bytes) -> None:
+        """Take one RTP packet (bytes); what it completes or drops waits in `next_event()`."""
         try:
             packet = parse_rtp_packet(data)
         except CameraProtocolError as exc:
             self.counters.packets_rejected += 1
-            return [RtpPacketRejected(exc.kind, exc.detail)]
-        return self.feed_packet(packet)
+            self._events.append(RtpPacketRejected(exc.kind, exc.detail))
+            return
+        self._receive_packet(packet)
 
-    def feed_packet(self, packet: RtpPacket) -> list[ReassemblyEvent]:
+    def next_event(self) -> ReassemblyEvent | Literal[NeedData.NEED_DATA]:
+        return self._events.popleft() if self._events else NEED_DATA
+
+    def feed(self, data: bytes) -> list[ReassemblyEvent]:
+        """`receive_data(data)`, then every pending event as a list (gateway/adapters/rtsp.py)."""
+        self.receive_data(data)
+        events = list(self._events)
+        self._events.clear()
+        return events
+
+    def _receive_packet(self, packet: RtpPacket) -> None:
         if self.payload_type is not None and packet.payload_type != self.payload_type:
             self.counters.packets_rejected += 1
-            return [
+            self._events.append(
                 RtpPacketRejected(
                     "rtp_payload_type",
                     f"payload type {packet.payload_type}, expected {self.payload_type}",
                 )
-            ]
+            )
+            return
         state = self._sources.get(packet.ssrc)
         if state is None:
             # A new source starts where it starts: the stream began with PLAY.
@@ -285,47 +315,41 @@ class RtpReassembler:
                 self._sources.popitem(last=False)
         else:
             self._sources.move_to_end(packet.ssrc)
-        events: list[ReassemblyEvent] = []
         distance = (packet.sequence - state.expected) % SEQUENCE_MODULO
         if distance >= _HALF_RANGE or (distance > 0 and packet.sequence in state.pending):
             self.counters.packets_late += 1
-            return events
+            return
         if distance > 0:
             state.pending[packet.sequence] = packet
             if len(state.pending) <= self.reorder_window:
-                return events
+                return
             # The window is full: the missing packets are lost.
             nearest = min(state.pending, key=lambda s: (s - state.expected) % SEQUENCE_MODULO)
             gap = (nearest - state.expected) % SEQUENCE_MODULO
-            self._lose(state, packet.ssrc, f"{gap} packet(s) missing before {nearest}", events)
+            self._lose(state, packet.ssrc, f"{gap} packet(s) missing before {nearest}")
             state.expected = nearest
         else:
-            self._accept(state, packet, events)
+            self._accept(state, packet)
         while state.expected in state.pending:
-            self._accept(state, state.pending.pop(state.expected), events)
-        return events
+            self._accept(state, state.pending.pop(state.expected))
 
-    def _lose(
-        self, state: _SourceState, ssrc: int, detail: str, events: list[ReassemblyEvent]
-    ) -> None:
+    def _lose(self, state: _SourceState, ssrc: int, detail: str) -> None:
         # Whatever was gathered is damaged, and the next packet may sit in the
         # middle of a document: discard up to the next marker.
         if not state.skipping:
             self.counters.dropped_loss += 1
-            events.append(RtpDocumentDropped(ssrc, DropReason.LOSS, detail))
+            self._events.append(RtpDocumentDropped(ssrc, DropReason.LOSS, detail))
         state.parts.clear()
         state.size = 0
         state.packets = 0
         state.skipping = True
 
-    def _accept(
-        self, state: _SourceState, packet: RtpPacket, events: list[ReassemblyEvent]
-    ) -> None:
+    def _accept(self, state: _SourceState, packet: RtpPacket) -> None:
         state.expected = (packet.sequence + 1) % SEQUENCE_MODULO
         if not state.skipping:
             if state.size + len(packet.payload) > self.max_document_bytes:
                 self.counters.dropped_oversize += 1
-                events.append(
+                self._events.append(
                     RtpDocumentDropped(
                         packet.ssrc,
                         DropReason.OVERSIZE,
@@ -343,7 +367,7 @@ class RtpReassembler:
         if packet.marker:
             if not state.skipping:
                 self.counters.documents += 1
-                events.append(
+                self._events.append(
                     RtpDocument(
                         ssrc=packet.ssrc,
                         timestamp=packet.timestamp,

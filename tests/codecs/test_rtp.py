@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.codecs.rtp import (
+    NEED_DATA,
     DropReason,
     RtpDocument,
     RtpDocumentDropped,
@@ -178,10 +179,18 @@ def _docs(events: list[object]) -> list[bytes]:
     return [e.data for e in events if isinstance(e, RtpDocument)]
 
 
+def _drain(reassembler: RtpReassembler) -> list[object]:
+    events: list[object] = []
+    while (event := reassembler.next_event()) is not NEED_DATA:
+        events.append(event)
+    return events
+
+
 def _feed_all(reassembler: RtpReassembler, packets: list[bytes]) -> list[object]:
     events: list[object] = []
     for packet in packets:
-        events.extend(reassembler.feed(packet))
+        reassembler.receive_data(packet)
+        events.extend(_drain(reassembler))
     return events
 
 
@@ -289,6 +298,38 @@ def test_bad_packets_and_other_payload_types_are_rejected_not_raised() -> None:
     assert r.counters.packets_rejected == 2
 
 
+def test_next_event_needs_data_until_a_packet_completes_something() -> None:
+    r = RtpReassembler(payload_type=PT)
+    assert r.next_event() is NEED_DATA
+    first, *rest = _stream(DOCS[:1])
+    r.receive_data(first)
+    assert r.next_event() is NEED_DATA  # half a document
+    for packet in rest:
+        r.receive_data(packet)
+    [document] = _drain(r)
+    assert isinstance(document, RtpDocument) and document.data == DOCS[0]
+    assert r.next_event() is NEED_DATA
+
+
+def test_events_wait_until_drained_in_order() -> None:
+    r = RtpReassembler(payload_type=PT)
+    for packet in [b"\x00", *_stream(DOCS)]:
+        r.receive_data(packet)
+    events = _drain(r)
+    assert isinstance(events[0], RtpPacketRejected)
+    assert _docs(events) == DOCS
+
+
+def test_feed_is_receive_data_then_drain() -> None:
+    packets = _stream(DOCS)
+    packets.insert(2, b"\x00" * 3)
+    del packets[6]
+    by_feed = RtpReassembler()
+    fed = [event for packet in packets for event in by_feed.feed(packet)]
+    assert fed == _feed_all(RtpReassembler(), packets)
+    assert by_feed.next_event() is NEED_DATA
+
+
 # -- properties ---------------------------------------------------------------------------
 
 
@@ -296,7 +337,8 @@ def test_bad_packets_and_other_payload_types_are_rejected_not_raised() -> None:
 @given(st.binary(max_size=200))
 def test_random_bytes_never_raise(data: bytes) -> None:
     r = RtpReassembler(max_document_bytes=64)
-    for event in r.feed(data):
+    r.receive_data(data)
+    for event in _drain(r):
         assert isinstance(event, RtpDocument | RtpDocumentDropped | RtpPacketRejected)
 
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.codecs import rtp
 from gateway.codecs.rtp import RtpDocument, RtpReassembler, packetize
 from gateway.codecs.rtsp_messages import (
     CLOSED,
@@ -241,9 +242,10 @@ def test_any_split_of_an_interleaved_stream_yields_the_same_documents(
             reader.receive_data(bytes(stream[a:b]))
         for event in drain(reader):
             if isinstance(event, InterleavedFrame) and event.channel == 0:
-                got += [
-                    d.data for d in reassembler.feed(event.payload) if isinstance(d, RtpDocument)
-                ]
+                reassembler.receive_data(event.payload)
+                while (done := reassembler.next_event()) is not rtp.NEED_DATA:
+                    if isinstance(done, RtpDocument):
+                        got.append(done.data)
             elif isinstance(event, RtspResponse):
                 responses += 1
     assert got == documents
