@@ -19,12 +19,12 @@ import re
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 import pybase64
 
-from gateway.codecs import assumed
+from gateway.codecs import assumed, values
 from gateway.errors import CameraProtocolError
 from gateway.event import (
     Box,
@@ -637,16 +637,12 @@ def parse_camera_time(text: str, tz: tzinfo, msec: int | None = None) -> datetim
         micros = msec * 1000
     zone_info: tzinfo = tz
     if zone is not None:
-        zone_info = UTC if zone == "Z" else _offset(zone)
+        offset = values.utc_offset(zone)
+        if offset is None:
+            raise ValueError(f"UTC offset out of range in {text[:40]!r}")
+        zone_info = offset
     local = datetime(year, month, day, hour, minute, second, micros, tzinfo=zone_info)
     return local.astimezone(UTC)
-
-
-def _offset(text: str) -> timezone:
-    digits = text[1:].replace(":", "")
-    hours, minutes = int(digits[:2]), int(digits[2:] or 0)
-    delta = timedelta(hours=hours, minutes=minutes)
-    return timezone(-delta if text[0] == "-" else delta)
 
 
 def _pop_time(fields: _Fields, tz: tzinfo) -> datetime | None:
@@ -682,35 +678,24 @@ def _pop_confidence(fields: _Fields) -> float | None:
     value = fields.pop("confidence")
     if value is None:
         return None
-    percent = isinstance(value, str) and value.strip().endswith("%")
-    number = _number(value.strip().rstrip("%") if isinstance(value, str) else value)
-    if number is not None and 0 <= number <= 100:
-        # 0..1 is a fraction, above 1 a percentage; an explicit `%` always is.
-        return number / 100 if percent or number > 1 else number
-    fields.keep("confidence", value)
-    fields.problem("confidence", "bad_value", "expected 0..1 or a percentage")
-    return None
-
-
-_SPEED_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:km/?h)?\s*", re.ASCII | re.IGNORECASE)
+    number = values.confidence(value) if isinstance(value, str | int | float) else None
+    if number is None:
+        fields.keep("confidence", value)
+        fields.problem("confidence", "bad_value", "expected 0..1 or a percentage")
+    return number
 
 
 def _pop_speed(fields: _Fields) -> float | None:
     value = fields.pop("speed")
     if value is None:
         return None
-    if isinstance(value, str):
-        if value.strip() in {"", "-", "--"}:
-            return None  # the camera's "unknown"
-        match = _SPEED_RE.fullmatch(value) if len(value) <= 40 else None
-        number = float(match.group(1)) if match else None
-    else:
-        number = _number(value)
-    if number is not None and 0 <= number < 10_000:
-        return int(number) if number == int(number) else number
-    fields.keep("speed", value)
-    fields.problem("speed", "bad_value", "expected km/h or '-'")
-    return None
+    speed, readable = (
+        values.speed_kmh(value) if isinstance(value, str | int | float) else (None, False)
+    )
+    if not readable:
+        fields.keep("speed", value)
+        fields.problem("speed", "bad_value", "expected km/h or '-'")
+    return speed
 
 
 _SWAPPED = {Direction.IN: Direction.OUT, Direction.OUT: Direction.IN}

@@ -9,17 +9,16 @@ Also builds realistic documents for the RTSP simulator and the tests.
 from __future__ import annotations
 
 import enum
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from lxml import etree
 
-from gateway.codecs import assumed
-from gateway.codecs.numbers import ascii_decimal_or_none, ascii_int_or_none, finite_or_none
+from gateway.codecs import assumed, values
+from gateway.codecs.numbers import ascii_int_or_none
 from gateway.errors import CameraProtocolError
 from gateway.event import CameraEvent, Direction, Image, PlateEvent, Source
 
@@ -310,10 +309,10 @@ def _plate_read(
     picture = lookup(mapping.picture_path)
     picture_path = (picture[1].strip() or None) if picture else None
 
-    speed_kmh: float | None = None
+    speed_kmh: float | int | None = None
     speed = lookup(mapping.speed)
     if speed is not None:
-        speed_kmh, readable = parse_speed(speed[1])
+        speed_kmh, readable = values.speed_kmh(speed[1])
         if not readable:
             unreadable[speed[0]] = speed[1]
         else:
@@ -332,7 +331,7 @@ def _plate_read(
     confidence: float | None = None
     confidence_item = lookup(mapping.confidence)
     if confidence_item is not None:
-        confidence = parse_confidence(confidence_item[1])
+        confidence = values.confidence(confidence_item[1])
         if confidence is None:
             unreadable[confidence_item[0]] = confidence_item[1]
         else:
@@ -422,12 +421,9 @@ def parse_utc_time(text: str) -> datetime | None:
     year, month, day, hour, minute, second, fraction, zone = match.groups()
     microsecond = int((fraction or "0")[:6].ljust(6, "0"))
     try:
-        tz = UTC
-        if zone and zone.upper() != "Z":
-            sign = -1 if zone[0] == "-" else 1
-            digits = zone[1:].replace(":", "")
-            # An offset of 24 h or more is refused by timezone() (ValueError).
-            tz = timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
+        tz = values.utc_offset(zone) if zone else UTC
+        if tz is None:
+            return None  # an offset of 24 h or more
         moment = datetime(
             int(year), int(month), int(day), int(hour), int(minute), int(second), microsecond, tz
         )
@@ -436,32 +432,6 @@ def parse_utc_time(text: str) -> datetime | None:
         return moment.astimezone(UTC)
     except (ValueError, OverflowError):
         return None
-
-
-_SPEED = re.compile(r"^\s*([+]?\d+(?:[.,]\d+)?)\s*([a-z/]*)\s*$", re.IGNORECASE | re.ASCII)
-_SPEED_UNITS_TO_KMH = {"km/h": 1.0, "kmh": 1.0, "kph": 1.0, "mph": 1.609344, "m/s": 3.6}
-
-
-def parse_speed(text: str) -> tuple[float | None, bool]:
-    """`25km/h`, `25 km/h`, `25` (the assumed default unit), `15mph` → km/h.
-
-    Returns (speed, readable). An empty value or `-` is "no speed" and readable.
-    """
-    stripped = text.strip()
-    if stripped in ("", "-"):
-        return None, True
-    match = _SPEED.match(stripped)
-    if match is None:
-        return None, False
-    number, unit = match.groups()
-    factor = _SPEED_UNITS_TO_KMH.get((unit or assumed.DEFAULT_SPEED_UNIT).lower())
-    parsed = ascii_decimal_or_none(number)  # bounded: 5,000 digits are not a speed
-    if factor is None or parsed is None:
-        return None, False
-    value = parsed * factor
-    if not math.isfinite(value):
-        return None, False
-    return (value if factor == 1.0 else round(value, 1)), True
 
 
 _DIRECTION_BY_VALUE = {d.value: d for d in Direction}
@@ -476,17 +446,6 @@ def parse_direction(text: str) -> Direction | None:
         return _DIRECTION_BY_VALUE.get(name) if name else None
     word = assumed.HTTP_DIRECTION_WORDS.get(stripped, stripped)
     return _DIRECTION_BY_VALUE.get(word)
-
-
-def parse_confidence(text: str) -> float | None:
-    """0..1, or a percentage (a value above 1) divided by 100; None when unreadable."""
-    # ASCII decimals only: float() would take "nan", "1e400", "１" and "1_0".
-    value = finite_or_none(ascii_decimal_or_none(text.strip().removesuffix("%")))
-    if value is None:
-        return None
-    if value > 1:
-        value /= 100
-    return value if value <= 1 else None
 
 
 # --------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import collections
 import enum
 import heapq
 import json
-import math
 import struct
 import uuid
 from collections.abc import Mapping, Sequence
@@ -22,7 +21,7 @@ from typing import Any, Final, Literal
 
 from construct import Bytes, Float32l, Int8ul, Int16ul, Int32sl, Int32ul, Int64ul, Struct
 
-from gateway.codecs import assumed
+from gateway.codecs import assumed, values
 from gateway.codecs.numbers import finite_or_none, parse_ascii_int
 from gateway.errors import CameraProtocolError
 from gateway.event import (
@@ -956,17 +955,6 @@ def effective_color_table(configured: Mapping[int, str] | None) -> Mapping[int, 
     return configured if configured else assumed.PROVISIONAL_COLOR_TABLE
 
 
-def normalize_confidence(value: float | None) -> float | None:
-    """0..1; a value above 1 is a percentage."""
-    if value is None or math.isnan(value) or math.isinf(value) or value < 0:
-        return None
-    if value > 1:
-        value = value / 100
-    if value > 1:
-        return None
-    return round(value, 4)
-
-
 def to_plate_event(
     result: RecognitionResult,
     *,
@@ -1008,7 +996,7 @@ def to_plate_event(
         plate=meta.plate,
         received=received,
         time=meta.time,
-        confidence=normalize_confidence(meta.confidence),
+        confidence=values.confidence(meta.confidence),
         direction=_DIRECTIONS.get(meta.direction, Direction.UNKNOWN),
         speed_kmh=meta.speed,
         list=_LIST_MEMBERSHIP.get(meta.plate_type) if meta.plate_type is not None else None,

@@ -32,7 +32,7 @@ from gateway.event import AnyEvent, PlateEvent
 from gateway.metrics import Metrics
 from gateway.pipeline import Admission
 from gateway.simulate.tcp import Fault, TcpCameraSimulator
-from tests.codecs.test_tcp import FULL, PLATE, SCENE
+from tests.tcp_samples import FULL, PLATE, SCENE
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.codecs import assumed, onvif
+from gateway.codecs import assumed, onvif, values
 from gateway.codecs.onvif import (
     NS_TNS1,
     NS_TNSAXIS,
@@ -506,12 +506,12 @@ def test_parse_utc_time(text: str, expected: datetime | None) -> None:
     ],
 )
 def test_parse_speed(text: str, expected: float | None, readable: bool) -> None:
-    assert onvif.parse_speed(text) == (expected, readable)
+    assert values.speed_kmh(text) == (expected, readable)
 
 
 def test_bare_speed_uses_the_assumed_default_unit() -> None:
     assert assumed.DEFAULT_SPEED_UNIT == "km/h"  # the parser's table must know it
-    assert onvif.parse_speed("30")[0] == onvif.parse_speed(f"30{assumed.DEFAULT_SPEED_UNIT}")[0]
+    assert values.speed_kmh("30")[0] == values.speed_kmh(f"30{assumed.DEFAULT_SPEED_UNIT}")[0]
 
 
 @pytest.mark.parametrize(
@@ -536,7 +536,7 @@ def test_parse_direction(text: str, expected: Direction | None) -> None:
     [("0.9", 0.9), ("90", 0.9), ("90%", 0.9), ("1", 1.0), ("-1", None), ("x", None), ("nan", None)],
 )
 def test_parse_confidence(text: str, expected: float | None) -> None:
-    value = onvif.parse_confidence(text)
+    value = values.confidence(text)
     assert value == (pytest.approx(expected) if expected is not None else None)
 
 

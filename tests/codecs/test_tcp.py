@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.codecs import assumed
+from gateway.codecs import assumed, values
 from gateway.codecs.tcp import CLIENT_TRANSITIONS as TCP_CLIENT_TRANSITIONS
 from gateway.codecs.tcp import (
     NEED_DATA,
@@ -44,7 +44,6 @@ from gateway.codecs.tcp import (
     encode_metadata,
     encode_recognition_data,
     jpeg_dimensions,
-    normalize_confidence,
     parse_login_reply,
     parse_login_request,
     parse_metadata,
@@ -993,7 +992,7 @@ def test_non_finite_floats_never_leave_the_codec(bad: float) -> None:
     ],
 )
 def test_confidence(value: float | None, expected: float | None) -> None:
-    assert normalize_confidence(value) == expected
+    assert values.confidence(value) == expected
 
 
 def test_color_table_override() -> None:
