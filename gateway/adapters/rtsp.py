@@ -37,6 +37,9 @@ from gateway.adapters.base import (
 )
 from gateway.codecs import onvif
 from gateway.codecs.rtp import (
+    NEED_DATA as NO_DOCUMENT_YET,
+)
+from gateway.codecs.rtp import (
     RtpDocument,
     RtpDocumentDropped,
     RtpPacketRejected,
@@ -403,7 +406,8 @@ class CameraSession:
     # -- documents and reads --------------------------------------------------------------
 
     async def _on_packet(self, state: _SessionState, packet: bytes) -> None:
-        for result in state.reassembler.feed(packet):
+        state.reassembler.receive_data(packet)
+        while (result := state.reassembler.next_event()) is not NO_DOCUMENT_YET:
             if isinstance(result, RtpDocument):
                 self._frames.inc()
                 state.progress.delivered()

@@ -287,13 +287,6 @@ class RtpReassembler:
     def next_event(self) -> ReassemblyEvent | Literal[NeedData.NEED_DATA]:
         return self._events.popleft() if self._events else NEED_DATA
 
-    def feed(self, data: bytes) -> list[ReassemblyEvent]:
-        """`receive_data(data)`, then every pending event as a list (gateway/adapters/rtsp.py)."""
-        self.receive_data(data)
-        events = list(self._events)
-        self._events.clear()
-        return events
-
     def _receive_packet(self, packet: RtpPacket) -> None:
         if self.payload_type is not None and packet.payload_type != self.payload_type:
             self.counters.packets_rejected += 1

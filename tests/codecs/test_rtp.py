@@ -320,16 +320,6 @@ def test_events_wait_until_drained_in_order() -> None:
     assert _docs(events) == DOCS
 
 
-def test_feed_is_receive_data_then_drain() -> None:
-    packets = _stream(DOCS)
-    packets.insert(2, b"\x00" * 3)
-    del packets[6]
-    by_feed = RtpReassembler()
-    fed = [event for packet in packets for event in by_feed.feed(packet)]
-    assert fed == _feed_all(RtpReassembler(), packets)
-    assert by_feed.next_event() is NEED_DATA
-
-
 # -- properties ---------------------------------------------------------------------------
 
 

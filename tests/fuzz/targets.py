@@ -193,7 +193,8 @@ def rtsp_client(data: bytes) -> None:
                     reassembler.expect_first_sequence(event.first_sequence)
                     client.send_keepalive()
                 elif isinstance(event, rtsp.MetadataPacket):
-                    for result in reassembler.feed(event.data):
+                    reassembler.receive_data(event.data)
+                    while (result := reassembler.next_event()) is not rtp.NEED_DATA:
                         if isinstance(result, rtp.RtpDocument):
                             onvif_document(result.data)
         except CameraProtocolError:
@@ -214,7 +215,8 @@ def rtp_packets(data: bytes) -> None:
         size = int.from_bytes(data[pos : pos + 2], "big") % 2048
         packet = data[pos + 2 : pos + 2 + size]
         pos += 2 + size
-        for event in reassembler.feed(packet):
+        reassembler.receive_data(packet)
+        while (event := reassembler.next_event()) is not rtp.NEED_DATA:
             if isinstance(event, rtp.RtpDocument):
                 assert len(event.data) <= RTP_MAX_DOCUMENT
                 onvif_document(event.data)
