@@ -10,8 +10,7 @@ import asyncio
 import hashlib
 import random
 import subprocess
-import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +28,7 @@ from gateway.codecs.onvif import build_plate_document
 from gateway.event import format_time
 from gateway.simulate.common import plate_jpeg
 from gateway.simulate.rtsp import AuthMode, Fault, RtspCameraSimulator, SentRead
-from tests.helpers import MqttCollector, Received, free_port, gateway_config
+from tests.helpers import MqttCollector, Received, eventually, free_port, gateway_config
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
 
@@ -73,17 +72,6 @@ def metric(gw: Gateway, name: str, **labels: str) -> float:
 def last_availability(messages: list[Received]) -> str | None:
     states = [m.payload.decode() for m in messages if m.topic == AVAILABILITY]
     return states[-1] if states else None
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll a condition of the simulator or the metrics (no event to wait on)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 async def wait_playing(sim: RtspCameraSimulator, count: int = 1) -> None:

@@ -32,6 +32,7 @@ from gateway.event import AnyEvent, PlateEvent
 from gateway.metrics import Metrics
 from gateway.pipeline import Admission
 from gateway.simulate.tcp import Fault, TcpCameraSimulator
+from tests.helpers import eventually
 from tests.tcp_samples import FULL, PLATE, SCENE
 
 
@@ -87,14 +88,6 @@ def camera_config(port: int, **overrides: Any) -> TcpCameraConfig:
     }
     values.update(overrides)
     return TcpCameraConfig(**values)
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager
