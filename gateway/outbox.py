@@ -451,30 +451,27 @@ class Outbox:
 
     def replay_dead_letters(self, event_ids: Iterable[str] | None = None) -> int:
         """Put dead-lettered events back at the end of the queue; how many events."""
-        where, args = self._dead_letter_filter(event_ids)
-        with self.db:
-            self.db.execute("BEGIN")
-            events = self.db.execute(
-                f"SELECT COUNT(DISTINCT event_id) FROM dead_letter WHERE {where}", args
-            ).fetchone()[0]
-            self.db.execute(
-                "INSERT INTO message (event_id, camera, topic, payload, retain, last_of_event,"
-                " accepted_at) SELECT event_id, camera, topic, payload, retain, last_of_event,"
-                f" accepted_at FROM dead_letter WHERE {where} ORDER BY seq",
-                args,
-            )
-            self.db.execute(f"DELETE FROM dead_letter WHERE {where}", args)
-        self._recount()
-        return int(events)
+        return self._take_dead_letters(event_ids, requeue=True)
 
     def drop_dead_letters(self, event_ids: Iterable[str] | None = None) -> int:
         """Delete dead-lettered events for good; how many events."""
+        return self._take_dead_letters(event_ids, requeue=False)
+
+    def _take_dead_letters(self, event_ids: Iterable[str] | None, *, requeue: bool) -> int:
         where, args = self._dead_letter_filter(event_ids)
         with self.db:
             self.db.execute("BEGIN")
             events = self.db.execute(
                 f"SELECT COUNT(DISTINCT event_id) FROM dead_letter WHERE {where}", args
             ).fetchone()[0]
+            if requeue:
+                self.db.execute(
+                    "INSERT INTO message (event_id, camera, topic, payload, retain,"
+                    " last_of_event, accepted_at) SELECT event_id, camera, topic, payload,"
+                    f" retain, last_of_event, accepted_at FROM dead_letter WHERE {where}"
+                    " ORDER BY seq",
+                    args,
+                )
             self.db.execute(f"DELETE FROM dead_letter WHERE {where}", args)
         self._recount()
         return int(events)
