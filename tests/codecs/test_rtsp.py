@@ -33,25 +33,10 @@ from gateway.codecs.rtsp import (
     encode_response,
 )
 from gateway.errors import CameraProtocolError
+from tests.rtsp_samples import HOSTILE_NUMBERS, SDP_CAMERA
 
 URL = "rtsp://cam:554/main"
-SDP_REPLY = b"""v=0\r
-o=- 1 1 IN IP4 192.168.1.52\r
-s=Media Presentation\r
-c=IN IP4 0.0.0.0\r
-t=0 0\r
-a=control:*\r
-m=video 0 RTP/AVP 96\r
-a=rtpmap:96 H264/90000\r
-a=control:trackID=1\r
-m=audio 0 RTP/AVP 0\r
-a=rtpmap:0 PCMU/8000\r
-a=control:trackID=2\r
-m=application 0 RTP/AVP 107\r
-a=rtpmap:107 vnd.onvif.metadata/90000\r
-a=control:trackID=3\r
-"""
-HOSTILE_NUMBERS = ["x", "\u00b2", "\uff15", "\u0665", "-0x1", "-1", "+5", "1_0", "9" * 5000]
+SDP_REPLY = SDP_CAMERA
 
 
 def client_events(client: RtspClient, data: bytes) -> list[object]:

@@ -28,6 +28,7 @@ from gateway.codecs.rtsp_messages import (
     parse_transport,
 )
 from gateway.errors import CameraProtocolError
+from tests.rtsp_samples import HOSTILE_NUMBERS
 
 # -- reader ---------------------------------------------------------------------
 
@@ -371,7 +372,6 @@ def test_parse_rtp_info_sequence(value: str | None, expected: int | None) -> Non
 
 
 # What isdigit() or int() would take, or choke on with a bare ValueError.
-HOSTILE_NUMBERS = ["x", "\u00b2", "\uff15", "\u0665", "-0x1", "-1", "+5", "1_0", "9" * 5000]
 
 
 @pytest.mark.parametrize("seq", HOSTILE_NUMBERS)

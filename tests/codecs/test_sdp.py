@@ -12,23 +12,7 @@ from gateway.codecs.sdp import (
     resolve_control,
 )
 from gateway.errors import CameraProtocolError
-
-SDP_CAMERA = b"""v=0\r
-o=- 1 1 IN IP4 192.168.1.52\r
-s=Media Presentation\r
-c=IN IP4 0.0.0.0\r
-t=0 0\r
-a=control:*\r
-m=video 0 RTP/AVP 96\r
-a=rtpmap:96 H264/90000\r
-a=control:trackID=1\r
-m=audio 0 RTP/AVP 0\r
-a=rtpmap:0 PCMU/8000\r
-a=control:trackID=2\r
-m=application 0 RTP/AVP 107\r
-a=rtpmap:107 vnd.onvif.metadata/90000\r
-a=control:trackID=3\r
-"""
+from tests.rtsp_samples import SDP_CAMERA
 
 SDP_CASES = [
     ("relative to request URL", SDP_CAMERA, "rtsp://cam:554/main", "rtsp://cam:554/main/trackID=3"),
