@@ -54,10 +54,9 @@ class RateLimitedLog:
             if self._on_suppressed is not None:
                 self._on_suppressed()
             return False
-        suppressed = last[1] if last is not None else 0
-        if suppressed:
+        if last is not None and last[1]:
             message += " (%d similar suppressed in the last %.0fs)"
-            args = (*args, suppressed, now - last[0]) if last is not None else args
+            args = (*args, last[1], now - last[0])
         self._logger.log(level, message, *args)
         self._state[key] = (now, 0)
         self._state.move_to_end(key)

@@ -127,7 +127,7 @@ class OutboxWindow:
                 await self.bury_condemned()
                 ready = deque(m for m in ready if m.event_id not in buried)
                 continue
-            window = 1 if self._isolate_remaining > 0 else self.size
+            window = self._current_size()
             while ready and len(self.inflight) < window:
                 message = ready.popleft()
                 try:
@@ -140,7 +140,7 @@ class OutboxWindow:
                     break
             if self._condemned:
                 continue
-            window = 1 if self._isolate_remaining > 0 else self.size
+            window = self._current_size()
             if len(ready) < window:
                 batch = await loop.run_in_executor(
                     self.executor, self.outbox.read_after, read_cursor, 2 * window - len(ready)
@@ -155,6 +155,10 @@ class OutboxWindow:
                 await _wait_any(self._ack_signal, closed)
             else:
                 await _wait_any(self._wake, closed)
+
+    def _current_size(self) -> int:
+        """One message at a time while isolating after a drop, else the full window."""
+        return 1 if self._isolate_remaining > 0 else self.size
 
     def _publish_row(self, link: MqttLink, message: StoredMessage) -> tuple[str, str] | None:
         """Hand one outbox row to the link: None when it is in flight, else (reason,
