@@ -166,6 +166,11 @@ class Metrics:
             registry=r,
         )
 
+    def camera_parse_error(self, source: str, camera: str, kind: str) -> None:
+        """One parse error of a camera session: by source and by camera."""
+        self.parse_errors.labels(source=source, kind=kind).inc()
+        self.camera_parse_errors.labels(camera=camera, kind=kind).inc()
+
     def camera_known(self, camera: str, source: str) -> None:
         """Create a camera's series at zero so dashboards show it before its first read."""
         self.events_received.labels(camera=camera, source=source)

@@ -27,6 +27,7 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.event import AnyEvent
+from gateway.log_limit import RateLimitedLog
 from gateway.metrics import Metrics
 from gateway.pipeline import Admission
 
@@ -144,6 +145,27 @@ async def supervise(
     await _Supervisor(camera_id, policy, ctx, source, log).run(session)
 
 
+class ParseErrors:
+    """A camera session's parse errors: each counted exactly (`lpr_parse_errors` by
+    source, `lpr_camera_parse_errors` by camera) and logged through the shared
+    rate-limited log, keyed by (camera, kind), with the camera id in front."""
+
+    def __init__(
+        self, metrics: Metrics, source: str, camera_id: str, complaints: RateLimitedLog
+    ) -> None:
+        self._metrics = metrics
+        self._source = source
+        self._camera = camera_id
+        self._complaints = complaints
+
+    def report(self, kind: str, message: str, *args: Any, level: int = logging.WARNING) -> None:
+        """Count `kind` and log `camera <id>: message % args` (rate-limited)."""
+        self._metrics.camera_parse_error(self._source, self._camera, kind)
+        self._complaints.log(
+            level, (self._camera, kind), "camera %s: " + message, self._camera, *args
+        )
+
+
 class _Supervisor:
     def __init__(
         self,
@@ -209,8 +231,7 @@ class _Supervisor:
             return Outcome.CLOSED
         except Exception:  # the task's top: log, count, serve the camera on
             self.log.exception("camera %s: session crashed; reconnecting", cam)
-            self.ctx.metrics.parse_errors.labels(source=self.source, kind="internal").inc()
-            self.ctx.metrics.camera_parse_errors.labels(camera=cam, kind="internal").inc()
+            self.ctx.metrics.camera_parse_error(self.source, cam, "internal")
             return Outcome.FAILED
 
     def set_online(self, online: bool) -> None:

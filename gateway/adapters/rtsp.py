@@ -31,6 +31,7 @@ import yarl
 from gateway.adapters.base import (
     AdapterContext,
     Outcome,
+    ParseErrors,
     ReconnectPolicy,
     SessionProgress,
     supervise,
@@ -142,6 +143,7 @@ class CameraSession:
         # Every complaint the camera can repeat goes through this, keyed by
         # (camera, kind); the metrics keep the exact counts.
         self._complaints = RateLimitedLog(log, on_suppressed=m.log_lines_suppressed.inc)
+        self._parse_errors = ParseErrors(m, SOURCE, camera.id, self._complaints)
         self._frames = m.camera_frames.labels(camera=camera.id)
         self._bytes = m.camera_bytes.labels(camera=camera.id)
 
@@ -153,10 +155,6 @@ class CameraSession:
         finally:
             for task in list(self.pending):
                 task.cancel()
-
-    def _count_error(self, kind: str) -> None:
-        self.ctx.metrics.parse_errors.labels(source=SOURCE, kind=kind).inc()
-        self.ctx.metrics.camera_parse_errors.labels(camera=self.camera.id, kind=kind).inc()
 
     # -- one session -------------------------------------------------------------------
 
@@ -282,13 +280,8 @@ class CameraSession:
             try:
                 event = client.next_event()
             except CameraProtocolError as exc:
-                self._count_error(exc.kind)
-                self._complaints.warning(
-                    (camera.id, exc.kind),
-                    "camera %s: RTSP protocol error (%s): %s; reconnecting",
-                    camera.id,
-                    exc.kind,
-                    exc.detail,
+                self._parse_errors.report(
+                    exc.kind, "RTSP protocol error (%s): %s; reconnecting", exc.kind, exc.detail
                 )
                 return Outcome.FAILED
             if isinstance(event, Signal):
@@ -331,12 +324,8 @@ class CameraSession:
         camera = self.camera
         state.playing = True
         for kind in event.issues:
-            self._count_error(kind)
-            self._complaints.warning(
-                (camera.id, kind),
-                "camera %s: PLAY answer not fully readable (%s); playing anyway",
-                camera.id,
-                kind,
+            self._parse_errors.report(
+                kind, "PLAY answer not fully readable (%s); playing anyway", kind
             )
         state.reassembler = RtpReassembler(
             max_document_bytes=onvif.MAX_DOCUMENT_BYTES, payload_type=event.track.payload_type
@@ -413,22 +402,15 @@ class CameraSession:
                 state.progress.delivered()
                 await self._on_document(result.data)
             elif isinstance(result, RtpDocumentDropped):
-                self._count_error(f"rtp_{result.reason.value}")
-                self._complaints.warning(
-                    (self.camera.id, f"rtp_{result.reason.value}"),
-                    "camera %s: metadata document dropped (%s): %s",
-                    self.camera.id,
+                self._parse_errors.report(
+                    f"rtp_{result.reason.value}",
+                    "metadata document dropped (%s): %s",
                     result.reason.value,
                     result.detail,
                 )
             elif isinstance(result, RtpPacketRejected):
-                self._count_error(result.kind)
-                self._complaints.warning(
-                    (self.camera.id, result.kind),
-                    "camera %s: RTP packet rejected (%s): %s",
-                    self.camera.id,
-                    result.kind,
-                    result.detail,
+                self._parse_errors.report(
+                    result.kind, "RTP packet rejected (%s): %s", result.kind, result.detail
                 )
 
     async def _on_document(self, document: bytes) -> None:
@@ -436,24 +418,14 @@ class CameraSession:
         try:
             results = onvif.parse_metadata(document, max_bytes=onvif.MAX_DOCUMENT_BYTES)
         except CameraProtocolError as exc:
-            self._count_error(exc.kind)
-            self._complaints.warning(
-                (camera.id, exc.kind),
-                "camera %s: metadata document refused (%s): %s",
-                camera.id,
-                exc.kind,
-                exc.detail,
+            self._parse_errors.report(
+                exc.kind, "metadata document refused (%s): %s", exc.kind, exc.detail
             )
             return
         for result in results:
             if isinstance(result, onvif.OnvifProblem):
-                self._count_error(result.kind)
-                self._complaints.warning(
-                    (camera.id, result.kind),
-                    "camera %s: notification not readable (%s): %s",
-                    camera.id,
-                    result.kind,
-                    result.detail,
+                self._parse_errors.report(
+                    result.kind, "notification not readable (%s): %s", result.kind, result.detail
                 )
             elif result.initialized:
                 # State re-announced at stream start: not a new read.

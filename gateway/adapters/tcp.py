@@ -17,6 +17,7 @@ from pathlib import Path
 from gateway.adapters.base import (
     AdapterContext,
     Outcome,
+    ParseErrors,
     ReconnectPolicy,
     SessionProgress,
     supervise,
@@ -87,6 +88,7 @@ class CameraSession:
         # (camera, kind): a hostile stream cannot turn its bytes into log lines.
         # The metrics keep the exact counts.
         self._complaints = RateLimitedLog(log, on_suppressed=self.metrics.log_lines_suppressed.inc)
+        self._parse_errors = ParseErrors(self.metrics, SOURCE, camera.id, self._complaints)
         self._submit_slots = asyncio.Semaphore(MAX_PENDING_SUBMITS)
         self._pending_submits: set[asyncio.Task[None]] = set()
 
@@ -185,14 +187,12 @@ class CameraSession:
         elif isinstance(event, LoginAccepted | LoginRefused | BadLoginReply):
             return self._login_reply(event, progress)
         elif isinstance(event, StreamBroken):
-            self._parse_error(event.kind)
-            self._complaints.log(
-                logging.ERROR,
-                (cam, event.kind),
-                "camera %s: %s at offset %d; dropping the connection",
-                cam,
+            self._parse_errors.report(
+                event.kind,
+                "%s at offset %d; dropping the connection",
                 event.detail,
                 event.offset,
+                level=logging.ERROR,
             )
             return Outcome.CLOSED
         elif isinstance(event, EndOfStream):
@@ -207,22 +207,17 @@ class CameraSession:
         if event.starts_region:
             # One loss of sync is one parse error, however long it lasts and
             # however many false headers it holds.
-            self._parse_error("garbage")
-            self._complaints.warning(
-                (cam, "garbage"),
-                "camera %s: garbage between frames at stream offset %d, "
+            self._parse_errors.report(
+                "garbage",
+                "garbage between frames at stream offset %d, "
                 "resynchronising (bytes skipped: lpr_camera_bytes_skipped_total)",
-                cam,
                 event.offset,
             )
 
     async def _corrupt_frame(self, event: CorruptFrame) -> None:
-        cam = self.camera.id
-        self._parse_error(event.reason)
-        self._complaints.warning(
-            (cam, event.reason),
-            "camera %s: corrupt %s frame at offset %d (%s, DATA_SIZE %d), resynchronising",
-            cam,
+        self._parse_errors.report(
+            event.reason,
+            "corrupt %s frame at offset %d (%s, DATA_SIZE %d), resynchronising",
             f"0x{event.command:04x}",
             event.offset,
             event.reason,
@@ -235,10 +230,7 @@ class CameraSession:
     ) -> Outcome | None:
         cam = self.camera.id
         if isinstance(event, BadLoginReply):
-            self._parse_error(event.kind)
-            self._complaints.warning(
-                (cam, event.kind), "camera %s: unreadable login reply: %s", cam, event.detail
-            )
+            self._parse_errors.report(event.kind, "unreadable login reply: %s", event.detail)
             return Outcome.FAILED
         if isinstance(event, LoginRefused):
             return self._login_refused(event)
@@ -269,25 +261,18 @@ class CameraSession:
         return Outcome.AUTH_FAILED
 
     async def _unreadable_recognition(self, event: UnreadableRecognition) -> None:
-        cam, frame, exc = self.camera.id, event.frame, event.error
-        self._parse_error(exc.kind)
-        self._complaints.warning(
-            (cam, exc.kind),
-            "camera %s: unreadable recognition frame at offset %d: %s",
-            cam,
-            frame.offset,
-            exc,
+        frame, exc = event.frame, event.error
+        self._parse_errors.report(
+            exc.kind, "unreadable recognition frame at offset %d: %s", frame.offset, exc
         )
         await self._capture(frame.encode(), exc.kind)
 
     async def _recognition(self, event: Recognition, progress: SessionProgress) -> None:
         cam, frame, result = self.camera.id, event.frame, event.result
         for issue in result.issues:
-            self._parse_error(issue.kind)
-            self._complaints.warning(
-                (cam, issue.kind),
-                "camera %s: recognition frame at offset %d: %s: %s",
-                cam,
+            self._parse_errors.report(
+                issue.kind,
+                "recognition frame at offset %d: %s: %s",
                 frame.offset,
                 issue.kind,
                 issue.detail,
@@ -325,19 +310,13 @@ class CameraSession:
             self._submit_slots.release()
 
     def _unknown_command(self, command: int, length: int, offset: int) -> None:
-        self._parse_error("unknown_command")
-        self._complaints.warning(
-            (self.camera.id, "unknown_command"),
-            "camera %s: frame with unknown command 0x%04x (%d bytes) at offset %d skipped whole",
-            self.camera.id,
+        self._parse_errors.report(
+            "unknown_command",
+            "frame with unknown command 0x%04x (%d bytes) at offset %d skipped whole",
             command,
             length,
             offset,
         )
-
-    def _parse_error(self, kind: str) -> None:
-        self.metrics.parse_errors.labels(source=SOURCE, kind=kind).inc()
-        self.metrics.camera_parse_errors.labels(camera=self.camera.id, kind=kind).inc()
 
     async def _capture(self, raw: bytes, kind: str) -> None:
         directory = self.camera.capture_dir
