@@ -280,3 +280,26 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
     """A metric sample's value (0 when the series does not exist yet), by its
     exposed name: `sample(gw.metrics, "lpr_events_published_total", camera="c")`."""
     return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def http_camera_entry(camera_id: str, username: str, password: str) -> dict[str, Any]:
+    """A config entry for an HTTP camera posting to `/lpr/<camera_id>` with a login."""
+    return {
+        "id": camera_id,
+        "protocol": "http",
+        "path": f"/lpr/{camera_id}",
+        "username": username,
+        "password": password,
+    }
+
+
+def tcp_simulator_entry(camera_id: str, port: int) -> dict[str, Any]:
+    """A config entry for the TCP camera simulator on 127.0.0.1 (its default login)."""
+    return {
+        "id": camera_id,
+        "protocol": "tcp",
+        "host": "127.0.0.1",
+        "port": port,
+        "username": "admin",
+        "password": "1234",
+    }

@@ -30,7 +30,12 @@ from gateway.codecs.tcp import encode_frame
 from gateway.simulate.http import HttpCameraSimulator
 from gateway.simulate.rtsp import AuthMode, RtspCameraSimulator
 from gateway.simulate.tcp import TcpCameraSimulator
-from tests.helpers import GatewayProcess, MqttCollector
+from tests.helpers import (
+    GatewayProcess,
+    MqttCollector,
+    http_camera_entry,
+    tcp_simulator_entry,
+)
 
 T = TypeVar("T")
 HTTP_USER, HTTP_PASSWORD = "cam", "pw-prop"
@@ -65,21 +70,8 @@ class Rig:
         self.run(self.rtsp.start())
         self.rtsp.paused = True  # reads only when a test pushes one
         cameras = [
-            {
-                "id": "h",
-                "protocol": "http",
-                "path": "/lpr/h",
-                "username": HTTP_USER,
-                "password": HTTP_PASSWORD,
-            },
-            {
-                "id": "t",
-                "protocol": "tcp",
-                "host": "127.0.0.1",
-                "port": self.tcp.port,
-                "username": "admin",
-                "password": "1234",
-            },
+            http_camera_entry("h", HTTP_USER, HTTP_PASSWORD),
+            tcp_simulator_entry("t", self.tcp.port),
             {
                 "id": "r",
                 "protocol": "rtsp",

@@ -23,7 +23,12 @@ from gateway.simulate.http import HttpCameraSimulator
 from gateway.simulate.rtsp import AuthMode, RtspCameraSimulator
 from gateway.simulate.tcp import TcpCameraSimulator
 from gateway.topics import topic_problem
-from tests.helpers import GatewayProcess, MqttCollector
+from tests.helpers import (
+    GatewayProcess,
+    MqttCollector,
+    http_camera_entry,
+    tcp_simulator_entry,
+)
 
 HTTP_USER, HTTP_PASSWORD = "cam", "pw-1234"
 HOSTILE_KINDS = ["a\u0000b", "a\tb", "a\u007fb", "a\u0085b", "a\ufdd0b", "x/+/#", "..", ""]
@@ -38,21 +43,8 @@ def camera_config(broker: MosquittoProcess, tcp_port: int) -> dict[str, object]:
     return {
         "mqtt": {"url": broker.url, "client_id": "gw-stall"},
         "cameras": [
-            {
-                "id": "h",
-                "protocol": "http",
-                "path": "/lpr/h",
-                "username": HTTP_USER,
-                "password": HTTP_PASSWORD,
-            },
-            {
-                "id": "t",
-                "protocol": "tcp",
-                "host": "127.0.0.1",
-                "port": tcp_port,
-                "username": "admin",
-                "password": "1234",
-            },
+            http_camera_entry("h", HTTP_USER, HTTP_PASSWORD),
+            tcp_simulator_entry("t", tcp_port),
         ],
     }
 
