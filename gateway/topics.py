@@ -28,14 +28,12 @@ _UNSAFE_RUN = re.compile(r"[^a-z0-9_.-]+")
 # C0 and C1 controls, DEL, the wildcards and the Unicode noncharacters: the
 # MQTT spec says topics SHOULD NOT hold controls and noncharacters, and
 # mosquitto disconnects a client that sends them.
+# The last two code points of every plane (U+FFFE, U+1FFFE, ... U+10FFFF).
+_PLANE_END_NONCHARACTERS = "".join(
+    chr(plane * 0x10000 + offset) for plane in range(17) for offset in (0xFFFE, 0xFFFF)
+)
 _FORBIDDEN_IN_TOPIC = re.compile(
-    "[\x00-\x1f\x7f-\x9f+#\ufdd0-\ufdef\ufffe\uffff"
-    "\U0001fffe\U0001ffff\U0002fffe\U0002ffff\U0003fffe\U0003ffff"
-    "\U0004fffe\U0004ffff\U0005fffe\U0005ffff\U0006fffe\U0006ffff"
-    "\U0007fffe\U0007ffff\U0008fffe\U0008ffff\U0009fffe\U0009ffff"
-    "\U000afffe\U000affff\U000bfffe\U000bffff\U000cfffe\U000cffff"
-    "\U000dfffe\U000dffff\U000efffe\U000effff\U000ffffe\U000fffff"
-    "\U0010fffe\U0010ffff]"
+    "[\x00-\x1f\x7f-\x9f+#\ufdd0-\ufdef" + _PLANE_END_NONCHARACTERS + "]"
 )
 
 
