@@ -16,7 +16,7 @@ import logging
 from dataclasses import replace
 
 from gateway.config import DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT, ImagesConfig, SceneMode
-from gateway.errors import ImageTransformError as ImageTransformError  # re-exported
+from gateway.errors import ImageTransformError
 from gateway.event import Image, PlateEvent
 
 log = logging.getLogger(__name__)

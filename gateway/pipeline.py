@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.config import Config, ImagesConfig
+from gateway.errors import ImageTransformError
 from gateway.event import (
     AnyEvent,
     CameraEvent,
@@ -28,7 +29,7 @@ from gateway.event import (
     PlateEvent,
 )
 from gateway.homeassistant import ha_event_payload, ha_event_type
-from gateway.images import ImageTransformError, apply_image_options
+from gateway.images import apply_image_options
 from gateway.known_plates import KnownPlates, edit_distance
 from gateway.log_limit import RateLimitedLog
 from gateway.metrics import Metrics

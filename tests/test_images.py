@@ -13,9 +13,9 @@ from PIL import Image as PilImage
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
 from gateway.config import ImagesConfig, SceneMode, parse_config
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, ImageTransformError
 from gateway.event import Image, PlateEvent, Source, utc_now
-from gateway.images import SKIPPED_REASON, ImageTransformError, apply_image_options, reencode_jpeg
+from gateway.images import SKIPPED_REASON, apply_image_options, reencode_jpeg
 from gateway.simulate.common import PlateGenerator
 from tests.helpers import MqttCollector, gateway_config, sample
 
