@@ -1,7 +1,7 @@
 """The normalized event: the one type that crosses from adapters to the pipeline.
 
 Every camera protocol ends in a `PlateEvent` (a plate read) or a `CameraEvent`
-(any other notification). Their JSON form is the contract of DESIGN.md: every
+(any other notification). Their JSON form is the contract README.md shows under "The event": every
 field present, `null` for what the source does not carry.
 """
 
@@ -152,7 +152,7 @@ class PlateEvent:
         return replace(self, known=known, match=match)
 
     def to_json_dict(self, topics: Topics | str) -> dict[str, Any]:
-        """The event JSON of DESIGN.md (image topics need the topics, or their base)."""
+        """The event JSON of the README (image topics need the topics, or their base)."""
         if isinstance(topics, str):
             topics = Topics(topics)
         images: dict[str, Any] = {}
@@ -240,7 +240,7 @@ AnyEvent = PlateEvent | CameraEvent
 
 
 def format_time(moment: datetime | None) -> str | None:
-    """ISO 8601 in UTC with milliseconds and a `Z`, as DESIGN.md shows."""
+    """ISO 8601 in UTC with milliseconds and a `Z`, as the README's event example shows."""
     if moment is None:
         return None
     if moment.tzinfo is None:

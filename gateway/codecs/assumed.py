@@ -1,6 +1,6 @@
 """Every point the vendor note leaves open, and what the gateway assumes for it.
 
-`spec/camera-protocols.md` marks these ASSUMED. They live here and nowhere
+`docs/camera-protocols.md` marks these ASSUMED. They live here and nowhere
 else, so that a correction from a real camera (or a capture a user sends in)
 is a one-line change. Codecs import these names; they never repeat the values.
 """

@@ -1,4 +1,4 @@
-"""Sans-IO parser for what a camera sends in HTTP mode (spec section 2).
+"""Sans-IO parser for what a camera sends in HTTP mode (docs/camera-protocols.md, section 2).
 
 A POST body (a JSON object) or a GET query becomes an `HttpPlateRead` or an
 `HttpCameraNotice`; `to_event` turns either into the normalized event. No I/O,

@@ -151,7 +151,7 @@ class PlateTopicMapping:
 
 
 PLATE_TOPICS: tuple[PlateTopicMapping, ...] = (
-    # The vendor note's topic and items (spec section 3).
+    # The vendor note's topic and items (docs/camera-protocols.md, section 3).
     PlateTopicMapping(
         vendor="onvif",
         namespace=NS_TNS1,

@@ -1,4 +1,6 @@
-"""The TCP camera protocol (spec section 1), sans-IO: frames, login, recognition results.
+"""The TCP camera protocol, sans-IO: frames, login, recognition results.
+
+The bytes are those of docs/camera-protocols.md, section 1.
 
 `FrameDecoder` takes the camera's byte stream in arbitrary slices and hands out
 typed events (h11 style); the functions below it encode frames and parse/build
