@@ -24,6 +24,15 @@ class CameraProtocolError(GatewayError):
         super().__init__(f"{kind}: {detail}")
 
 
+class CodecMisuseError(GatewayError):
+    """The gateway's own code drove a sans-IO codec wrongly: bytes fed after the
+    end of the stream, an event asked of a finished session, a frame built with
+    out-of-range fields. A bug on this side, never the camera's doing (that is
+    `CameraProtocolError`): the line h11 draws between LocalProtocolError and
+    RemoteProtocolError. Where a value handed to an encoder came from the camera,
+    the caller turns this into a `CameraProtocolError`."""
+
+
 class BrokerError(GatewayError):
     """The MQTT broker refused us or went away."""
 

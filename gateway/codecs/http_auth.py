@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from gateway.errors import CodecMisuseError
+
 _AUTH_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _AUTH_SCHEME_RE = re.compile(rf"\s*({_AUTH_TOKEN})")
 _AUTH_PARAM_RE = re.compile(rf'\s*({_AUTH_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,"]*)\s*')
@@ -136,7 +138,7 @@ def digest_authorization(
     algorithm = challenge.algorithm
     digest = _DIGEST_HASHES.get(algorithm.lower().removesuffix("-sess"))
     if digest is None:
-        raise ValueError(f"unsupported Digest algorithm {algorithm!r}")
+        raise CodecMisuseError(f"unsupported Digest algorithm {algorithm!r}")
     realm, nonce = challenge.realm, challenge.nonce
     ha1 = digest(f"{username}:{realm}:{password}".encode())
     if algorithm.lower().endswith("-sess"):

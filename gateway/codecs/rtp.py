@@ -15,7 +15,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from gateway.errors import CameraProtocolError
+from gateway.errors import CameraProtocolError, CodecMisuseError
 
 RTP_VERSION = 2
 RTP_HEADER_SIZE = 12
@@ -108,11 +108,11 @@ def encode_rtp_packet(
 ) -> bytes:
     """One RTP packet. `extension` is (profile, data with a length multiple of 4)."""
     if not 0 <= payload_type <= 127:
-        raise ValueError(f"payload type {payload_type} out of 0..127")
+        raise CodecMisuseError(f"payload type {payload_type} out of 0..127")
     if len(csrcs) > 15:
-        raise ValueError("at most 15 CSRCs")
+        raise CodecMisuseError("at most 15 CSRCs")
     if not 0 <= padding <= 255:
-        raise ValueError("padding is 0..255 bytes")
+        raise CodecMisuseError("padding is 0..255 bytes")
     first = (RTP_VERSION << 6) | (0x20 if padding else 0) | (0x10 if extension else 0)
     first |= len(csrcs)
     second = (0x80 if marker else 0) | payload_type
@@ -126,7 +126,7 @@ def encode_rtp_packet(
     if extension is not None:
         profile, data = extension
         if len(data) % 4:
-            raise ValueError("extension data must be a multiple of 4 bytes")
+            raise CodecMisuseError("extension data must be a multiple of 4 bytes")
         parts.append(struct.pack(">HH", profile, len(data) // 4) + data)
     parts.append(payload)
     if padding:
@@ -148,7 +148,7 @@ def packetize(
     starts at `seq_start + len(result)`.
     """
     if max_payload < 1:
-        raise ValueError("max_payload must be at least 1")
+        raise CodecMisuseError("max_payload must be at least 1")
     chunks = [document[i : i + max_payload] for i in range(0, len(document), max_payload)]
     if not chunks:
         chunks = [b""]

@@ -58,7 +58,7 @@ from gateway.codecs.sdp import (
     parse_sdp,
     resolve_control,
 )
-from gateway.errors import CameraProtocolError
+from gateway.errors import CameraProtocolError, CodecMisuseError
 
 __all__ = [
     "CLIENT_TRANSITIONS",
@@ -298,7 +298,7 @@ class RtspClient:
 
     def start(self) -> None:
         if not self._move(Trigger.START):
-            raise RuntimeError(f"start() in state {self.state.name}")
+            raise CodecMisuseError(f"start() in state {self.state.name}")
         self._request("OPTIONS", self.url)
 
     def data_to_send(self) -> bytes:
@@ -312,7 +312,7 @@ class RtspClient:
 
     def send_keepalive(self) -> None:
         if not self._move(Trigger.KEEPALIVE):
-            raise RuntimeError(f"keep-alive in state {self.state.name}")
+            raise CodecMisuseError(f"keep-alive in state {self.state.name}")
         self._request(self.keepalive_method, self._aggregate_url)
 
     def send_teardown(self) -> bool:
@@ -339,10 +339,10 @@ class RtspClient:
                 headers.append(("Session", self.session.id))
             headers.extend(extra)
             request = encode_request(method, uri, self._cseq, headers)
-        except ValueError as exc:
+        except (CodecMisuseError, UnicodeError) as exc:
             # The URI (SDP control, Content-Base) and the challenge's realm and
-            # nonce come from the camera: a space or a lone CR in them is the
-            # peer's error, not ours.
+            # nonce come from the camera: a space, a lone CR or an unencodable
+            # character in them is the peer's error, not ours.
             raise CameraProtocolError("rtsp_bad_value", f"cannot send {method}: {exc}") from None
         self._pending[self._cseq] = _Pending(method, uri, extra, authorization, auth_round)
         self._outgoing += request

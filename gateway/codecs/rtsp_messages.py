@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.codecs.numbers import ascii_int_or_none, parse_ascii_int
-from gateway.errors import CameraProtocolError
+from gateway.errors import CameraProtocolError, CodecMisuseError
 
 RTSP_VERSION = "RTSP/1.0"
 DEFAULT_MAX_HEADER_BYTES = 16_384
@@ -140,7 +140,7 @@ class RtspReader:
             self._eof = True
             return
         if self._eof:
-            raise RuntimeError("receive_data after end of stream")
+            raise CodecMisuseError("receive_data after end of stream")
         self._buf += data
 
     def next_event(self) -> ReaderEvent:
@@ -282,7 +282,7 @@ def _parse_header_lines(lines: Sequence[str]) -> Headers:
 def _check_text(*parts: str) -> None:
     for part in parts:
         if "\r" in part or "\n" in part:
-            raise ValueError(f"line break in an RTSP header field: {part[:40]!r}")
+            raise CodecMisuseError(f"line break in an RTSP header field: {part[:40]!r}")
 
 
 def encode_request(
@@ -295,7 +295,7 @@ def encode_request(
     """One request; Content-Length is added for a body."""
     _check_text(method, uri)
     if " " in method or " " in uri:
-        raise ValueError("spaces in an RTSP method or URI")
+        raise CodecMisuseError("spaces in an RTSP method or URI")
     lines = [f"{method} {uri} {RTSP_VERSION}", f"CSeq: {cseq}"]
     for name, value in headers:
         _check_text(name, value)
@@ -328,9 +328,9 @@ def encode_response(
 def encode_interleaved(channel: int, payload: bytes) -> bytes:
     """A `$` frame: '$', channel, uint16 BE length, payload."""
     if not 0 <= channel <= 255:
-        raise ValueError(f"channel {channel} out of 0..255")
+        raise CodecMisuseError(f"channel {channel} out of 0..255")
     if len(payload) > MAX_INTERLEAVED_PAYLOAD:
-        raise ValueError(f"payload of {len(payload)} bytes does not fit a $ frame")
+        raise CodecMisuseError(f"payload of {len(payload)} bytes does not fit a $ frame")
     return b"$" + bytes([channel]) + struct.pack(">H", len(payload)) + payload
 
 

@@ -25,7 +25,7 @@ from construct import Bytes, Float32l, Int8ul, Int16ul, Int32sl, Int32ul, Int64u
 
 from gateway.codecs import assumed, values
 from gateway.codecs.numbers import finite_or_none, parse_ascii_int
-from gateway.errors import CameraProtocolError
+from gateway.errors import CameraProtocolError, CodecMisuseError
 from gateway.event import (
     Box,
     Direction,
@@ -206,7 +206,7 @@ class FrameDecoder:
         synced: bool = True,
     ) -> None:
         if max_data_size < 2:
-            raise ValueError("max_data_size must be at least 2 (it counts SIG END)")
+            raise CodecMisuseError("max_data_size must be at least 2 (it counts SIG END)")
         self.max_data_size = max_data_size
         self._buffer = bytearray()
         self._pos = 0  # read position in _buffer
@@ -246,7 +246,7 @@ class FrameDecoder:
         """Feed bytes; `b""` means the stream ended."""
         if self._eof:
             if data:
-                raise RuntimeError("receive_data after end of stream")
+                raise CodecMisuseError("receive_data after end of stream")
             return
         if not data:
             self._eof = True
@@ -1187,7 +1187,7 @@ class TcpClient:
 
     def next_event(self) -> ClientEvent | Literal[NeedData.NEED_DATA]:
         if self.state is ClientState.LOGIN_FAILED:
-            raise RuntimeError("next_event after a failed login: the session is over")
+            raise CodecMisuseError("next_event after a failed login: the session is over")
         decoded = self._decoder.next_event()
         if decoded is NEED_DATA:
             return NEED_DATA
@@ -1199,7 +1199,7 @@ class TcpClient:
         allowed = CLIENT_TRANSITIONS[self.state]
         kind = type(event)
         if kind not in allowed:
-            raise RuntimeError(f"{kind.__name__} in state {self.state.name}")
+            raise CodecMisuseError(f"{kind.__name__} in state {self.state.name}")
         self.state = allowed[kind]
 
     def _interpret(self, frame: Frame) -> ClientEvent:

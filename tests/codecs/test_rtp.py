@@ -20,7 +20,7 @@ from gateway.codecs.rtp import (
     packetize,
     parse_rtp_packet,
 )
-from gateway.errors import CameraProtocolError
+from gateway.errors import CameraProtocolError, CodecMisuseError
 
 PT = 107
 SSRC = 0x1234ABCD
@@ -149,7 +149,7 @@ def test_encode_round_trip_with_every_option() -> None:
     ],
 )
 def test_encode_refuses_bad_arguments(kwargs: dict[str, object]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(CodecMisuseError):
         encode_rtp_packet(b"x", ssrc=1, sequence=1, timestamp=1, **kwargs)  # type: ignore[arg-type]
 
 

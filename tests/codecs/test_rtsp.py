@@ -32,7 +32,7 @@ from gateway.codecs.rtsp import (
     encode_interleaved,
     encode_response,
 )
-from gateway.errors import CameraProtocolError
+from gateway.errors import CameraProtocolError, CodecMisuseError
 from tests.rtsp_samples import HOSTILE_NUMBERS, SDP_CAMERA
 
 URL = "rtsp://cam:554/main"
@@ -282,11 +282,11 @@ def test_client_transition_table_covers_every_state() -> None:
 
 def test_client_refuses_what_the_table_does_not_allow() -> None:
     client = RtspClient(URL, cnonce=lambda: "c")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(CodecMisuseError):
         client.send_keepalive()
     assert not client.send_teardown()  # no session yet
     client.start()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(CodecMisuseError):
         client.start()
     assert client.state is ClientState.OPTIONS
 

@@ -27,7 +27,7 @@ from gateway.codecs.rtsp_messages import (
     parse_session,
     parse_transport,
 )
-from gateway.errors import CameraProtocolError
+from gateway.errors import CameraProtocolError, CodecMisuseError
 from tests.rtsp_samples import HOSTILE_NUMBERS
 
 # -- reader ---------------------------------------------------------------------
@@ -298,7 +298,7 @@ def test_encode_request() -> None:
 def test_encode_request_refuses_injection(
     method: str, uri: str, headers: list[tuple[str, str]]
 ) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(CodecMisuseError):
         encode_request(method, uri, 1, headers)
 
 
@@ -311,7 +311,7 @@ def test_encode_round_trips_through_reader() -> None:
     assert isinstance(got_response, RtspResponse) and got_response.body == b"body"
     assert got_response.headers.get("Session") == "abc;timeout=30"
     assert isinstance(got_request, RtspRequest) and got_request.cseq == 4
-    with pytest.raises(ValueError):
+    with pytest.raises(CodecMisuseError):
         encode_interleaved(0, b"x" * 65536)
 
 

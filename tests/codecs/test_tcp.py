@@ -51,7 +51,7 @@ from gateway.codecs.tcp import (
     to_plate_event,
 )
 from gateway.codecs.tcp import ClientState as TcpClientState
-from gateway.errors import CameraProtocolError
+from gateway.errors import CameraProtocolError, CodecMisuseError
 from gateway.event import Direction, Image, ListMembership, Source
 from tests.tcp_samples import BASE, DEVICE_BYTES, FULL, PLATE, SCENE
 
@@ -511,7 +511,7 @@ def test_need_data_until_whole_frame() -> None:
     decoder.receive_data(b"")
     assert decoder.next_event() == EndOfStream(len(frame))
     assert decoder.next_event() == EndOfStream(len(frame))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(CodecMisuseError):
         decoder.receive_data(b"more")
 
 
@@ -1030,7 +1030,7 @@ def test_client_start_queues_the_login_request_once() -> None:
     assert client.state is TcpClientState.LOGGING_IN  # type: ignore[comparison-overlap]
     assert client.data_to_send() == encode_login_request("admin", "1234")
     assert client.data_to_send() == b""
-    with pytest.raises(RuntimeError):
+    with pytest.raises(CodecMisuseError):
         client.start()
 
 
@@ -1063,7 +1063,7 @@ def test_client_login_failures_end_the_session(reply: bytes, expected: object) -
     assert events == [expected]
     assert client.state is TcpClientState.LOGIN_FAILED
     assert not client.logged_in
-    with pytest.raises(RuntimeError):
+    with pytest.raises(CodecMisuseError):
         client.next_event()
 
 
