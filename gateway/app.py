@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
+import functools
 import json
 import logging
-import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.adapters import http, rtsp, tcp
 from gateway.adapters.base import AdapterContext, ReconnectPolicy
 from gateway.broker import MosquittoProcess
-from gateway.config import Config, Protocol, split_listen
+from gateway.config import Config, HttpCameraConfig, Protocol
 from gateway.errors import StartupError
 from gateway.event import AnyEvent
 from gateway.homeassistant import Discovery
@@ -55,17 +56,11 @@ RESTART_REPORT_SECONDS = 600.0
 AdapterRun = Callable[[AdapterContext, Sequence[Any], ReconnectPolicy], Awaitable[None]]
 
 
-def _run_http(
-    ctx: AdapterContext, cameras: Sequence[Any], _policy: ReconnectPolicy
-) -> Awaitable[None]:
-    # Push mode: the cameras connect to us, there is nothing to reconnect.
-    return http.run(ctx, cameras)
-
-
-# Which adapter serves each protocol's cameras.
-ADAPTERS: dict[Protocol, AdapterRun] = {
+# The cameras the gateway connects to, and the adapter that runs their sessions.
+# HTTP cameras connect to the gateway instead: one `HttpPushServer` serves them
+# all, bound in `Gateway.start` so that a busy port fails the start.
+PULL_ADAPTERS: dict[Protocol, AdapterRun] = {
     Protocol.TCP: tcp.run,
-    Protocol.HTTP: _run_http,
     Protocol.RTSP: rtsp.run,
 }
 
@@ -94,6 +89,7 @@ class Gateway:
         self.pipeline: Pipeline | None = None
         self._writer: OutboxWriter | None = None
         self.discovery: Discovery | None = None
+        self.http_server: http.HttpPushServer | None = None
         # task name → (wall time, what happened) of its last crash
         self.task_crashes: dict[str, tuple[float, str]] = {}
         # tasks waiting to be restarted after a crash
@@ -162,7 +158,14 @@ class Gateway:
             self.discovery = Discovery(self.config, self.publisher.state)
             self.discovery.attach()
             self.pipeline.observers.append(self.discovery.note_event)
-        self._check_ports_free()
+        context = AdapterContext(
+            config=self.config,
+            metrics=self.metrics,
+            submit=self.submit,
+            set_camera_online=self.publisher.set_camera_online,
+            stopping=self.stopping,
+        )
+        await self._listen_for_http_cameras(context)
         writer, publisher = self._writer, self.publisher
         self._tasks.append(self._supervised("outbox-writer", writer.run))
         self._tasks.append(self._supervised("mqtt-publisher", publisher.run))
@@ -177,18 +180,14 @@ class Gateway:
                 ) from exc
         for camera in self.config.cameras:
             self.metrics.camera_known(camera.id, camera.protocol.value)
-        context = AdapterContext(
-            config=self.config,
-            metrics=self.metrics,
-            submit=self.submit,
-            set_camera_online=self.publisher.set_camera_online,
-            stopping=self.stopping,
-        )
-        for protocol in Protocol:
+        if self.http_server is not None:
+            serve = functools.partial(http.serve, self.http_server)
+            self._adapter_tasks.append(self._supervised("adapter-http", serve))
+        for protocol, run in PULL_ADAPTERS.items():
             cameras = self.config.cameras_of(protocol)
             if not cameras:
                 continue
-            runner = _adapter_runner(ADAPTERS[protocol], context, cameras, self.reconnect_policy)
+            runner = _adapter_runner(run, context, cameras, self.reconnect_policy)
             self._adapter_tasks.append(self._supervised(f"adapter-{protocol.value}", runner))
         log.info(
             "gateway started: %d cameras, outbox %s, metrics %s",
@@ -197,25 +196,26 @@ class Gateway:
             f"on :{self.metrics_port}" if self.metrics_port else "off",
         )
 
-    def _check_ports_free(self) -> None:
-        """A busy HTTP port is a start-up failure, not a gateway without its intake."""
-        if not self.config.cameras_of(Protocol.HTTP):
+    async def _listen_for_http_cameras(self, context: AdapterContext) -> None:
+        """Bind the HTTP cameras' port now: a busy port is a start-up failure,
+        not a gateway running without its intake."""
+        cameras = [c for c in self.config.cameras if isinstance(c, HttpCameraConfig)]
+        if not cameras:
             return
-        host, port = split_listen(self.config.http.listen)
-        if port == 0:
-            return
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            # SO_REUSEADDR, as the server itself: only a listener holds the port.
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, port))
-            except OSError as exc:
-                raise StartupError(
-                    f"http.listen {self.config.http.listen}: cannot listen: "
-                    f"{exc.strerror or exc}. Another process (or another gateway) may hold "
-                    "the port; stop it or set http.listen to a free port"
-                ) from exc
+        server = http.HttpPushServer(context, cameras)
+        try:
+            await server.start()
+        except OSError as exc:  # a busy or forbidden port, an unusable certificate
+            hint = ""
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                hint = (
+                    ". Another process (or another gateway) may hold the port; "
+                    "stop it or set http.listen to a free port"
+                )
+            raise StartupError(
+                f"http.listen {self.config.http.listen}: cannot listen: {exc.strerror or exc}{hint}"
+            ) from exc
+        self.http_server = server
 
     def _supervised(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
         return asyncio.create_task(self._supervise(name, run), name=name)

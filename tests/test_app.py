@@ -8,7 +8,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.app import ADAPTERS, Gateway
+from gateway.app import PULL_ADAPTERS, Gateway
 from gateway.broker import MosquittoProcess
 from gateway.config import Protocol
 from gateway.event import Image, PlateEvent, Source, utc_now
@@ -81,4 +81,4 @@ async def test_metrics_move_and_health_follows_broker(
 
 
 def test_every_protocol_has_an_adapter() -> None:
-    assert set(ADAPTERS) == set(Protocol)
+    assert set(PULL_ADAPTERS) == set(Protocol) - {Protocol.HTTP}

@@ -392,6 +392,7 @@ def test_startup_failures_exit_2_naming_what_and_where(
         result = run_cli("run", "-c", str(config))
     assert result.returncode == 2
     assert f"http.listen 127.0.0.1:{port}" in result.stderr
+    assert "set http.listen to a free port" in result.stderr
     assert "Traceback" not in result.stderr
 
 

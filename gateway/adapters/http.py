@@ -344,11 +344,15 @@ class HttpPushServer:
         )
         runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_SECONDS)
         await runner.setup()
-        tls = self._tls_context()
-        site = web.TCPSite(
-            runner, self.settings.host, self.settings.port, ssl_context=tls, reuse_address=True
-        )
-        await site.start()
+        try:
+            tls = self._tls_context()
+            site = web.TCPSite(
+                runner, self.settings.host, self.settings.port, ssl_context=tls, reuse_address=True
+            )
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
         self._runner = runner
         addresses = runner.addresses
         self.port = int(addresses[0][1]) if addresses else self.settings.port
@@ -364,6 +368,14 @@ class HttpPushServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    @property
+    def listening(self) -> bool:
+        return self._runner is not None
+
+    @property
+    def camera_ids(self) -> list[str]:
+        return [camera.config.id for camera in self._cameras.values()]
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if self.settings.tls_cert_file is None or self.settings.tls_key_file is None:
@@ -666,16 +678,18 @@ def _source_allowed(
     return any(address in network for network in networks)
 
 
-async def run(ctx: AdapterContext, cameras: Sequence[HttpCameraConfig]) -> None:
-    """Serve every HTTP camera until cancelled."""
-    server = HttpPushServer(ctx, cameras)
-    await server.start()
+async def serve(server: HttpPushServer) -> None:
+    """Serve every HTTP camera until cancelled. The server is usually listening
+    already (the gateway binds it at start); after a crash it listens again."""
+    if not server.listening:
+        await server.start()
     # No session exists in push mode: a camera is "online" while we listen for it.
-    for camera in cameras:
-        ctx.set_camera_online(camera.id, True)
+    cameras = server.camera_ids
+    for camera_id in cameras:
+        server.ctx.set_camera_online(camera_id, True)
     try:
         await asyncio.Event().wait()
     finally:
-        for camera in cameras:
-            ctx.set_camera_online(camera.id, False)
+        for camera_id in cameras:
+            server.ctx.set_camera_online(camera_id, False)
         await server.stop()

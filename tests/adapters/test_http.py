@@ -30,7 +30,7 @@ import yaml
 
 from gateway.adapters import http as http_adapter
 from gateway.adapters.base import AdapterContext
-from gateway.adapters.http import HttpPushServer, run
+from gateway.adapters.http import HttpPushServer, serve
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
 from gateway.config import (
@@ -44,7 +44,7 @@ from gateway.event import AnyEvent, CameraEvent, Direction, Image, PlateEvent
 from gateway.metrics import Metrics
 from gateway.pipeline import Admission
 from gateway.simulate.http import HttpCameraSimulator
-from tests.helpers import MqttCollector, free_port, gateway_config, stop_process
+from tests.helpers import MqttCollector, eventually, free_port, gateway_config, stop_process
 
 USER, PASSWORD = "cam", "s3cret"
 
@@ -581,27 +581,28 @@ async def test_tls_listener(tmp_path: Path) -> None:
             await request("POST", served.url(), data=plate_body())  # plain HTTP is refused
 
 
-async def test_run_serves_until_cancelled_and_reports_availability() -> None:
+async def test_serve_keeps_cameras_online_until_cancelled_and_listens_again_after() -> None:
     port = free_port()
     config = Config(http=HttpServerConfig(listen=f"127.0.0.1:{port}"), cameras=(camera(),))
     intake = Intake()
     online: dict[str, bool] = {}
     ctx = AdapterContext(config, Metrics(), intake.submit, online.__setitem__, asyncio.Event())
-    task = asyncio.create_task(run(ctx, list(config.cameras)))  # type: ignore[arg-type]
+    server = HttpPushServer(ctx, list(config.cameras))  # type: ignore[arg-type]
+    await server.start()  # as the gateway does at start: a busy port fails there
     url = f"http://127.0.0.1:{port}/lpr/gate"
-    for _ in range(200):
-        with contextlib.suppress(aiohttp.ClientConnectionError):
-            status, _, _ = await request("POST", url, data=plate_body())
-            break
-        await asyncio.sleep(0.02)
-    assert status == 200
-    assert online == {"gate": True}
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    assert online == {"gate": False}
-    with pytest.raises(aiohttp.ClientConnectionError):
-        await request("POST", url, data=plate_body())
+    for _round in range(2):  # the second round is the restart after a crash
+        task = asyncio.create_task(serve(server))
+        await eventually(lambda: online == {"gate": True})
+        status, _, _ = await request("POST", url, data=plate_body())
+        assert status == 200
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert online == {"gate": False}
+        assert not server.listening
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await request("POST", url, data=plate_body())
+    assert len(intake.events) == 2
 
 
 # --------------------------------------------------------------------------
