@@ -39,7 +39,7 @@ from gateway.homeassistant import Discovery
 from gateway.metrics import Metrics
 from gateway.outbox import Outbox, OutboxOpenError, OutboxWriter
 from gateway.pipeline import Admission, Pipeline
-from gateway.publisher import MqttPublisher
+from gateway.publisher import BrokerBackoff, MqttPublisher
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,14 @@ class Gateway:
         config: Config,
         metrics: Metrics | None = None,
         reconnect_policy: ReconnectPolicy | None = None,
+        broker_backoff: BrokerBackoff | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
         # When a camera that the gateway connects to (TCP, RTSP) is tried again.
         self.reconnect_policy = reconnect_policy or ReconnectPolicy()
+        # When a lost broker is tried again.
+        self.broker_backoff = broker_backoff or BrokerBackoff()
         self.stopping = asyncio.Event()
         self.embedded_broker: MosquittoProcess | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
@@ -145,7 +148,12 @@ class Gateway:
                 ),
             )
         self.publisher = MqttPublisher(
-            publisher_config, self.metrics, self.outbox, self._executor, self.broker_url
+            publisher_config,
+            self.metrics,
+            self.outbox,
+            self._executor,
+            self.broker_url,
+            backoff=self.broker_backoff,
         )
         # The durable copy of the retained state: a broker that lost it gets it
         # back on connect even after this gateway restarted.

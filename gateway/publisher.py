@@ -24,6 +24,7 @@ import random
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
 from gateway.config import Config
 from gateway.errors import BrokerError
@@ -34,15 +35,24 @@ from gateway.mqtt.window import DEAD_LETTER_AFTER_DROPS, OutboxWindow
 from gateway.outbox import Outbox
 from gateway.topics import Topics
 
-__all__ = ["DEAD_LETTER_AFTER_DROPS", "MqttPublisher"]
+__all__ = ["DEAD_LETTER_AFTER_DROPS", "BrokerBackoff", "MqttPublisher"]
 
 log = logging.getLogger(__name__)
 
-RECONNECT_MIN_SECONDS = 0.5
-# A broker is usually local and cheap to knock on: a short cap bounds how long
-# a returning broker waits for us (it was 30 s: a 30 s outage then took up to
-# 30 s more to drain).
-RECONNECT_MAX_SECONDS = 5.0
+
+@dataclass(frozen=True, slots=True)
+class BrokerBackoff:
+    """When the publisher knocks on the broker again after losing it: after
+    `initial_seconds`, doubled after each failure up to `max_seconds`, each wait
+    ±20 % so that gateways that lost one broker together do not return in step.
+
+    A broker is usually local and cheap to knock on: a short cap bounds how long
+    a returning broker waits for us (it was 30 s: a 30 s outage then took up to
+    30 s more to drain).
+    """
+
+    initial_seconds: float = 0.5
+    max_seconds: float = 5.0
 
 
 class MqttPublisher:
@@ -53,8 +63,10 @@ class MqttPublisher:
         outbox: Outbox,
         executor: Executor,
         broker_url: str | None = None,
+        backoff: BrokerBackoff | None = None,
     ) -> None:
         self.config = config
+        self.backoff = backoff or BrokerBackoff()
         # The broker URL is parsed once, by `MqttConfig.host/port/use_tls`.
         self.mqtt = dataclasses.replace(config.mqtt, url=broker_url) if broker_url else config.mqtt
         self.metrics = metrics
@@ -120,14 +132,15 @@ class MqttPublisher:
     # -- the connection loop -----------------------------------------------------
 
     async def run(self) -> None:
-        backoff = RECONNECT_MIN_SECONDS
+        policy = self.backoff
+        backoff = policy.initial_seconds
         flush_task = asyncio.create_task(self.window.flush_acks_forever(), name="outbox-acks")
         try:
             while not self._stopping:
                 self.metrics.mqtt_reconnects.inc()
                 try:
                     await self._run_session()
-                    backoff = RECONNECT_MIN_SECONDS
+                    backoff = policy.initial_seconds
                 except BrokerError as exc:  # the link translated what paho and the OS raised
                     self.last_error = str(exc) or type(exc).__name__
                     log.warning(
@@ -140,7 +153,7 @@ class MqttPublisher:
                 if self._stopping:
                     break
                 await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-                backoff = min(backoff * 2, RECONNECT_MAX_SECONDS)
+                backoff = min(backoff * 2, policy.max_seconds)
         finally:
             flush_task.cancel()
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway import publisher
 from gateway.adapters.base import ReconnectPolicy
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
+from gateway.publisher import BrokerBackoff
 from tests.faults.harness import (
     RTSP_CAMERA,
     TCP_CAMERA,
@@ -50,11 +50,8 @@ LOAD_PER_CAMERA = 20
 
 
 async def test_broker_sigkilled_five_times_loses_nothing(
-    mqtt_broker: MosquittoProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mqtt_broker: MosquittoProcess, tmp_path: Path
 ) -> None:
-    # The publisher's backoff would reach seconds after a few refusals at the gate.
-    monkeypatch.setattr(publisher, "RECONNECT_MAX_SECONDS", 0.5)
-    monkeypatch.setattr(publisher, "RECONNECT_MIN_SECONDS", 0.1)
     rng = random.Random(8)
     proxy = GateProxy(mqtt_broker.host, mqtt_broker.port)
     await proxy.start()
@@ -68,8 +65,13 @@ async def test_broker_sigkilled_five_times_loses_nothing(
                 cams.entries(),
                 mqtt={"keepalive_seconds": 2},
             )
-            # The RTSP camera's backoff starts at 0.1 s instead of 1 s.
-            async with Gateway(config, reconnect_policy=ReconnectPolicy(initial_seconds=0.1)) as gw:
+            # The RTSP camera's backoff starts at 0.1 s instead of 1 s; the
+            # publisher's would reach seconds after a few refusals at the gate.
+            async with Gateway(
+                config,
+                reconnect_policy=ReconnectPolicy(initial_seconds=0.1),
+                broker_backoff=BrokerBackoff(initial_seconds=0.1, max_seconds=0.5),
+            ) as gw:
                 assert config.http.port
                 await wait_listening(config.http.port)
                 async with HttpLoad(config.http.port, rate=5.0) as http:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway import publisher
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
+from gateway.publisher import BrokerBackoff
 from tests.faults.harness import (
     HTTP_CAMERA,
     RTSP_CAMERA,
@@ -38,9 +38,8 @@ MAX_BYTES = 1_000_000  # the smallest outbox.max_bytes the config takes: 3 TCP r
 
 
 async def test_outbox_full_refuses_cleanly_and_recovers(
-    mqtt_broker: MosquittoProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mqtt_broker: MosquittoProcess, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(publisher, "RECONNECT_MAX_SECONDS", 0.3)
     proxy = GateProxy(mqtt_broker.host, mqtt_broker.port)
     await proxy.start()
     proxy.close_gate()  # the broker is unreachable for the gateway
@@ -54,7 +53,7 @@ async def test_outbox_full_refuses_cleanly_and_recovers(
                 cams.entries(),
                 outbox={"max_bytes": MAX_BYTES},
             )
-            async with Gateway(config) as gw:
+            async with Gateway(config, broker_backoff=BrokerBackoff(max_seconds=0.3)) as gw:
 
                 def refused(camera: str) -> float:
                     return sample(
