@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench import http, mixed, outage, rtsp, spine, tcp
 from bench.common import Result
 from gateway.broker import MosquittoProcess
 
@@ -22,8 +23,6 @@ Scenario = Callable[[MosquittoProcess, argparse.Namespace], Result]
 
 
 def _scenarios() -> dict[str, Scenario]:
-    from bench import spine
-
     table: dict[str, Scenario] = {
         "raw": lambda b, a: spine.raw_loop(b.host, b.port, a.events),
         "pipeline": lambda b, a: spine.pipeline(b.url, b.host, b.port, a.events),
@@ -31,13 +30,8 @@ def _scenarios() -> dict[str, Scenario]:
             b.url, b.host, b.port, min(a.events, 1000), rate=100
         ),
     }
-    # Protocol scenarios register themselves when their module is present.
-    for name in ("tcp", "http", "rtsp", "mixed", "outage"):
-        try:
-            module = __import__(f"bench.{name}", fromlist=["SCENARIOS"])
-        except ImportError:
-            continue
-        table.update(getattr(module, "SCENARIOS", {}))
+    for module in (tcp, http, rtsp, mixed, outage):
+        table.update(module.SCENARIOS)
     return table
 
 
