@@ -29,7 +29,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.adapters import http, rtsp, tcp
+from gateway.adapters import http
 from gateway.adapters.base import AdapterContext, ReconnectPolicy
 from gateway.broker import MosquittoProcess
 from gateway.config import Config, HttpCameraConfig, Protocol
@@ -56,12 +56,29 @@ RESTART_REPORT_SECONDS = 600.0
 AdapterRun = Callable[[AdapterContext, Sequence[Any], ReconnectPolicy], Awaitable[None]]
 
 
+# An adapter is imported only when a camera uses its protocol: the RTSP one
+# brings lxml and the TCP one construct, ~7 MB resident that an HTTP-only
+# gateway does without.
+
+
+def _tcp_sessions() -> AdapterRun:
+    from gateway.adapters import tcp
+
+    return tcp.run
+
+
+def _rtsp_sessions() -> AdapterRun:
+    from gateway.adapters import rtsp
+
+    return rtsp.run
+
+
 # The cameras the gateway connects to, and the adapter that runs their sessions.
 # HTTP cameras connect to the gateway instead: one `HttpPushServer` serves them
 # all, bound in `Gateway.start` so that a busy port fails the start.
-PULL_ADAPTERS: dict[Protocol, AdapterRun] = {
-    Protocol.TCP: tcp.run,
-    Protocol.RTSP: rtsp.run,
+PULL_ADAPTERS: dict[Protocol, Callable[[], AdapterRun]] = {
+    Protocol.TCP: _tcp_sessions,
+    Protocol.RTSP: _rtsp_sessions,
 }
 
 
@@ -191,11 +208,11 @@ class Gateway:
         if self.http_server is not None:
             serve = functools.partial(http.serve, self.http_server)
             self._adapter_tasks.append(self._supervised("adapter-http", serve))
-        for protocol, run in PULL_ADAPTERS.items():
+        for protocol, load_adapter in PULL_ADAPTERS.items():
             cameras = self.config.cameras_of(protocol)
             if not cameras:
                 continue
-            runner = _adapter_runner(run, context, cameras, self.reconnect_policy)
+            runner = _adapter_runner(load_adapter(), context, cameras, self.reconnect_policy)
             self._adapter_tasks.append(self._supervised(f"adapter-{protocol.value}", runner))
         log.info(
             "gateway started: %d cameras, outbox %s, metrics %s",

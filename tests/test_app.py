@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -82,3 +84,18 @@ async def test_metrics_move_and_health_follows_broker(
 
 def test_every_protocol_has_an_adapter() -> None:
     assert set(PULL_ADAPTERS) == set(Protocol) - {Protocol.HTTP}
+
+
+def test_a_gateway_loads_only_the_protocol_libraries_its_cameras_need() -> None:
+    # lxml (RTSP) and construct (TCP) cost ~7 MB resident; an HTTP-only gateway
+    # does without them. Loaded in a fresh interpreter: this one has them all.
+    script = (
+        "import sys, gateway.cli, gateway.app\n"
+        "print(sorted(m for m in ('lxml', 'construct') if m in sys.modules))\n"
+        "gateway.app.PULL_ADAPTERS[gateway.app.Protocol.RTSP]()\n"
+        "print(sorted(m for m in ('lxml', 'construct') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.splitlines() == ["[]", "['lxml']"]
