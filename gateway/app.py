@@ -177,7 +177,7 @@ class Gateway:
         self.publisher.restore_retained(
             await loop.run_in_executor(self._executor, self.outbox.load_retained)
         )
-        self._writer = OutboxWriter(self.outbox, self._executor)
+        self._writer = OutboxWriter(self.outbox, self._executor, on_stored=self.publisher.offer)
         self.pipeline = Pipeline(self.config, self.metrics, self._writer, self._on_stored)
         if self.config.homeassistant.enabled:
             self.discovery = Discovery(self.config, self.publisher.state)

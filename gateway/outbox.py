@@ -30,7 +30,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,9 +261,12 @@ class Outbox:
             os.close(self._lock_fd)  # releases the lock
             self._lock_fd = None
 
-    def append_batch(self, drafts: Sequence[EventDraft]) -> list[bool]:
-        """Store what fits in one transaction; False for each event refused (full)."""
+    def append_batch(self, drafts: Sequence[EventDraft]) -> tuple[list[bool], list[StoredMessage]]:
+        """Store what fits in one transaction: a verdict per event (False: refused,
+        the outbox is full) and the messages stored for publishing, in `seq` order
+        (their payloads are the drafts' own bytes, not copies)."""
         verdicts: list[bool] = []
+        accepted: list[EventDraft] = []
         rows: list[tuple[str, str, str, bytes, int, int, float]] = []
         dead: list[tuple[str, str, str, bytes, int, int, float, str, float]] = []
         added_bytes = 0
@@ -291,6 +294,7 @@ class Outbox:
                 continue
             verdicts.append(True)
             added_bytes += size
+            accepted.append(draft)
             last = len(draft.messages) - 1
             rows.extend(
                 (
@@ -305,7 +309,7 @@ class Outbox:
                 for i, m in enumerate(draft.messages)
             )
         if not rows and not dead:
-            return verdicts
+            return verdicts, []
         try:
             with self.db:  # one transaction, one commit
                 self.db.execute("BEGIN")
@@ -314,6 +318,9 @@ class Outbox:
                     " accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
+                # One writer (the file is locked) inserting in one transaction:
+                # AUTOINCREMENT hands out consecutive seqs, ending at this one.
+                last_seq = self.db.execute("SELECT last_insert_rowid()").fetchone()[0]
                 if dead:
                     self.db.executemany(
                         "INSERT INTO dead_letter (seq, event_id, camera, topic, payload, retain,"
@@ -325,14 +332,14 @@ class Outbox:
             # Disk full or I/O error: nothing of this batch is stored, so none of
             # it may be acknowledged to a camera.
             log.error("outbox write failed, refusing %d events: %s", len(verdicts), exc)
-            return [False] * len(verdicts)
+            return [False] * len(verdicts), []
         self.pending_bytes += added_bytes
         self.pending_events += sum(
             v for d, v in zip(drafts, verdicts, strict=True) if d.dead_letter_reason is None
         )
         if dead:
             self.dead_letter_events = self._count_dead_letters()
-        return verdicts
+        return verdicts, _stored_messages(accepted, last_seq - len(rows) + 1)
 
     def read_after(self, seq: int, limit: int) -> list[StoredMessage]:
         cursor = self.db.execute(
@@ -492,14 +499,44 @@ class Outbox:
         self.dead_letter_events = self._count_dead_letters()
 
 
+def _stored_messages(drafts: Sequence[EventDraft], first_seq: int) -> list[StoredMessage]:
+    """The rows just inserted for `drafts`, numbered from `first_seq`."""
+    stored: list[StoredMessage] = []
+    seq = first_seq
+    for draft in drafts:
+        last = len(draft.messages) - 1
+        for i, m in enumerate(draft.messages):
+            stored.append(
+                StoredMessage(
+                    seq,
+                    draft.event_id,
+                    draft.camera,
+                    m.topic,
+                    m.payload,
+                    m.retain,
+                    i == last,
+                    draft.accepted_at,
+                )
+            )
+            seq += 1
+    return stored
+
+
 class OutboxWriter:
     """Async intake into the outbox: group commit and bounded pending memory."""
 
     def __init__(
-        self, outbox: Outbox, executor: Executor, max_pending_bytes: int = 64 * 1024 * 1024
+        self,
+        outbox: Outbox,
+        executor: Executor,
+        max_pending_bytes: int = 64 * 1024 * 1024,
+        on_stored: Callable[[list[StoredMessage]], None] | None = None,
     ) -> None:
         self._outbox = outbox
         self._executor = executor
+        # Handed each committed batch's messages (in `seq` order, on the loop):
+        # the publisher sends them from memory instead of reading them back.
+        self._on_stored = on_stored
         self._max_pending_bytes = max_pending_bytes
         self._queue: list[tuple[EventDraft, asyncio.Future[bool]]] = []
         self._queued_bytes = 0
@@ -536,7 +573,7 @@ class OutboxWriter:
                     return
                 continue
             try:
-                verdicts = await loop.run_in_executor(
+                verdicts, stored = await loop.run_in_executor(
                     self._executor, self._outbox.append_batch, [d for d, _ in batch]
                 )
             except Exception as exc:  # the task's top: never leave a submitter hanging
@@ -545,6 +582,11 @@ class OutboxWriter:
                     if not future.done():
                         future.set_exception(exc)
             else:
+                if stored and self._on_stored is not None:
+                    try:
+                        self._on_stored(stored)
+                    except Exception:  # they are stored: the publisher finds them there
+                        log.exception("handing stored messages to the publisher failed")
                 for (_, future), verdict in zip(batch, verdicts, strict=True):
                     if not future.done():
                         future.set_result(verdict)

@@ -32,7 +32,7 @@ from gateway.metrics import Metrics
 from gateway.mqtt.link import MqttLink
 from gateway.mqtt.state import OFFLINE, BridgeState
 from gateway.mqtt.window import DEAD_LETTER_AFTER_DROPS, OutboxWindow
-from gateway.outbox import Outbox
+from gateway.outbox import Outbox, StoredMessage
 from gateway.topics import Topics
 
 __all__ = ["DEAD_LETTER_AFTER_DROPS", "BrokerBackoff", "MqttPublisher"]
@@ -92,6 +92,10 @@ class MqttPublisher:
     def wake(self) -> None:
         """New messages are in the outbox."""
         self.window.wake()
+
+    def offer(self, messages: list[StoredMessage]) -> None:
+        """Messages just committed to the outbox: sent from memory when their turn comes."""
+        self.window.offer(messages)
 
     @property
     def connected(self) -> bool:

@@ -35,6 +35,32 @@ def numbered_event(camera: str, n: int, scene_bytes: int = 2000) -> PlateEvent:
     )
 
 
+def test_the_messages_a_batch_stored_are_the_rows_read_back(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3", max_bytes=10_000_000)
+    outbox.open()
+    try:
+        dead = EventDraft("d", "cam", (MessageDraft("t/d", b"d", False),), 0.0, "refused topic")
+        for round_size in (1, 3, 2):  # seqs keep counting across batches and acks
+            drafts = [
+                EventDraft(
+                    f"e{round_size}-{n}",
+                    f"cam{n}",
+                    (
+                        MessageDraft(f"t/{n}/image", b"i" * n, True),
+                        MessageDraft("t/e", b"{}", False),
+                    ),
+                    float(n),
+                )
+                for n in range(round_size)
+            ]
+            verdicts, stored = outbox.append_batch([drafts[0], dead, *drafts[1:]])
+            assert verdicts == [True] * (round_size + 1)
+            assert stored == outbox.read_after(0, 100)
+            outbox.acknowledge(stored)
+    finally:
+        outbox.close()
+
+
 def first_arrivals(messages: list[Received]) -> dict[str, list[tuple[str, int]]]:
     """Per camera, (event id, n) in order of first arrival; redeliveries ignored."""
     seen: set[str] = set()
@@ -60,11 +86,13 @@ def test_outbox_store_roundtrip_and_bound(tmp_path: Path) -> None:
     outbox.open()
     small = EventDraft("e1", "cam", (MessageDraft("t/1", b"x" * 10, True),), 0.0)
     huge = EventDraft("e2", "cam", (MessageDraft("t/2", b"y" * 1_000_000, False),), 0.0)
-    assert outbox.append_batch([small, huge]) == [True, False]  # newest refused when full
+    verdicts, stored = outbox.append_batch([small, huge])
+    assert verdicts == [True, False]  # newest refused when full
     rows = outbox.read_after(0, 10)
     assert [(r.topic, r.payload, r.retain, r.last_of_event) for r in rows] == [
         ("t/1", b"x" * 10, True, True)
     ]
+    assert stored == rows  # what the publisher is handed is what a replay reads
     outbox.close()
     reopened = Outbox(tmp_path / "o.sqlite3", max_bytes=1_000_000)
     reopened.open()

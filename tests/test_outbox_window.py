@@ -6,6 +6,7 @@ drops) is played by calling the window's public seams the way the link does.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,8 +18,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.metrics import Metrics
 from gateway.mqtt.window import DEAD_LETTER_AFTER_DROPS, OutboxWindow
-from gateway.outbox import EventDraft, MessageDraft, Outbox, StoredMessage
-from tests.helpers import sample
+from gateway.outbox import EventDraft, MessageDraft, Outbox, OutboxWriter, StoredMessage
+from tests.helpers import eventually, sample
 
 SUCCESS = ReasonCode(PacketTypes.PUBACK, identifier=0)
 PAYLOAD_FORMAT_INVALID = ReasonCode(PacketTypes.PUBACK, identifier=0x99)
@@ -117,3 +118,115 @@ async def test_only_drops_with_one_message_alone_in_flight_count_and_never_a_kee
     (letter,) = outbox.dead_letters()
     assert letter.event_id == "ev-0"
     assert f"{DEAD_LETTER_AFTER_DROPS} times running" in letter.reason
+
+
+# -- fresh messages from memory, the outbox when memory cannot say ------------------
+
+
+class InstantAckLink:
+    """The link's seams the window uses; the broker's PUBACK follows each publish."""
+
+    def __init__(self, window: OutboxWindow) -> None:
+        self.window = window
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.sent: list[StoredMessage] = []
+        self._next_mid = 0
+
+    def publish(self, topic: str, payload: bytes, retain: bool) -> int:
+        self._next_mid += 1
+        mid = self._next_mid
+        asyncio.get_running_loop().call_soon(self.window.on_ack, mid, SUCCESS)
+        return mid
+
+    def close(self) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class CountingReads:
+    """The outbox, counting how often rows are read back."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.reads = 0
+        self._read_after = outbox.read_after
+        outbox.read_after = self.read_after  # type: ignore[method-assign]
+
+    def read_after(self, seq: int, limit: int) -> list[StoredMessage]:
+        self.reads += 1
+        return self._read_after(seq, limit)
+
+
+def draft(n: int, size: int = 10) -> EventDraft:
+    return EventDraft(
+        f"new-{n}",
+        "cam",
+        (
+            MessageDraft(f"lpr/cam/image/{n}", bytes([n % 256]) * size, retain=False),
+            MessageDraft(f"lpr/cam/event/{n}", b"{}", retain=False),
+        ),
+        time.time(),
+    )
+
+
+# The rows the `outbox` fixture stored before the window starts.
+BACKLOG = ["lpr/cam/event/0", "lpr/cam/last", "lpr/cam/event/1", "lpr/cam/last"]
+
+
+def new_topics(count: int) -> list[str]:
+    return [t for n in range(count) for t in (f"lpr/cam/image/{n}", f"lpr/cam/event/{n}")]
+
+
+async def publishing(window: OutboxWindow, link: InstantAckLink, count: int) -> list[str]:
+    """Run the window on `link` until `count` messages were sent; their topics."""
+    sent: list[str] = []
+    original = link.publish
+
+    def publish(topic: str, payload: bytes, retain: bool) -> int:
+        sent.append(topic)
+        return original(topic, payload, retain)
+
+    link.publish = publish  # type: ignore[method-assign]
+    task = asyncio.create_task(window.dispatch_until_closed(link))  # type: ignore[arg-type]
+    try:
+        await eventually(lambda: len(sent) >= count, what=f"{count} messages sent")
+    finally:
+        link.close()
+        await task
+    return sent
+
+
+async def test_fresh_messages_are_sent_from_memory_after_the_backlog_is_read(
+    outbox: Outbox, executor: ThreadPoolExecutor
+) -> None:
+    window = OutboxWindow(4, Metrics(), outbox, executor, lambda t, p: None)
+    counting = CountingReads(outbox)
+    writer = OutboxWriter(outbox, executor, on_stored=window.offer)
+    writer_task = asyncio.create_task(writer.run())
+    link = InstantAckLink(window)
+    run = asyncio.create_task(publishing(window, link, 4 + 2 * 20))
+    await eventually(lambda: counting.reads >= 1, what="the backlog read")
+    for n in range(20):
+        assert await (await writer.enqueue(draft(n)))
+    sent = await run
+    await writer.close()
+    await writer_task
+    # The four rows from before, then every new message in the order written ...
+    assert sent == BACKLOG + new_topics(20)
+    # ... and the new ones never read back: one read found the backlog, and at most
+    # one more (short) read may have raced the first commit.
+    assert counting.reads <= 2
+
+
+async def test_messages_past_the_memory_bound_are_read_from_the_outbox_in_order(
+    outbox: Outbox, executor: ThreadPoolExecutor
+) -> None:
+    window = OutboxWindow(4, Metrics(), outbox, executor, lambda t, p: None, fresh_max_bytes=5_000)
+    writer = OutboxWriter(outbox, executor, on_stored=window.offer)
+    writer_task = asyncio.create_task(writer.run())
+    # The broker is away: 30 events of 1 KB pile up, past the 5 KB kept in memory.
+    for n in range(30):
+        assert await (await writer.enqueue(draft(n, size=1000)))
+    await writer.close()
+    await writer_task
+    sent = await publishing(window, InstantAckLink(window), 4 + 2 * 30)
+    assert sent == BACKLOG + new_topics(30)  # every one, once, in order

@@ -5,6 +5,14 @@ flight, read ahead of the window so that a PUBACK is answered with the next
 publish at once. Acknowledged rows are deleted from the outbox in batches;
 after a disconnect the next connection starts over from the oldest row left.
 
+Fresh rows come from memory: the outbox writer hands each committed batch to
+`offer`, and while the window has caught up with the outbox it publishes
+those, never reading back the payloads it just wrote. SQLite is read when
+memory cannot say what comes next: at each new connection (the rows in
+flight without a PUBACK, a replay after a restart or an outage) and after
+more than `FRESH_MAX_BYTES` piled up unsent (they are dropped from memory, not
+from the outbox). A read that returns less than asked for means caught up.
+
 No message stalls delivery: one the client library refuses, or a topic that
 is not valid, is condemned and its whole event moved to the outbox's
 dead-letter table. One after which the broker keeps dropping the connection
@@ -36,6 +44,9 @@ ACK_FLUSH_SECONDS = 0.02
 # Drops of the connection, running, with the same message alone in flight,
 # before its event is set aside as a dead letter.
 DEAD_LETTER_AFTER_DROPS = 3
+# Committed messages kept in memory for publishing; past this (the broker is
+# away or slow) they are read back from the outbox when their turn comes.
+FRESH_MAX_BYTES = 8 * 1024 * 1024
 
 
 class OutboxWindow:
@@ -48,8 +59,10 @@ class OutboxWindow:
         outbox: Outbox,
         executor: Executor,
         on_retained_ack: Callable[[str, bytes], None],
+        fresh_max_bytes: int = FRESH_MAX_BYTES,
     ) -> None:
         self.size = publish_window
+        self.fresh_max_bytes = fresh_max_bytes
         self.metrics = metrics
         self.outbox = outbox
         self.executor = executor
@@ -67,9 +80,31 @@ class OutboxWindow:
         # After a drop with messages in flight, this many are published one at a
         # time, so that a message the broker refuses is alone when it drops us.
         self._isolate_remaining = 0
+        # Committed messages not yet taken for publishing, in `seq` order.
+        self._fresh: deque[StoredMessage] = deque()
+        self._fresh_bytes = 0
+        # Whether the outbox may hold rows past the read cursor that `_fresh`
+        # lacks: then the next rows are read from SQLite.
+        self._outbox_first = True
+        # Times `_fresh` was given up: a read that ran meanwhile proves nothing.
+        self._fresh_dropped = 0
 
     def wake(self) -> None:
         """New messages are in the outbox."""
+        self._wake.set()
+
+    def offer(self, messages: list[StoredMessage]) -> None:
+        """Messages just committed to the outbox (in `seq` order): publish them from memory."""
+        size = sum(len(m.payload) for m in messages)
+        if self._fresh_bytes + size > self.fresh_max_bytes:
+            # The broker is behind: let these wait on disk only.
+            self._fresh.clear()
+            self._fresh_bytes = 0
+            self._outbox_first = True
+            self._fresh_dropped += 1
+        else:
+            self._fresh.extend(messages)
+            self._fresh_bytes += size
         self._wake.set()
 
     # -- the link's ack callback -------------------------------------------------
@@ -118,6 +153,7 @@ class OutboxWindow:
         # broker acknowledged on the last one, so it is not sent again.
         await self.flush_acks()
         read_cursor = 0
+        self._outbox_first = True
         while not closed.done():
             # Cleared before any await, so a wake-up that lands meanwhile is kept.
             self._wake.clear()
@@ -126,6 +162,7 @@ class OutboxWindow:
                 buried = {m.event_id for m, _, _ in self._condemned}
                 await self.bury_condemned()
                 ready = deque(m for m in ready if m.event_id not in buried)
+                self._forget_fresh(buried)
                 continue
             window = self._current_size()
             while ready and len(self.inflight) < window:
@@ -142,11 +179,18 @@ class OutboxWindow:
                 continue
             window = self._current_size()
             if len(ready) < window:
-                batch = await loop.run_in_executor(
-                    self.executor, self.outbox.read_after, read_cursor, 2 * window - len(ready)
-                )
-                if closed.done():
-                    return
+                wanted = 2 * window - len(ready)
+                if self._outbox_first:
+                    dropped = self._fresh_dropped
+                    batch = await loop.run_in_executor(
+                        self.executor, self.outbox.read_after, read_cursor, wanted
+                    )
+                    if closed.done():
+                        return
+                    if len(batch) < wanted and dropped == self._fresh_dropped:
+                        self._outbox_first = False  # caught up: memory has what follows
+                else:
+                    batch = self._take_fresh(read_cursor, wanted)
                 if batch:
                     read_cursor = batch[-1].seq
                     ready.extend(batch)
@@ -155,6 +199,23 @@ class OutboxWindow:
                 await _wait_any(self._ack_signal, closed)
             else:
                 await _wait_any(self._wake, closed)
+
+    def _take_fresh(self, after_seq: int, limit: int) -> list[StoredMessage]:
+        """Up to `limit` fresh messages past `after_seq`; older ones (read from the
+        outbox meanwhile) are dropped."""
+        fresh = self._fresh
+        taken: list[StoredMessage] = []
+        while fresh and len(taken) < limit:
+            message = fresh.popleft()
+            self._fresh_bytes -= len(message.payload)
+            if message.seq > after_seq:
+                taken.append(message)
+        return taken
+
+    def _forget_fresh(self, event_ids: set[str]) -> None:
+        kept = deque(m for m in self._fresh if m.event_id not in event_ids)
+        self._fresh_bytes = sum(len(m.payload) for m in kept)
+        self._fresh = kept
 
     def _current_size(self) -> int:
         """One message at a time while isolating after a drop, else the full window."""
