@@ -16,7 +16,7 @@ from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
 from gateway.config import OutboxSync
 from gateway.event import Image, PlateEvent, Source, utc_now
-from gateway.outbox import EventDraft, MessageDraft, Outbox
+from gateway.outbox import WAL_LIMIT_BYTES, EventDraft, MessageDraft, Outbox
 from gateway.pipeline import Admission
 from tests.helpers import MqttCollector, Received, free_port, gateway_config, sample
 
@@ -195,3 +195,30 @@ def test_sigkill_with_events_in_outbox_then_restart(
             process.send_signal(signal.SIGTERM)
             assert process.wait(15) == 0  # orderly shutdown exits 0
     assert_all_in_order(sub.messages, sent)
+
+
+async def test_the_wal_is_checkpointed_off_the_commit_path_and_stays_bounded(
+    tmp_path: Path,
+) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3", max_bytes=50_000_000)
+    outbox.open()
+    wal = tmp_path / "o.sqlite3-wal"
+    try:
+        # Commits do not checkpoint: the checkpointer's connection does.
+        assert outbox.db.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        scene = os.urandom(1_000_000)
+        peak = 0
+        for n in range(150):  # 150 MB through the WAL, each row acknowledged
+            _, stored = outbox.append_batch(
+                [EventDraft(f"e{n}", "cam", (MessageDraft("t/s", scene, False),), 0.0)]
+            )
+            outbox.acknowledge(stored)
+            peak = max(peak, wal.stat().st_size)
+            await asyncio.sleep(0)
+        # Without checkpoints the WAL would hold all 150 MB; it is started over
+        # behind the background checkpoints, or emptied past its bound.
+        assert peak <= WAL_LIMIT_BYTES + 2 * len(scene)
+        assert outbox.pending_events == 0
+    finally:
+        outbox.close()
+    assert not wal.exists()  # the last connection closed copied it all
