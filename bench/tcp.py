@@ -6,6 +6,7 @@ when it builds the frame, millisecond precision) to the subscriber's receipt.
 
 - tcp-flat: one camera pushing as fast as the connection takes frames
 - tcp-200x1: 200 cameras at 1 read/s each (random phases)
+- tcp-1000x0.1: 1,000 cameras at 0.1 read/s each (100 reads/s in all)
 - tcp-idle-500: 500 logged-in sessions with no reads; the gateway's RSS
 """
 
@@ -16,7 +17,6 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import resource
 import tempfile
 import threading
 import time
@@ -30,14 +30,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import Result, cpu_seconds, percentile, round_ms, rss_mb
 from gateway.broker import MosquittoProcess
+from gateway.limits import raise_open_file_limit
 
 _SPAWN = mp.get_context("spawn")
-
-
-def _raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _vm_rss_mb() -> float:
@@ -54,7 +49,7 @@ def _vm_rss_mb() -> float:
 def _cameras_main(
     n: int, rate: float | None, count: int | None, ports_q: Any, stop: Any, out: Any
 ) -> None:
-    _raise_fd_limit()
+    raise_open_file_limit()  # a listening socket and a session per camera
     asyncio.run(_cameras(n, rate, count, ports_q, stop, out))
 
 
@@ -95,7 +90,7 @@ async def _cameras(
 def _gateway_main(
     broker_url: str, ports: list[int], wait_online: bool, ready: Any, stop: Any, out: Any
 ) -> None:
-    _raise_fd_limit()
+    raise_open_file_limit()
     asyncio.run(_gateway(broker_url, ports, wait_online, ready, stop, out))
 
 
@@ -327,6 +322,11 @@ def many_cameras(broker: MosquittoProcess, args: argparse.Namespace) -> Result:
     return _run(broker, "tcp: 200 cameras @1/s", 200, 1.0, seconds, f"{seconds} reads per camera")
 
 
+def thousand_cameras(broker: MosquittoProcess, args: argparse.Namespace) -> Result:
+    reads = 3
+    return _run(broker, "tcp: 1000 cameras @0.1/s", 1000, 0.1, reads, f"{reads} reads per camera")
+
+
 def idle_sessions(broker: MosquittoProcess, args: argparse.Namespace) -> Result:
     result = _run(broker, "tcp: 500 idle sessions", 500, None, None, "")
     result.notes = f"gateway RSS with all online: {result.extra['rss_all_online_mb']} MB"
@@ -336,5 +336,6 @@ def idle_sessions(broker: MosquittoProcess, args: argparse.Namespace) -> Result:
 SCENARIOS = {
     "tcp-flat": flat_out,
     "tcp-200x1": many_cameras,
+    "tcp-1000x0.1": thousand_cameras,
     "tcp-idle-500": idle_sessions,
 }
