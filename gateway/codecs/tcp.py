@@ -253,12 +253,28 @@ class FrameDecoder:
             return
         if self._state is DecoderState.BROKEN:
             return  # nothing will be read from a broken stream: don't keep it
-        if self._pos:
-            del self._buffer[: self._pos]
-            self._base += self._pos
-            self._scan = max(0, self._scan - self._pos)
-            self._pos = 0
+        self._compact()
         self._buffer += data
+
+    @property
+    def held(self) -> int:
+        """Bytes the decoder keeps in memory: the unconsumed ones, and consumed ones
+        not yet dropped. 0 whenever `next_event()` returned NEED_DATA at a frame
+        boundary: a session waiting between frames holds no frame's bytes."""
+        return len(self._buffer)
+
+    def _compact(self) -> None:
+        """Drop the consumed bytes from the buffer."""
+        pos = self._pos
+        if not pos:
+            return
+        if pos == len(self._buffer):
+            self._buffer = bytearray()  # the usual case: the last frame taken whole
+        else:
+            del self._buffer[:pos]
+        self._base += pos
+        self._scan = max(0, self._scan - pos)
+        self._pos = 0
 
     @property
     def awaiting_frame(self) -> bool:
@@ -320,7 +336,12 @@ class FrameDecoder:
                     self._state = DecoderState.ENDED
                     continue
                 garbage = self._flush_garbage()
-                return garbage if garbage is not None else NEED_DATA
+                if garbage is not None:
+                    return garbage
+                # Waiting for bytes: a thousand idle sessions must not each keep
+                # their last frame (~330 KB) until their next read.
+                self._compact()
+                return NEED_DATA
 
     # -- internals ---------------------------------------------------------
 
@@ -393,7 +414,9 @@ class FrameDecoder:
             head = bytes(buf[pos + HEADER_SIZE : min(end - 2, pos + HEADER_SIZE + UNKNOWN_HEAD)])
             self._pos = end
             return UnknownCommand(command, end - pos, self._base + pos, head)
-        frame = Frame(command, bytes(buf[pos + HEADER_SIZE : end - 2]), self._base + pos)
+        with memoryview(buf) as view:  # one copy of DATA, not a bytearray slice and then bytes
+            data = bytes(view[pos + HEADER_SIZE : end - 2])
+        frame = Frame(command, data, self._base + pos)
         self._pos = end
         return frame
 
