@@ -9,6 +9,7 @@ refused login is a configuration problem: said once, retried slowly.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -49,9 +50,15 @@ log = logging.getLogger(__name__)
 
 SOURCE = "tcp"
 READ_SIZE = 1024 * 1024
-STREAM_LIMIT = 1024 * 1024
+# The stream reader stops the socket past twice this: what a session not being
+# read holds (a 1 MiB limit let 1,000 sessions hold up to 2 GB).
+STREAM_LIMIT = 64 * 1024
 # Reads of one camera in the pipeline at once (not yet durable in the outbox).
 MAX_PENDING_SUBMITS = 16
+# Bytes of reads decoded and not yet taken by the pipeline, over every TCP
+# camera (~100 reads of 330 KB): past it a session waits before reading on, so
+# the memory is bounded by backpressure, not by the number of sessions.
+INTAKE_BUDGET_BYTES = 32 * 1024 * 1024
 # capture_dir bounds: files kept per camera, bytes kept per file.
 CAPTURE_MAX_FILES = 100
 CAPTURE_MAX_FILE_BYTES = 4 * 1024 * 1024
@@ -64,20 +71,68 @@ async def run(
 ) -> None:
     """Serve every TCP camera until cancelled."""
     policy = policy or ReconnectPolicy()
+    budget = IntakeBudget(INTAKE_BUDGET_BYTES)
     async with asyncio.TaskGroup() as group:
         for camera in cameras:
             group.create_task(
-                CameraSession(ctx, camera, policy).run(), name=f"tcp-camera-{camera.id}"
+                CameraSession(ctx, camera, policy, budget).run(), name=f"tcp-camera-{camera.id}"
             )
+
+
+class IntakeBudget:
+    """Bytes in flight shared by many sessions, granted first come, first served.
+
+    A grant larger than the whole budget is given when nothing else is in
+    flight, so one oversized frame cannot wedge its camera.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    def _fits(self, size: int) -> bool:
+        return self.used == 0 or self.used + size <= self.limit
+
+    async def acquire(self, size: int) -> None:
+        if not self._waiters and self._fits(size):
+            self.used += size
+            return
+        waiter = (size, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        try:
+            await waiter[1]
+        except asyncio.CancelledError:
+            if waiter[1].done() and not waiter[1].cancelled():
+                self.release(size)  # granted, but the session is going away
+            else:
+                self._waiters.remove(waiter)
+                self._grant()  # a smaller waiter behind it may fit now
+            raise
+
+    def release(self, size: int) -> None:
+        self.used -= size
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters and self._fits(self._waiters[0][0]):
+            size, future = self._waiters.popleft()
+            self.used += size
+            future.set_result(None)
 
 
 class CameraSession:
     """One camera's sessions; the retries are `supervise`'s, the protocol the codec's."""
 
     def __init__(
-        self, ctx: AdapterContext, camera: TcpCameraConfig, policy: ReconnectPolicy
+        self,
+        ctx: AdapterContext,
+        camera: TcpCameraConfig,
+        policy: ReconnectPolicy,
+        budget: IntakeBudget,
     ) -> None:
         self.ctx = ctx
+        self._budget = budget
         self.camera = camera
         self.policy = policy
         self.metrics = ctx.metrics
@@ -97,8 +152,6 @@ class CameraSession:
 
     async def session(self, progress: SessionProgress) -> Outcome:
         cam, camera = self.camera.id, self.camera
-        # A buffer limit above a whole frame (~330 KB) lets one read take a
-        # frame instead of the default 64 KiB steps.
         connection = await progress.connect(
             camera.host, camera.port, camera.connect_timeout_seconds, limit=STREAM_LIMIT
         )
@@ -287,14 +340,21 @@ class CameraSession:
         # The camera cannot be acknowledged, so there is no reason to wait for
         # each read to be durable before reading the next: up to
         # MAX_PENDING_SUBMITS go into the pipeline at once (it keeps their
-        # order) and share the outbox's group commits. Beyond that the read
-        # loop waits: the backpressure reaches the socket.
+        # order) and share the outbox's group commits, within the budget all
+        # TCP cameras share. Beyond that the read loop waits: the backpressure
+        # reaches the socket.
+        size = frame.size
         await self._submit_slots.acquire()
-        task = asyncio.create_task(self._submit(event_out))
+        try:
+            await self._budget.acquire(size)
+        except BaseException:
+            self._submit_slots.release()
+            raise
+        task = asyncio.create_task(self._submit(event_out, size))
         self._pending_submits.add(task)
         task.add_done_callback(self._pending_submits.discard)
 
-    async def _submit(self, event: PlateEvent) -> None:
+    async def _submit(self, event: PlateEvent, size: int) -> None:
         try:
             admission = await self.ctx.submit(event)
             if not admission.taken:
@@ -307,6 +367,7 @@ class CameraSession:
                     admission.value,
                 )
         finally:
+            self._budget.release(size)
             self._submit_slots.release()
 
     def _unknown_command(self, command: int, length: int, offset: int) -> None:
