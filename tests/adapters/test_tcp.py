@@ -720,3 +720,95 @@ async def test_end_to_end_fake_header_flood_then_a_good_read_is_published(
                     HOSTILE
                 )
     assert len(_camera_warnings(caplog, "gate_in")) <= 2
+
+
+# --------------------------------------------------------------------------
+# The intake budget every TCP camera shares
+
+
+async def test_intake_budget_grants_in_arrival_order_and_within_the_limit() -> None:
+    budget = tcp.IntakeBudget(100)
+    await budget.acquire(60)
+    granted: list[str] = []
+
+    async def take(name: str, size: int) -> None:
+        await budget.acquire(size)
+        granted.append(name)
+
+    big = asyncio.create_task(take("big", 50))
+    small = asyncio.create_task(take("small", 10))  # would fit, but comes second
+    await asyncio.sleep(0)
+    assert granted == [] and budget.used == 60
+    budget.release(60)
+    await asyncio.gather(big, small)
+    assert granted == ["big", "small"] and budget.used == 60
+
+
+async def test_intake_budget_takes_an_oversized_grant_alone() -> None:
+    budget = tcp.IntakeBudget(100)
+    await budget.acquire(500)  # nothing else in flight: one frame over the budget passes
+    waiter = asyncio.create_task(budget.acquire(1))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    budget.release(500)
+    await waiter
+    assert budget.used == 1
+
+
+async def test_intake_budget_cancelled_waiter_lets_the_next_one_in() -> None:
+    budget = tcp.IntakeBudget(100)
+    await budget.acquire(90)
+    blocked = asyncio.create_task(budget.acquire(50))
+    behind = asyncio.create_task(budget.acquire(10))
+    await asyncio.sleep(0)
+    blocked.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await blocked
+    await behind
+    assert budget.used == 100
+
+
+@dataclass
+class HeldSpine(FakeSpine):
+    """A pipeline that holds every read until released, counting those in its hands."""
+
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    in_flight: int = 0
+    most_in_flight: int = 0
+
+    async def submit(self, event: AnyEvent) -> Admission:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        self.events.append(event)
+        await self.release.wait()
+        self.in_flight -= 1
+        return self.admission
+
+
+async def test_reads_in_flight_across_cameras_stay_within_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A budget of two whole frames, shared by two cameras of 3 reads each:
+    # the pipeline never holds more than 2 reads, and all 6 arrive in order.
+    frame_size = len(encode_recognition_frame(FULL, [PLATE, SCENE]))
+    monkeypatch.setattr(tcp, "INTAKE_BUDGET_BYTES", 2 * frame_size + 100)
+    spine = HeldSpine()
+    async with (
+        TcpCameraSimulator(seed=21, camera="a") as sim_a,
+        TcpCameraSimulator(seed=22, camera="b") as sim_b,
+        running(
+            spine,
+            camera_config(sim_a.port, id="a", name="a"),
+            camera_config(sim_b.port, id="b", name="b"),
+        ),
+    ):
+        await asyncio.gather(sim_a.push(3), sim_b.push(3))
+        await eventually(lambda: len(spine.events) == 2)
+        await asyncio.sleep(0.2)  # the other reads are read and decoded, and wait
+        assert len(spine.events) == 2
+        spine.release.set()
+        await eventually(lambda: len(spine.events) == 6)
+    assert spine.most_in_flight == 2
+    for camera, sim in (("a", sim_a), ("b", sim_b)):
+        got = [e.plate for e in spine.events if isinstance(e, PlateEvent) and e.camera == camera]
+        assert got == [plate for plate, _, _ in sim.sent_reads]

@@ -1128,3 +1128,19 @@ def test_client_any_bytes_give_events_never_a_crash(chunks: list[bytes]) -> None
     client, events = client_events(prefix, *[c for c in chunks if c], eof=True)
     assert client.state in (TcpClientState.CLOSED, TcpClientState.LOGGED_IN)
     assert events and events[0] == LoginAccepted(0)
+
+
+def test_decoder_waiting_between_frames_holds_no_bytes() -> None:
+    frame = encode_frame(Command.RECOG_POST, b"x" * 5000)
+    decoder = FrameDecoder()
+    decoder.receive_data(frame + frame[:100])
+    first = decoder.next_event()
+    assert isinstance(first, Frame) and first.data == b"x" * 5000
+    assert decoder.next_event() is NEED_DATA
+    assert decoder.held == 100  # only the next frame's start
+    decoder.receive_data(frame[100:])
+    second = decoder.next_event()
+    assert isinstance(second, Frame) and second.offset == len(frame)
+    assert decoder.next_event() is NEED_DATA
+    assert decoder.held == 0
+    assert decoder.offset == 2 * len(frame)
