@@ -156,12 +156,15 @@ class Outbox:
         self._wal_path = path.with_name(path.name + "-wal")
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """One transaction; after its commit the checkpointer may copy it on."""
+    def _transaction(self, checkpoint: bool = False) -> Iterator[None]:
+        """One transaction; with `checkpoint`, the checkpointer copies the WAL on
+        after its commit. Only storing reads asks: that is where the WAL grows,
+        and each checkpoint costs an fsync (asking after every acknowledgement
+        too cost ~10 % more CPU per read). The rest is copied with the next."""
         with self.db:
             self.db.execute("BEGIN")
             yield
-        if self._checkpointer is not None:
+        if checkpoint and self._checkpointer is not None:
             self._checkpointer.nudge()
         try:
             if self._wal_path.stat().st_size > WAL_LIMIT_BYTES:
@@ -350,7 +353,7 @@ class Outbox:
         if not rows and not dead:
             return verdicts, []
         try:
-            with self._transaction():  # one transaction, one commit
+            with self._transaction(checkpoint=True):  # one transaction, one commit
                 self.db.executemany(
                     "INSERT INTO message (event_id, camera, topic, payload, retain, last_of_event,"
                     " accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
