@@ -205,5 +205,6 @@ class MqttPublisher:
             # DISCONNECT goes out through our writer callback; wait for paho to
             # close the socket after it, or the broker would publish the will.
             await self.link.disconnect()
+        self.state.close()
         await self.window.flush_acks()
         self.window.wake()

@@ -15,7 +15,7 @@ from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
 from gateway.event import Image, PlateEvent, Source, utc_now
 from gateway.pipeline import Admission
-from tests.helpers import MqttCollector, free_port, gateway_config
+from tests.helpers import MqttCollector, Received, free_port, gateway_config
 
 
 def plate_event(camera: str = "gate_in", plate: str = "AB 123-CD", n: int = 0) -> PlateEvent:
@@ -118,3 +118,27 @@ def test_last_will_offline_when_gateway_is_killed(
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+def states(messages: list[Received]) -> set[str]:
+    """The camera states the newest bridge info lists (when it lists the 200 cameras)."""
+    cameras = messages[-1].json()["cameras"] if messages else []
+    return {c["state"] for c in cameras} if len(cameras) == 200 else set()
+
+
+async def test_a_login_storm_makes_one_bridge_info_update(
+    mqtt_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    cameras = [
+        {"id": f"cam{n:03d}", "protocol": "http", "path": f"/lpr/cam{n:03d}"} for n in range(200)
+    ]
+    config = gateway_config(mqtt_broker.url, tmp_path, cameras=cameras)
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=("lpr/bridge/info",)) as sub:
+        async with Gateway(config) as gw:
+            await sub.until(lambda ms: states(ms) == {"online"})
+            updates = len(sub.messages)
+            assert gw.publisher is not None
+            for n in range(200):  # 200 cameras drop at once: one update, not 200
+                gw.publisher.set_camera_online(f"cam{n:03d}", False)
+            await sub.until(lambda ms: states(ms) == {"offline"})
+            assert len(sub.messages) == updates + 1

@@ -33,6 +33,8 @@ ONLINE = b"online"
 OFFLINE = b"offline"
 # How long the `offline` bridge state may take to be acknowledged at shutdown.
 OFFLINE_ACK_SECONDS = 1.0
+# Camera state changes within this long make one bridge info update.
+INFO_COALESCE_SECONDS = 0.2
 
 
 class BridgeState:
@@ -59,6 +61,8 @@ class BridgeState:
         self._retained: dict[str, bytes] = {}
         # topics already re-sent during the current connect (None outside of it)
         self._sent_on_connect: set[str] | None = None
+        # the bridge info update waiting for a burst of camera changes to end
+        self._info_update: asyncio.TimerHandle | None = None
 
     # -- what the rest of the gateway calls --------------------------------------
 
@@ -68,6 +72,17 @@ class BridgeState:
             return
         self._availability[camera] = online
         self.publish_state(self.topics.availability(camera), ONLINE if online else OFFLINE)
+        # Bridge info lists every camera: one update per burst of changes. One
+        # per change made 1,000 cameras logging in build, store and publish
+        # the whole list 1,000 times (a login storm of quadratic cost).
+        if self._info_update is None:
+            loop = asyncio.get_running_loop()
+            self._info_update = loop.call_later(INFO_COALESCE_SECONDS, self._publish_info)
+
+    def _publish_info(self) -> None:
+        if self._info_update is not None:
+            self._info_update.cancel()
+            self._info_update = None
         self.publish_state(self.topics.info, self.info_payload())
 
     def on_connected(self, hook: Callable[[], None]) -> None:
@@ -122,7 +137,7 @@ class BridgeState:
         self._sent_on_connect = set()
         try:
             self.publish_state(self.topics.state, ONLINE)
-            self.publish_state(self.topics.info, self.info_payload())
+            self._publish_info()
             for camera, online in self._availability.items():
                 self.publish_state(self.topics.availability(camera), ONLINE if online else OFFLINE)
             for hook in self._on_connected_hooks:
@@ -154,11 +169,19 @@ class BridgeState:
             if online:  # adapters normally said so already as their sessions ended
                 self._availability[camera] = False
                 self.publish_state(self.topics.availability(camera), OFFLINE)
+        if self._info_update is not None:
+            self._publish_info()  # now: nothing runs after shutdown
         with contextlib.suppress(BrokerError, TimeoutError):
             await asyncio.wait_for(
                 self.link.publish_acked(self.topics.state, OFFLINE, retain=True),
                 OFFLINE_ACK_SECONDS,
             )
+
+    def close(self) -> None:
+        """Stopped: no update may run after the outbox is closed."""
+        if self._info_update is not None:
+            self._info_update.cancel()
+            self._info_update = None
 
     def info_payload(self) -> bytes:
         info = {
