@@ -175,7 +175,7 @@ class Gateway:
         # The durable copy of the retained state: a broker that lost it gets it
         # back on connect even after this gateway restarted.
         self.publisher.restore_retained(
-            await loop.run_in_executor(self._executor, self.outbox.load_retained)
+            await loop.run_in_executor(self._executor, self.outbox.load_retained_state)
         )
         self._writer = OutboxWriter(self.outbox, self._executor, on_stored=self.publisher.offer)
         self.pipeline = Pipeline(self.config, self.metrics, self._writer, self._on_stored)

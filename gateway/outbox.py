@@ -448,13 +448,23 @@ class Outbox:
             if previous[0] is not None:
                 self.db.execute("DELETE FROM message WHERE seq = ?", (previous[0],))
 
-    def load_retained(self) -> dict[str, bytes]:
-        """Every retained topic's last published payload, oldest first."""
+    def load_retained_state(self) -> dict[str, bytes]:
+        """The retained state messages kept (availability, bridge info, discovery),
+        oldest first."""
         cursor = self.db.execute(
-            "SELECT r.topic, COALESCE(r.payload, m.payload) FROM retained r"
-            " LEFT JOIN message m ON m.seq = r.seq ORDER BY COALESCE(r.seq, 0), r.rowid"
+            "SELECT topic, payload FROM retained WHERE payload IS NOT NULL ORDER BY rowid"
         )
         return {topic: bytes(payload) for topic, payload in cursor if payload}
+
+    def retained_rows_after(self, seq: int, limit: int) -> list[tuple[int, str, bytes]]:
+        """(seq, topic, payload) of the acknowledged rows kept as the retained
+        state of their topic (images, `last`), in `seq` order, after `seq`."""
+        cursor = self.db.execute(
+            "SELECT m.seq, r.topic, m.payload FROM retained r JOIN message m ON m.seq = r.seq"
+            " WHERE r.seq > ? ORDER BY r.seq LIMIT ?",
+            (seq, limit),
+        )
+        return [(int(row_seq), topic, bytes(payload)) for row_seq, topic, payload in cursor]
 
     # -- dead letters -----------------------------------------------------------
 

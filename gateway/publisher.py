@@ -129,9 +129,9 @@ class MqttPublisher:
         """Start from the durable copy of an earlier run (newer state wins)."""
         self.state.restore_retained(copy)
 
-    def _retained_row_acked(self, topic: str, payload: bytes) -> None:
-        # Outbox rows are kept in the durable copy by the outbox itself.
-        self.state.remember_retained(topic, payload)
+    def _retained_row_acked(self, topic: str, _payload: bytes) -> None:
+        # The outbox keeps the row as the topic's retained state.
+        self.state.row_acknowledged(topic)
 
     # -- the connection loop -----------------------------------------------------
 
@@ -166,6 +166,10 @@ class MqttPublisher:
         await self.link.connect()
         try:
             self._on_connect_success()
+            # Rows acknowledged on the last connection first become the kept
+            # retained rows: re-sending an older one would undo them.
+            await self.window.flush_acks()
+            await self.state.republish_rows()
             await self.window.dispatch_until_closed(self.link)
         finally:
             self.link.release()

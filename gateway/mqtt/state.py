@@ -8,6 +8,11 @@ connect before the outbox is drained, so a broker that lost its retained
 messages (no persistence, restarted) has them again and newer outbox rows
 still overwrite them in order. The copy is durable (the outbox keeps it) and
 survives a gateway restart. This is the `StatePublisher` discovery uses.
+
+Only the small state messages are held in memory. Images and `last` are
+read back from the outbox (which keeps those rows) when they are re-sent,
+a few at a time: held in memory they cost ~320 KB per camera, 320 MB for
+1,000 cameras.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ OFFLINE = b"offline"
 OFFLINE_ACK_SECONDS = 1.0
 # Camera state changes within this long make one bridge info update.
 INFO_COALESCE_SECONDS = 0.2
+# Kept rows (images, `last`) re-sent at a time, each batch acknowledged
+# before the next is read: bounds the memory a reconnect takes.
+REPUBLISH_BATCH = 16
 
 
 class BridgeState:
@@ -57,7 +65,8 @@ class BridgeState:
         self._cameras: dict[str, AnyCameraConfig] = {c.id: c for c in cameras}
         self._availability: dict[str, bool] = dict.fromkeys(self._cameras, False)
         self._on_connected_hooks: list[Callable[[], None]] = []
-        # topic → last retained payload we published there (bounded: one per topic)
+        # topic → last retained state payload we published there (one per topic);
+        # images and `last` are kept by the outbox, not here
         self._retained: dict[str, bytes] = {}
         # topics already re-sent during the current connect (None outside of it)
         self._sent_on_connect: set[str] | None = None
@@ -107,12 +116,44 @@ class BridgeState:
 
     @property
     def retained_copy(self) -> dict[str, bytes]:
-        """Our copy of the retained state (topic → payload), for inspection."""
+        """Our copy of the retained state messages (topic → payload), for inspection;
+        the outbox's `retained_rows_after` has the images and `last`."""
         return dict(self._retained)
 
     def restore_retained(self, copy: dict[str, bytes]) -> None:
         """Start from the durable copy of an earlier run (newer state wins)."""
         self._retained = {**copy, **self._retained}
+
+    def row_acknowledged(self, topic: str) -> None:
+        """An outbox row on retained `topic` was acknowledged: the outbox keeps it
+        as the topic's retained state (a state payload on it is superseded)."""
+        self._retained.pop(topic, None)
+
+    async def republish_rows(self) -> None:
+        """Re-send the kept rows (images, `last`) from the outbox, oldest first, a
+        batch at a time; before any pending outbox row, which may overwrite them.
+        `BrokerError` if the connection goes meanwhile."""
+        loop = asyncio.get_running_loop()
+        after, count = 0, 0
+        while True:
+            rows = await loop.run_in_executor(
+                self.executor, self.outbox.retained_rows_after, after, REPUBLISH_BATCH
+            )
+            if not rows:
+                break
+            await asyncio.gather(*(self._republish(topic, payload) for _, topic, payload in rows))
+            after, count = rows[-1][0], count + len(rows)
+        if count:
+            self.metrics.retained_republished.inc(count)
+            log.info("re-sent %d retained images and `last` kept in the outbox", count)
+
+    async def _republish(self, topic: str, payload: bytes) -> None:
+        try:
+            await self.link.publish_acked(topic, payload, retain=True)
+        except LinkClosedError:
+            raise
+        except BrokerError as exc:  # refused: never let one message stop the rest
+            log.warning("retained %s not re-sent: %s", topic[:200], exc)
 
     def remember_retained(self, topic: str, payload: bytes, persist: bool = False) -> None:
         """`payload` is the retained state of `topic` now; `persist` keeps it in the
