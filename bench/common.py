@@ -20,6 +20,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gateway.event import Image, PlateEvent, Source, utc_now
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -200,3 +202,16 @@ def loop_result(
 
 def round_ms(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
+
+
+def inject_read(camera: str, n: int, plate: bytes, scene: bytes) -> PlateEvent:
+    """Read `n` as the in-process scenarios submit it: ~1 KB of fields, both images."""
+    return PlateEvent(
+        camera=camera,
+        source=Source.INJECT,
+        plate=f"B{n:06d}",
+        received=utc_now(),
+        raw={"padding": "x" * 600},
+        plate_image=Image(plate),
+        scene_image=Image(scene),
+    )

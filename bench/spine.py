@@ -22,6 +22,7 @@ from bench.common import (
     Result,
     Subscriber,
     cpu_seconds,
+    inject_read,
     loop_result,
     percentile,
     publish_read,
@@ -31,7 +32,6 @@ from bench.common import (
 )
 from gateway.app import Gateway
 from gateway.config import Config, MetricsConfig, MqttConfig, OutboxConfig
-from gateway.event import Image, PlateEvent, Source, utc_now
 from gateway.simulate.common import plate_jpeg, scene_jpeg
 
 WINDOW = 32
@@ -122,17 +122,7 @@ async def _drive_pipeline(config: Config, events: int, rate: float | None) -> tu
                     delay = start + n / rate - time.time()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                await gateway.submit(
-                    PlateEvent(
-                        camera="bench",
-                        source=Source.INJECT,
-                        plate=f"B{n:06d}",
-                        received=utc_now(),
-                        raw={"padding": "x" * 600},
-                        plate_image=Image(plate),
-                        scene_image=Image(scene),
-                    )
-                )
+                await gateway.submit(inject_read("bench", n, plate, scene))
 
         await asyncio.gather(*(submitter() for _ in range(8)))
         while gateway.outbox.pending_events > 0:

@@ -24,11 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import Subscriber, percentile
+from bench.common import Subscriber, inject_read, percentile
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
 from gateway.config import Config, MetricsConfig, MqttConfig, OutboxConfig
-from gateway.event import Image, PlateEvent, Source, utc_now
 from gateway.outbox import Outbox
 from gateway.simulate.common import plate_jpeg, scene_jpeg
 
@@ -94,17 +93,7 @@ async def _drive(broker: MosquittoProcess, events: int, rate: float) -> dict[str
                 delay = start + n / rate - time.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                await gateway.submit(
-                    PlateEvent(
-                        camera="stall",
-                        source=Source.INJECT,
-                        plate=f"S{n:06d}",
-                        received=utc_now(),
-                        raw={"padding": "x" * 600},
-                        plate_image=Image(plate),
-                        scene_image=Image(scene),
-                    )
-                )
+                await gateway.submit(inject_read("stall", n, plate, scene))
             while gateway.outbox.pending_events > 0:
                 await asyncio.sleep(0.005)
             after = resource.getrusage(resource.RUSAGE_SELF)
