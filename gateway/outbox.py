@@ -172,8 +172,17 @@ class Outbox:
         with self.db:
             self.db.execute("BEGIN")
             yield
-        if checkpoint and self._checkpointer is not None:
-            self._checkpointer.stored(checkpoint)
+        checkpointer = self._checkpointer
+        if checkpoint and checkpointer is not None:
+            checkpointer.stored(checkpoint)
+        if checkpointer is not None and checkpointer.tail_left:
+            # The checkpointer could not catch up with the writers: copy the
+            # short tail here, where no commit can land meanwhile, so that the
+            # next commit starts the WAL over (busy if it is mid-checkpoint:
+            # then it asks again).
+            checkpointer.tail_left = False
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         try:
             if self._wal_path.stat().st_size > WAL_LIMIT_BYTES:
                 self._empty_wal()
@@ -572,6 +581,9 @@ class _Checkpointer:
         self._stopping = False
         self._lock = threading.Lock()
         self._uncopied = 0  # bytes of reads stored since the last checkpoint began
+        # Set when catch-up checkpoints did not reach the WAL's end: the writer
+        # copies the rest after its next commit.
+        self.tail_left = False
         self._thread = threading.Thread(target=self._run, name="outbox-checkpoint", daemon=True)
         self._thread.start()
 
@@ -615,6 +627,8 @@ class _Checkpointer:
                 if in_wal == previous:
                     break
                 previous = in_wal
+            else:
+                self.tail_left = True
         except sqlite3.Error as exc:
             log.warning("outbox %s: checkpoint failed, trying again: %s", self._path, exc)
 
