@@ -274,10 +274,9 @@ class Gateway:
             delay = min(delay * 2, TASK_RESTART_MAX_SECONDS)
 
     def _on_stored(self) -> None:
+        # The publisher was handed the stored messages by the writer already.
         self.metrics.outbox_depth.set(self.outbox.pending_events)
         self.metrics.outbox_bytes.set(self.outbox.pending_bytes)
-        if self.publisher is not None:
-            self.publisher.wake()
 
     async def submit(self, event: AnyEvent) -> Admission:
         if self.pipeline is None:

@@ -164,18 +164,18 @@ class Outbox:
         self._wal_path = path.with_name(path.name + "-wal")
 
     @contextlib.contextmanager
-    def _transaction(self, checkpoint: int = 0) -> Iterator[None]:
-        """One transaction; `checkpoint` is how many bytes of reads it stores,
-        which the checkpointer counts towards its next checkpoint. Only storing
-        reads counts: that is where the WAL grows (acknowledgements are copied
-        with the next checkpoint)."""
+    def _transaction(self, stored_bytes: int = 0) -> Iterator[None]:
+        """One transaction storing `stored_bytes` of reads. Only those drive the
+        checkpoints and the WAL's bound: storing reads is where the WAL grows;
+        what the rest writes is copied with the next checkpoint."""
         with self.db:
             self.db.execute("BEGIN")
             yield
         checkpointer = self._checkpointer
-        if checkpoint and checkpointer is not None:
-            checkpointer.stored(checkpoint)
-        if checkpointer is not None and checkpointer.tail_left:
+        if checkpointer is None or not stored_bytes:
+            return
+        checkpointer.stored(stored_bytes)
+        if checkpointer.tail_left:
             # The checkpointer could not catch up with the writers: copy the
             # short tail here, where no commit can land meanwhile, so that the
             # next commit starts the WAL over (busy if it is mid-checkpoint:
@@ -373,7 +373,7 @@ class Outbox:
         if not rows and not dead:
             return verdicts, []
         try:
-            with self._transaction(checkpoint=added_bytes):  # one transaction, one commit
+            with self._transaction(stored_bytes=added_bytes):  # one transaction, one commit
                 self.db.executemany(
                     "INSERT INTO message (event_id, camera, topic, payload, retain, last_of_event,"
                     " accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?)",

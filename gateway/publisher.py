@@ -89,10 +89,6 @@ class MqttPublisher:
 
     # -- what the rest of the gateway calls ------------------------------------
 
-    def wake(self) -> None:
-        """New messages are in the outbox."""
-        self.window.wake()
-
     def offer(self, messages: list[StoredMessage]) -> None:
         """Messages just committed to the outbox: sent from memory when their turn comes."""
         self.window.offer(messages)
