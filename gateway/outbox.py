@@ -14,6 +14,12 @@ topic it refuses, a payload over its limit) is moved whole to the
 `dead_letter` table: kept, never published, listed, replayed or dropped by
 `lpr-gateway outbox dead-letters`. Everything behind it keeps flowing.
 
+Images: a payload of `BLOB_MIN_BYTES` or more is not stored in SQLite but
+appended to the blob log (`gateway/blob_log.py`, a directory of segment
+files beside the database); its row says where it is. A segment no row
+refers to is deleted whole; one that is mostly garbage has what is left in it
+(retained images, dead letters) copied forward first.
+
 Retained state: the row of the latest acknowledged message on each retained
 topic (images, `last`) is kept instead of deleted, and `retained` points at
 it; small state messages (availability, bridge info, discovery) are stored
@@ -37,6 +43,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.blob_log import BlobLog, BlobUnreadableError
 from gateway.config import OutboxSync
 
 log = logging.getLogger(__name__)
@@ -56,6 +63,17 @@ CHECKPOINT_BYTES = 4 * 1024 * 1024
 CHECKPOINT_IDLE_SECONDS = 0.5
 # Short checkpoints after the bulk, for what writers added meanwhile.
 CHECKPOINT_CATCH_UP_TRIES = 4
+# Payloads from this size on go to the blob log (images); the event JSON and
+# state messages stay in SQLite, where `sqlite3` shows them.
+BLOB_MIN_BYTES = 8 * 1024
+# What a row costs SQLite besides its inline payload, for the checkpoint's count.
+ROW_OVERHEAD_BYTES = 256
+# A closed segment whose live payloads are less than this share of it is
+# compacted: they are copied forward, the segment deleted.
+COMPACT_BELOW_LIVE_SHARE = 0.5
+# Unreferenced segments are also collected this often while acknowledgements
+# come in, not only when a segment fills (after an outage's replay, say).
+COLLECT_EVERY_SECONDS = 2.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS message (
@@ -66,7 +84,11 @@ CREATE TABLE IF NOT EXISTS message (
     payload BLOB NOT NULL,
     retain INTEGER NOT NULL,
     last_of_event INTEGER NOT NULL,
-    accepted_at REAL NOT NULL
+    accepted_at REAL NOT NULL,
+    -- where the payload is when it is in the blob log (payload is then empty)
+    blob_segment INTEGER,
+    blob_offset INTEGER,
+    blob_size INTEGER
 );
 CREATE TABLE IF NOT EXISTS dead_letter (
     seq INTEGER PRIMARY KEY,
@@ -78,7 +100,10 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     last_of_event INTEGER NOT NULL,
     accepted_at REAL NOT NULL,
     reason TEXT NOT NULL,
-    dead_at REAL NOT NULL
+    dead_at REAL NOT NULL,
+    blob_segment INTEGER,
+    blob_offset INTEGER,
+    blob_size INTEGER
 );
 CREATE TABLE IF NOT EXISTS retained (
     topic TEXT PRIMARY KEY,
@@ -86,9 +111,20 @@ CREATE TABLE IF NOT EXISTS retained (
     payload BLOB          -- or the payload itself (state messages)
 );
 """
-_COLUMNS = "seq, event_id, camera, topic, payload, retain, last_of_event, accepted_at"
+_COLUMNS = (
+    "seq, event_id, camera, topic, payload, retain, last_of_event, accepted_at,"
+    " blob_segment, blob_offset, blob_size"
+)
+_BLOB_COLUMNS = (("blob_segment", "INTEGER"), ("blob_offset", "INTEGER"), ("blob_size", "INTEGER"))
+# A payload's size, wherever it is.
+_SIZE = "COALESCE(blob_size, length(payload))"
 # Rows of `message` still waiting for the broker: not the kept retained ones.
 _PENDING = "seq NOT IN (SELECT seq FROM retained WHERE seq IS NOT NULL)"
+# A row of `message` as inserted (without its seq), and of `dead_letter`.
+_Row = tuple[str, str, str, bytes, int, int, float, int | None, int | None, int | None]
+_DeadRow = tuple[
+    str, str, str, bytes, int, int, float, int | None, int | None, int | None, str, float
+]
 # An event's rows are inserted together, so they sit in a short run of `seq`:
 # looking only there keeps finding them a primary-key range scan.
 _EVENT_SPAN = 256
@@ -128,6 +164,9 @@ class StoredMessage:
     retain: bool
     last_of_event: bool
     accepted_at: float
+    # Why the payload could not be read back (its blob is gone): the publisher
+    # sets the event aside as a dead letter instead of sending it.
+    unreadable: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +201,10 @@ class Outbox:
         self._lock_fd: int | None = None
         self._checkpointer: _Checkpointer | None = None
         self._wal_path = path.with_name(path.name + "-wal")
+        self.blobs = BlobLog(path.with_name(path.name + "-blobs"), sync=sync is OutboxSync.FULL)
+        self._writable = False  # the blob log is appended to and collected
+        self._rolled_over = False  # a segment was closed since the last collection
+        self._next_collect = 0.0
 
     @contextlib.contextmanager
     def _transaction(self, stored_bytes: int = 0) -> Iterator[None]:
@@ -208,6 +251,12 @@ class Outbox:
             if exclusive:
                 self._lock()
             self._open()
+            if exclusive:
+                # Only the lock holder writes segments and deletes them; a reader
+                # beside a running gateway (`dead-letters list`) only reads.
+                self.blobs.open()
+                self._writable = True
+                self.collect_segments()
         except sqlite3.DatabaseError as exc:
             self.close()
             raise OutboxOpenError(
@@ -283,10 +332,11 @@ class Outbox:
         # also survives a power loss, at one fsync per commit.
         db.execute(f"PRAGMA synchronous={self.sync.value.upper()}")
         db.executescript(_SCHEMA)
+        self._add_blob_columns(db)
         # Reads every page header: a damaged file fails here, not at the first read.
         db.execute("PRAGMA quick_check(1)").fetchone()
         row = db.execute(
-            "SELECT COALESCE(SUM(length(payload)), 0), COALESCE(SUM(last_of_event), 0)"
+            f"SELECT COALESCE(SUM({_SIZE}), 0), COALESCE(SUM(last_of_event), 0)"
             f" FROM message WHERE {_PENDING}"
         ).fetchone()
         self.pending_bytes, self.pending_events = int(row[0]), int(row[1])
@@ -306,6 +356,16 @@ class Outbox:
                 self.pending_bytes,
             )
 
+    @staticmethod
+    def _add_blob_columns(db: sqlite3.Connection) -> None:
+        """An outbox written before the blob log: its rows keep their payloads
+        inline (they are read as they are); new ones may go to the log."""
+        for table in ("message", "dead_letter"):
+            present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            for column, kind in _BLOB_COLUMNS:
+                if column not in present:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
@@ -319,6 +379,8 @@ class Outbox:
         if self._db is not None:
             self._db.close()
             self._db = None
+        self.blobs.close()
+        self._writable = False
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the lock
             self._lock_fd = None
@@ -329,88 +391,143 @@ class Outbox:
         (their payloads are the drafts' own bytes, not copies)."""
         verdicts: list[bool] = []
         accepted: list[EventDraft] = []
-        rows: list[tuple[str, str, str, bytes, int, int, float]] = []
-        dead: list[tuple[str, str, str, bytes, int, int, float, str, float]] = []
+        dead: list[EventDraft] = []
         added_bytes = 0
         for draft in drafts:
-            size = draft.size
             if draft.dead_letter_reason is not None:
                 verdicts.append(True)
-                dead.extend(
-                    (
-                        draft.event_id,
-                        draft.camera,
-                        m.topic,
-                        m.payload,
-                        int(m.retain),
-                        int(i == len(draft.messages) - 1),
-                        draft.accepted_at,
-                        draft.dead_letter_reason,
-                        time.time(),
-                    )
-                    for i, m in enumerate(draft.messages)
-                )
+                dead.append(draft)
                 continue
+            size = draft.size
             if self.pending_bytes + added_bytes + size > self.max_bytes:
                 verdicts.append(False)
                 continue
             verdicts.append(True)
             added_bytes += size
             accepted.append(draft)
-            last = len(draft.messages) - 1
-            rows.extend(
-                (
-                    draft.event_id,
-                    draft.camera,
-                    m.topic,
-                    m.payload,
-                    int(m.retain),
-                    int(i == last),
-                    draft.accepted_at,
-                )
-                for i, m in enumerate(draft.messages)
-            )
-        if not rows and not dead:
+        if not accepted and not dead:
             return verdicts, []
         try:
-            with self._transaction(stored_bytes=added_bytes):  # one transaction, one commit
-                self.db.executemany(
-                    "INSERT INTO message (event_id, camera, topic, payload, retain, last_of_event,"
-                    " accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-                # One writer (the file is locked) inserting in one transaction:
-                # AUTOINCREMENT hands out consecutive seqs, ending at this one.
-                last_seq = self.db.execute("SELECT last_insert_rowid()").fetchone()[0]
-                if dead:
+            rows, dead_rows, blob_start = self._place_payloads(accepted, dead)
+        except OSError as exc:  # disk full: nothing of the batch is stored
+            log.error("outbox: blob log write failed, refusing %d events: %s", len(verdicts), exc)
+            return [False] * len(verdicts), []
+        inline_bytes = sum(len(row[3]) for row in rows) + sum(len(row[3]) for row in dead_rows)
+        stored_bytes = inline_bytes + ROW_OVERHEAD_BYTES * (len(rows) + len(dead_rows))
+        last_seq = 0
+        try:
+            with self._transaction(stored_bytes):  # one transaction, one commit
+                if rows:
+                    self.db.executemany(
+                        "INSERT INTO message (event_id, camera, topic, payload, retain,"
+                        " last_of_event, accepted_at, blob_segment, blob_offset, blob_size)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        rows,
+                    )
+                    # One writer (the file is locked) inserting in one transaction:
+                    # AUTOINCREMENT hands out consecutive seqs, ending at this one.
+                    last_seq = self.db.execute("SELECT last_insert_rowid()").fetchone()[0]
+                if dead_rows:
                     self.db.executemany(
                         "INSERT INTO dead_letter (seq, event_id, camera, topic, payload, retain,"
-                        " last_of_event, accepted_at, reason, dead_at)"
-                        " VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        dead,
+                        " last_of_event, accepted_at, blob_segment, blob_offset, blob_size,"
+                        " reason, dead_at) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        dead_rows,
                     )
         except sqlite3.OperationalError as exc:
             # Disk full or I/O error: nothing of this batch is stored, so none of
             # it may be acknowledged to a camera.
             log.error("outbox write failed, refusing %d events: %s", len(verdicts), exc)
+            if blob_start is not None:
+                self.blobs.cut_back(blob_start)
             return [False] * len(verdicts), []
         self.pending_bytes += added_bytes
-        self.pending_events += sum(
-            v for d, v in zip(drafts, verdicts, strict=True) if d.dead_letter_reason is None
-        )
+        self.pending_events += len(accepted)
         if dead:
             self.dead_letter_events = self._count_dead_letters()
-        return verdicts, _stored_messages(accepted, last_seq - len(rows) + 1)
+        if self._rolled_over:
+            self._rolled_over = False
+            self.collect_segments()  # a segment was closed: older ones may be empty
+        return verdicts, _stored_messages(accepted, last_seq - len(rows) + 1) if rows else []
+
+    def _place_payloads(
+        self, accepted: Sequence[EventDraft], dead: Sequence[EventDraft]
+    ) -> tuple[list[_Row], list[_DeadRow], int | None]:
+        """The rows of the events, their large payloads appended to the blob log
+        (one write for the batch); where that write began, if there was one."""
+        large = [
+            m.payload
+            for draft in (*accepted, *dead)
+            for m in draft.messages
+            if len(m.payload) >= BLOB_MIN_BYTES
+        ]
+        segment, offset = 0, 0
+        blob_start: int | None = None
+        if large:
+            before = self.blobs.current
+            segment, offset = self.blobs.append(large)
+            blob_start = offset
+            self._rolled_over = self._rolled_over or segment != before
+        rows: list[_Row] = []
+        dead_rows: list[_DeadRow] = []
+        now = time.time()
+        for draft in (*accepted, *dead):
+            last = len(draft.messages) - 1
+            for i, m in enumerate(draft.messages):
+                size = len(m.payload)
+                row: _Row
+                if size >= BLOB_MIN_BYTES:
+                    row = (
+                        draft.event_id,
+                        draft.camera,
+                        m.topic,
+                        b"",
+                        int(m.retain),
+                        int(i == last),
+                        draft.accepted_at,
+                        segment,
+                        offset,
+                        size,
+                    )
+                    offset += size
+                else:
+                    row = (
+                        draft.event_id,
+                        draft.camera,
+                        m.topic,
+                        m.payload,
+                        int(m.retain),
+                        int(i == last),
+                        draft.accepted_at,
+                        None,
+                        None,
+                        None,
+                    )
+                if draft.dead_letter_reason is None:
+                    rows.append(row)
+                else:
+                    dead_rows.append((*row, draft.dead_letter_reason, now))
+        return rows, dead_rows, blob_start
 
     def read_after(self, seq: int, limit: int) -> list[StoredMessage]:
         cursor = self.db.execute(
             f"SELECT {_COLUMNS} FROM message WHERE seq > ? AND {_PENDING} ORDER BY seq LIMIT ?",
             (seq, limit),
         )
-        return [
-            StoredMessage(r[0], r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6]), r[7])
-            for r in cursor
-        ]
+        stored: list[StoredMessage] = []
+        for r in cursor:
+            payload, unreadable = r[4], None
+            if r[8] is not None:
+                try:
+                    payload = self.blobs.read(r[8], r[9], r[10])
+                except BlobUnreadableError as exc:
+                    payload, unreadable = b"", str(exc)
+            stored.append(
+                StoredMessage(
+                    r[0], r[1], r[2], r[3], payload, bool(r[5]), bool(r[6]), r[7], unreadable
+                )
+            )
+        return stored
 
     def acknowledge(self, messages: Sequence[StoredMessage]) -> None:
         """The broker has these: forget them, keeping the newest row of each retained topic."""
@@ -448,6 +565,8 @@ class Outbox:
             self.pending_events -= sum(m.last_of_event for m in messages)
         else:
             self._recount()  # rare: some rows had left already (dead letters)
+        if self._writable and time.monotonic() >= self._next_collect:
+            self.collect_segments()
 
     # -- retained state -------------------------------------------------------
 
@@ -478,13 +597,24 @@ class Outbox:
 
     def retained_rows_after(self, seq: int, limit: int) -> list[tuple[int, str, bytes]]:
         """(seq, topic, payload) of the acknowledged rows kept as the retained
-        state of their topic (images, `last`), in `seq` order, after `seq`."""
+        state of their topic (images, `last`), in `seq` order, after `seq`.
+        One whose blob is gone is left out (and said)."""
         cursor = self.db.execute(
-            "SELECT m.seq, r.topic, m.payload FROM retained r JOIN message m ON m.seq = r.seq"
+            "SELECT m.seq, r.topic, m.payload, m.blob_segment, m.blob_offset, m.blob_size"
+            " FROM retained r JOIN message m ON m.seq = r.seq"
             " WHERE r.seq > ? ORDER BY r.seq LIMIT ?",
             (seq, limit),
         )
-        return [(int(row_seq), topic, bytes(payload)) for row_seq, topic, payload in cursor]
+        rows: list[tuple[int, str, bytes]] = []
+        for row_seq, topic, payload, segment, offset, size in cursor:
+            if segment is not None:
+                try:
+                    payload = self.blobs.read(segment, offset, size)
+                except BlobUnreadableError as exc:
+                    log.error("outbox: retained copy of %r left out: %s", topic, exc)
+                    continue
+            rows.append((int(row_seq), topic, bytes(payload)))
+        return rows
 
     # -- dead letters -----------------------------------------------------------
 
@@ -495,12 +625,13 @@ class Outbox:
         args = (low, high, event_id)
         with self._transaction():
             moved = self.db.execute(
-                f"SELECT COALESCE(SUM(length(payload)), 0), COALESCE(SUM(last_of_event), 0),"
+                f"SELECT COALESCE(SUM({_SIZE}), 0), COALESCE(SUM(last_of_event), 0),"
                 f" COUNT(*) FROM message WHERE {where}",
                 args,
             ).fetchone()
             self.db.execute(
-                f"INSERT INTO dead_letter SELECT {_COLUMNS}, ?, ? FROM message WHERE {where}",
+                f"INSERT INTO dead_letter ({_COLUMNS}, reason, dead_at)"
+                f" SELECT {_COLUMNS}, ?, ? FROM message WHERE {where}",
                 (reason, time.time(), *args),
             )
             self.db.execute(f"DELETE FROM message WHERE {where}", args)
@@ -516,7 +647,7 @@ class Outbox:
     def dead_letters(self) -> list[DeadLetter]:
         cursor = self.db.execute(
             "SELECT event_id, camera, reason, MAX(dead_at), MIN(accepted_at), COUNT(*),"
-            " SUM(length(payload)), group_concat(topic, char(10)) FROM dead_letter"
+            f" SUM({_SIZE}), group_concat(topic, char(10)) FROM dead_letter"
             " GROUP BY event_id ORDER BY MIN(seq)"
         )
         return [
@@ -541,13 +672,15 @@ class Outbox:
             if requeue:
                 self.db.execute(
                     "INSERT INTO message (event_id, camera, topic, payload, retain,"
-                    " last_of_event, accepted_at) SELECT event_id, camera, topic, payload,"
-                    f" retain, last_of_event, accepted_at FROM dead_letter WHERE {where}"
-                    " ORDER BY seq",
+                    " last_of_event, accepted_at, blob_segment, blob_offset, blob_size)"
+                    " SELECT event_id, camera, topic, payload, retain, last_of_event,"
+                    " accepted_at, blob_segment, blob_offset, blob_size"
+                    f" FROM dead_letter WHERE {where} ORDER BY seq",
                     args,
                 )
             self.db.execute(f"DELETE FROM dead_letter WHERE {where}", args)
         self._recount()
+        self.collect_segments()  # dropped ones may have been the last in a segment
         return int(events)
 
     @staticmethod
@@ -557,9 +690,73 @@ class Outbox:
         ids = tuple(event_ids)
         return f"event_id IN ({', '.join('?' * len(ids)) or 'NULL'})", ids
 
+    # -- the blob log's segments ------------------------------------------------------
+
+    def collect_segments(self) -> None:
+        """Delete the closed segments no row refers to, and compact the ones
+        kept only by a few pinned payloads (retained images, dead letters):
+        those are copied forward, then the segment deleted. A segment that
+        still holds payloads waiting for the broker is left alone: they go
+        soon, or (during an outage) it is full of them anyway."""
+        if not self._writable:
+            return
+        self._next_collect = time.monotonic() + COLLECT_EVERY_SECONDS
+        live: dict[int, int] = {}  # segment -> bytes rows refer to
+        waiting: set[int] = set()  # segments with payloads not yet acknowledged
+        for segment, size, waiting_rows in self.db.execute(
+            "SELECT blob_segment, SUM(blob_size),"
+            f" SUM({_PENDING}) FROM message WHERE blob_segment IS NOT NULL"
+            " GROUP BY blob_segment UNION ALL SELECT blob_segment, SUM(blob_size), 0"
+            " FROM dead_letter WHERE blob_segment IS NOT NULL GROUP BY blob_segment"
+        ):
+            live[segment] = live.get(segment, 0) + size
+            if waiting_rows:
+                waiting.add(segment)
+        current = self.blobs.current
+        if current not in live and self.blobs.current_size:
+            self.blobs.cut_back(0)  # all of it acknowledged: give the space back now
+        for segment in self.blobs.segments():
+            if segment == current or segment in waiting:
+                continue
+            if segment not in live:
+                self.blobs.remove(segment)
+            elif live[segment] < COMPACT_BELOW_LIVE_SHARE * self.blobs.size_of(segment):
+                try:
+                    self._copy_forward(segment)
+                except (OSError, sqlite3.Error, BlobUnreadableError) as exc:
+                    # Kept as it is: nothing lost, only space not yet reclaimed.
+                    log.warning("outbox: segment %d not compacted: %s", segment, exc)
+
+    def _copy_forward(self, segment: int) -> None:
+        """Move the payloads still referred to in `segment` to the current one."""
+        moving: list[tuple[str, int, int, int]] = []  # table, seq, offset, size
+        for table in ("message", "dead_letter"):
+            moving.extend(
+                (table, seq, offset, size)
+                for seq, offset, size in self.db.execute(
+                    f"SELECT seq, blob_offset, blob_size FROM {table} WHERE blob_segment = ?",
+                    (segment,),
+                )
+            )
+        payloads = [self.blobs.read(segment, offset, size) for _, _, offset, size in moving]
+        new_segment, start = self.blobs.append(payloads)
+        new_offset = start
+        try:
+            with self._transaction():
+                for table, seq, _, size in moving:
+                    self.db.execute(
+                        f"UPDATE {table} SET blob_segment = ?, blob_offset = ? WHERE seq = ?",
+                        (new_segment, new_offset, seq),
+                    )
+                    new_offset += size
+        except sqlite3.Error:
+            self.blobs.cut_back(start)
+            raise
+        self.blobs.remove(segment)
+
     def _recount(self) -> None:
         row = self.db.execute(
-            "SELECT COALESCE(SUM(length(payload)), 0), COALESCE(SUM(last_of_event), 0)"
+            f"SELECT COALESCE(SUM({_SIZE}), 0), COALESCE(SUM(last_of_event), 0)"
             f" FROM message WHERE {_PENDING}"
         ).fetchone()
         self.pending_bytes, self.pending_events = int(row[0]), int(row[1])

@@ -426,11 +426,16 @@ def test_startup_failures_exit_2_naming_what_and_where(
 async def test_outbox_files_are_private(mqtt_broker: MosquittoProcess, tmp_path: Path) -> None:
     config = gateway_config(mqtt_broker.url, tmp_path, cameras=[{"id": "cam", "protocol": "http"}])
     async with Gateway(config) as gw:
-        assert await gw.submit(plate_read("cam", "PRIV1")) is Admission.ACCEPTED
+        # a scene large enough for the blob log: its segment files are private too
+        scene = b"\xff\xd8" + bytes(100_000)
+        assert await gw.submit(plate_read("cam", "PRIV1", scene)) is Admission.ACCEPTED
         directory = config.outbox.path.parent
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-        for file in directory.iterdir():
-            assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
+        segments = list(directory.glob("*-blobs/*.blob"))
+        assert segments
+        for path in [directory, *directory.rglob("*")]:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            assert mode == (0o700 if path.is_dir() else 0o600), path
         second = Outbox(config.outbox.path, config.outbox.max_bytes)
         with pytest.raises(OutboxOpenError, match="in use"):
             second.open()

@@ -227,6 +227,8 @@ class OutboxWindow:
         problem = topic_problem(message.topic)
         if problem is not None:
             return f"invalid topic: {problem}", "invalid_topic"
+        if message.unreadable is not None:
+            return f"its payload cannot be read back: {message.unreadable}", "unreadable"
         try:
             mid = link.publish(message.topic, message.payload, retain=message.retain)
         except PublishRefusedError as exc:

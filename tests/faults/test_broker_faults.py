@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import resource
+import signal
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,22 +59,36 @@ async def test_stalled_broker_is_noticed_and_nothing_is_lost(
     await proxy.close()
 
 
+@contextlib.contextmanager
+def files_may_not_grow(directory: Path) -> Iterator[None]:
+    """A real write error for every file under `directory` that grows (EFBIG,
+    as a full disk gives ENOSPC): this process may write no file past the size
+    of the largest one there now."""
+    largest = max(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error, not a kill
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (largest + 1, limits[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous_handler)
+
+
 async def test_disk_full_refuses_cleanly_and_recovers(
     mqtt_broker: MosquittoProcess, tmp_path: Path
 ) -> None:
-    """SQLITE_FULL (the file may not grow) is a refusal, not a crash; space returns, intake too."""
+    """Files that may not grow (the images' blob log and SQLite's WAL) make a
+    refusal, not a crash, and nothing half-stored; space returns, intake too."""
     mqtt_broker.stop()  # keep everything in the outbox
     config = gateway_config(mqtt_broker.url, tmp_path)
     async with Gateway(config) as gw:
         assert await gw.submit(event(0)) is Admission.ACCEPTED
-        # Cap the database file at its current size: the next insert finds the disk full.
-        limit = gw.outbox.db.execute("PRAGMA page_count").fetchone()[0]
-        gw.outbox.db.execute(f"PRAGMA max_page_count={limit}")
-        verdicts = [await gw.submit(event(n, scene=400_000)) for n in range(1, 4)]
+        with files_may_not_grow(config.outbox.path.parent):
+            verdicts = [await gw.submit(event(n, scene=400_000)) for n in range(1, 4)]
         assert verdicts == [Admission.OUTBOX_FULL] * 3
         refused = sample(gw.metrics, "lpr_events_refused_total", camera="cam", reason="outbox_full")
         assert refused == 3
-        gw.outbox.db.execute("PRAGMA max_page_count=1073741823")  # space returns
         assert await gw.submit(event(4)) is Admission.ACCEPTED
         assert gw.outbox.pending_events == 2
     with sqlite3.connect(config.outbox.path) as db:
@@ -80,3 +98,33 @@ async def test_disk_full_refuses_cleanly_and_recovers(
         async with Gateway(config):
             received = await sub.until(lambda ms: len(ms) >= 2)
             assert [m.json()["raw"]["n"] for m in received] == [0, 4]
+
+
+async def test_database_full_refuses_cleanly_and_recovers(
+    mqtt_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    """SQLITE_FULL (the database may not grow, the blob log still could) is a
+    refusal too: the images appended for the refused reads are not kept."""
+    mqtt_broker.stop()
+    config = gateway_config(mqtt_broker.url, tmp_path)
+    async with Gateway(config) as gw:
+        limit = gw.outbox.db.execute("PRAGMA page_count").fetchone()[0]
+        gw.outbox.db.execute(f"PRAGMA max_page_count={limit}")
+        # Reads fit in the database's last page for a while; then each is refused.
+        verdicts = [await gw.submit(event(n, scene=30_000)) for n in range(200)]
+        accepted = [n for n, v in enumerate(verdicts) if v is Admission.ACCEPTED]
+        first_refused = len(accepted)
+        assert 0 < first_refused < 200
+        assert accepted == list(range(first_refused))
+        refused = sample(gw.metrics, "lpr_events_refused_total", camera="cam", reason="outbox_full")
+        assert refused == 200 - first_refused
+        segment = gw.outbox.blobs
+        # Only the accepted reads' scenes are in the blob log (30,002 bytes each).
+        assert segment.current_size == first_refused * 30_002
+        gw.outbox.db.execute("PRAGMA max_page_count=1073741823")  # space returns
+        assert await gw.submit(event(200)) is Admission.ACCEPTED
+    mqtt_broker.start()
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=("lpr/+/event",)) as sub:
+        async with Gateway(config):
+            received = await sub.until(lambda ms: len(ms) >= first_refused + 1)
+            assert [m.json()["raw"]["n"] for m in received] == [*accepted, 200]
