@@ -308,9 +308,18 @@ def _run(
             "p99_ms_from_gateway_intake": round_ms(percentile(got["from_received"], 99)),
             "publish_latency_p99_bucket_s": gw["publish_p99_le_s"],
             "max_ms": round_ms(max(got["latencies"], default=None)),
+            # in order of arrival: a burst at the start shows in the first third
+            "p99_ms_by_thirds": [
+                round_ms(percentile(part, 99)) for part in _thirds(got["latencies"])
+            ],
             "load_average": [round(x, 2) for x in os.getloadavg()],
         },
     )
+
+
+def _thirds(values: list[float]) -> list[list[float]]:
+    third = max(1, len(values) // 3)
+    return [values[:third], values[third : 2 * third], values[2 * third :]]
 
 
 def flat_out(broker: MosquittoProcess, args: argparse.Namespace) -> Result:
