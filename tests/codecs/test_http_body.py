@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import urllib.parse
 import zoneinfo
@@ -188,7 +189,6 @@ def test_a_second_spelling_of_a_field_is_kept_in_raw() -> None:
         ({"firmware": "1.2", "nested": {"a": [1, 2]}}, {"firmware", "nested"}),
         ({"time": "yesterday"}, {"time"}),
         ({"event": "LPR"}, {"event"}),
-        ({"evidence_image1": PLATE_B64}, {"evidence_image1"}),
     ],
 )
 def test_unslotted_fields_go_to_raw(fields: dict[str, Any], raw_keys: set[str]) -> None:
@@ -415,22 +415,32 @@ def test_other_escapes_in_a_long_image_string_are_exact() -> None:
     assert read(raw).plate_image == Image(data=PLATE_JPEG)
 
 
-def test_evidence_image_stands_in_for_a_missing_full_image() -> None:
+def test_evidence_images_have_their_own_slots_and_never_stand_in_for_the_scene() -> None:
     result = read(body(plate_image=PLATE_B64, evidence_image0=SCENE_B64, evidence_image1=PLATE_B64))
-    assert result.scene_image == Image(data=SCENE_JPEG)
-    assert result.raw == {"evidence_image1": {"omitted": "image", "bytes": len(PLATE_JPEG)}}
+    assert result.scene_image is None
+    assert result.evidence0_image == Image(data=SCENE_JPEG)
+    assert result.evidence1_image == Image(data=PLATE_JPEG)
+    assert result.raw == {}
 
 
-def test_full_image_is_preferred_and_evidence_summarised() -> None:
+def test_a_broken_evidence_image_is_missing_with_the_reason() -> None:
     result = read(body(full_image=SCENE_B64, evidence_image0="###"))
     assert result.scene_image == Image(data=SCENE_JPEG)
-    assert result.raw == {"evidence_image0": {"omitted": "image", "missing": "invalid base64"}}
+    assert result.evidence0_image == Image.missing("invalid base64")
+    assert result.evidence1_image is None
+    assert result.raw == {}
+    assert [(p.field, p.kind) for p in result.problems] == [("evidence_image0", "bad_image")]
 
 
-def test_broken_full_image_falls_back_to_good_evidence() -> None:
-    result = read(body(full_image="###", evidence_image0=SCENE_B64))
-    assert result.scene_image == Image(data=SCENE_JPEG)
-    assert result.raw == {"full_image": {"omitted": "image", "missing": "invalid base64"}}
+def test_evidence_images_in_the_event_json() -> None:
+    result = read(body(evidence_image1=PLATE_B64))
+    images = plate_event(result, "gate", RECEIVED).to_json_dict("lpr")["images"]
+    assert images["evidence0"] is None
+    assert images["evidence1"] == {
+        "topic": "lpr/gate/image/evidence1",
+        "bytes": len(PLATE_JPEG),
+        "sha256": hashlib.sha256(PLATE_JPEG).hexdigest(),
+    }
 
 
 def test_image_field_names_come_from_the_assumed_table() -> None:
@@ -497,9 +507,11 @@ def test_notice_keeps_time_and_converts_it() -> None:
 def test_notice_data_has_no_image_blobs() -> None:
     document = {"event": "Violation", "evidence_image0": SCENE_B64, "snapshot": "data:image/x"}
     result = notice(json.dumps(document).encode())
-    assert result.data["event"] == "Violation"
-    assert result.data["evidence_image0"]["omitted"] == "long string"
-    assert result.data["snapshot"]["omitted"] == "long string"
+    assert result.data == {"event": "Violation", "evidence_image0": None, "snapshot": None}
+    assert result.images == {
+        "evidence_image0": Image(data=SCENE_JPEG),
+        "snapshot": Image.missing("data: URI without a comma"),
+    }
     assert len(json.dumps(result.data)) < 500
 
 
@@ -847,7 +859,12 @@ def test_get_event_has_null_images() -> None:
     assert isinstance(result, HttpPlateRead)
     event = plate_event(result, "gate", RECEIVED)
     assert event.source is Source.HTTP
-    assert event.to_json_dict("lpr")["images"] == {"plate": None, "scene": None}
+    assert event.to_json_dict("lpr")["images"] == {
+        "plate": None,
+        "scene": None,
+        "evidence0": None,
+        "evidence1": None,
+    }
 
 
 def test_camera_event_from_a_notice() -> None:
@@ -946,7 +963,7 @@ def _parse_or_protocol_error(raw: bytes) -> None:
     ).encode("utf-8")
     event = to_event(result, "cam", RECEIVED)
     json.dumps(
-        event.to_json_dict("lpr") if isinstance(event, PlateEvent) else event.to_json_dict(),
+        event.to_json_dict("lpr"),
         allow_nan=False,
         ensure_ascii=False,
     ).encode("utf-8")
@@ -1045,7 +1062,7 @@ def test_random_query_strings(query: str) -> None:
         return
     event = to_event(result, "cam", RECEIVED)
     json.dumps(
-        event.to_json_dict("lpr") if isinstance(event, PlateEvent) else event.to_json_dict(),
+        event.to_json_dict("lpr"),
         ensure_ascii=False,
     ).encode("utf-8")
 
