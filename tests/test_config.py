@@ -141,7 +141,8 @@ cameras:
         ),
         (
             "cameras:\n - {id: a, protocol: http}\n - {id: b, protocol: http, path: /lpr/a}",
-            "cameras[1].path: path '/lpr/a' already used by cameras[0]",
+            "cameras[1].path: cameras 'a' (cameras[0]) and 'b' share the path '/lpr/a': "
+            "give both a match (device and/or source) or each its own path",
         ),
         ("mqtt: {protocol: 4.0}", "mqtt.protocol: expected 3.1.1 or 5, got '4.0'"),
         ("http: {listen: 8080}", "http.listen: expected host:port (port 0-65535), got 8080"),

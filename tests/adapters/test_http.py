@@ -675,7 +675,12 @@ async def test_end_to_end_reads_images_get_and_other_events(
         assert plate_images[plate_sha] == sent.read.plate_jpeg  # byte-exact
         assert scene_images[scene_sha] == sent.read.scene_jpeg
     get_event = events[got.plate]
-    assert get_event["images"] == {"plate": None, "scene": None}
+    assert get_event["images"] == {
+        "plate": None,
+        "scene": None,
+        "evidence0": None,
+        "evidence1": None,
+    }
     kinds = sorted(
         m.topic.rsplit("/", 1)[1]
         for m in sub.messages
