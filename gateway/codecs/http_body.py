@@ -644,9 +644,11 @@ def _notice(fields: _Fields, kind: str, options: BodyOptions, images: bool) -> H
     sent_times = {name: fields.peek(name) for name in ("time", _MSEC) if fields.has(name)}
     moment = None
     if sent_times:
+        order = list(fields.left)
         moment = _pop_time(fields, options.tz)
         for name, value in sent_times.items():
-            fields.keep(name, value)  # data keeps every field as sent
+            fields.keep(name, value)  # data keeps every field as sent, in body order
+        fields.left = {key: fields.left[key] for key in order if key in fields.left}
     pictures = _pop_event_images(fields) if images else {}
     return HttpCameraNotice(
         kind=kind,
