@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 import pybase64
+import yarl
 
 from gateway.simulate.common import (
     PLATE_HEIGHT,
@@ -221,13 +222,21 @@ class HttpCameraSimulator:
         """Send any bytes as a POST (for tests of what a broken camera sends)."""
         return await self._post(SentRequest(method="POST", kind=kind), body)
 
+    async def get_query(self, query: str, kind: str = "raw") -> SentRequest:
+        """Send a query string as it would appear on the request line (already encoded)."""
+        sent = SentRequest(method="GET", kind=kind)
+        url = yarl.URL(f"{self.url}?{query}", encoded=True)
+        return await self._request(sent, "GET", url=url)
+
     async def _post(self, sent: SentRequest, body: bytes) -> SentRequest:
         return await self._request(sent, "POST", data=body)
 
-    async def _request(self, sent: SentRequest, method: str, **kwargs: Any) -> SentRequest:
+    async def _request(
+        self, sent: SentRequest, method: str, url: str | yarl.URL | None = None, **kwargs: Any
+    ) -> SentRequest:
         started = time.perf_counter()
         try:
-            async with self.session.request(method, self.url, **kwargs) as reply:
+            async with self.session.request(method, url or self.url, **kwargs) as reply:
                 sent.status = reply.status
                 text = await reply.read()
                 try:
