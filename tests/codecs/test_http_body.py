@@ -1089,3 +1089,123 @@ def test_junk_inside_long_strings(field: str, junk: bytes, at: int) -> None:
     value = value[:at] + junk + value[at:]
     raw = b'{"plate": "AB1", "' + field.encode() + b'": "' + value + b'"}'
     _parse_or_protocol_error(raw)
+
+
+# --------------------------------------------------------------------------
+# Milliseconds (time_msec as a whole time) and pictures of camera events
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        # the whole time wins over `time` (it has the milliseconds)
+        (
+            {"time": "2023-09-15 06:19:57", "time_msec": "2023-09-15 06:19:57.267"},
+            datetime(2023, 9, 15, 4, 19, 57, 267000, tzinfo=UTC),
+        ),
+        (
+            {"time_msec": "2023-09-15 06:19:57.267"},
+            datetime(2023, 9, 15, 4, 19, 57, 267000, tzinfo=UTC),
+        ),
+        # an unreadable whole time: `time` still counts
+        (
+            {"time": "2023-09-15 06:19:57", "time_msec": "2023-02-30 06:19:57.267"},
+            datetime(2023, 9, 15, 4, 19, 57, tzinfo=UTC),
+        ),
+    ],
+)
+def test_time_msec_as_a_whole_time(fields: dict[str, Any], expected: datetime) -> None:
+    result = read(body(**fields), BodyOptions(tz=BERLIN))
+    assert result.time == expected
+    bad = "2023-02-30" in str(fields.get("time_msec"))
+    assert ("time_msec" in result.raw) is bad
+    assert [p.field for p in result.problems] == (["time_msec"] if bad else [])
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"time_msec": "2023-09-15 06:19:57.267"},
+        {"time": "2023-09-15 06:19:57", "time_msec": 267},
+        {"time": "2023-09-15 06:19:57:267"},
+        {"time": "2023-09-15 06:19:57.267"},
+    ],
+)
+def test_every_event_kind_gets_the_milliseconds(fields: dict[str, Any]) -> None:
+    document = {"event": "Vehicle Counting", "All-Car": 2, **fields}
+    result = notice(json.dumps(document).encode(), BodyOptions(tz=BERLIN))
+    assert result.time == datetime(2023, 9, 15, 4, 19, 57, 267000, tzinfo=UTC)
+    assert dict(result.data) == document  # every field as sent, in order
+
+
+def _long_b64(data: bytes) -> str:
+    return base64.b64encode(data + b"\x00" * 2000).decode()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "picture"),
+    [
+        ("snapshot", PLATE_B64, PLATE_JPEG),  # a picture's name: decoded whatever its size
+        ("Snapshot", "data:image/jpeg;base64," + PLATE_B64, PLATE_JPEG),
+        ("picture", "data:image/jpeg;base64," + PLATE_B64, PLATE_JPEG),  # a data:image/ URI
+        ("capture", _long_b64(b"\xff\xd8\xff\xe0"), b"\xff\xd8\xff\xe0" + b"\x00" * 2000),
+        ("capture", _long_b64(b"\x89PNG\r\n\x1a\n"), b"\x89PNG\r\n\x1a\n" + b"\x00" * 2000),
+    ],
+)
+def test_a_camera_events_picture_is_taken_out_of_its_data(
+    field: str, value: str, picture: bytes
+) -> None:
+    result = notice(json.dumps({"event": "Parking", field: value, "space": 12}).encode())
+    assert result.images == {field: Image(data=picture)}
+    assert dict(result.data) == {"event": "Parking", field: None, "space": 12}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        _long_b64(b"GIF89a"),  # base64 of something that is no JPEG or PNG
+        "x" * 5000,  # not base64 at all
+        "short text",
+    ],
+)
+def test_other_long_strings_stay_summaries(value: str) -> None:
+    result = notice(json.dumps({"event": "Parking", "blob": value}).encode())
+    assert result.images == {}
+    assert result.data["blob"] == value or result.data["blob"]["omitted"] == "long string"
+
+
+def test_a_broken_picture_of_a_camera_event_is_missing_and_said() -> None:
+    result = notice(json.dumps({"event": "Parking", "snapshot": "###"}).encode())
+    assert result.images == {"snapshot": Image.missing("invalid base64")}
+    assert [(p.field, p.kind) for p in result.problems] == [("snapshot", "bad_image")]
+    event = camera_event(result, "gate", RECEIVED)
+    assert event.to_json_dict("lpr")["data"]["snapshot"] == {
+        "missing": True,
+        "reason": "invalid base64",
+    }
+
+
+def test_camera_event_pictures_topics() -> None:
+    document = {
+        "event": "Violation",
+        "evidence_image0": PLATE_B64,
+        "snapshot": SCENE_B64,
+        "plate": "AB1",
+    }
+    event = camera_event(notice(json.dumps(document).encode()), "gate", RECEIVED)
+    data = event.to_json_dict("lpr")["data"]
+    assert list(data) == ["event", "evidence_image0", "snapshot", "plate"]
+    # the snapshot is the event's picture; another one is named after its field
+    assert data["snapshot"]["topic"] == "lpr/gate/image/violation"
+    assert data["evidence_image0"]["topic"] == "lpr/gate/image/violation.evidence_image0"
+    assert data["snapshot"]["sha256"] == hashlib.sha256(SCENE_JPEG).hexdigest()
+    with pytest.raises(ValueError):
+        event.to_json_dict()  # the references need the topics
+
+
+@pytest.mark.parametrize("kind", ["plate", "Scene", "evidence0"])
+def test_a_camera_event_never_overwrites_a_reads_picture(kind: str) -> None:
+    document = {"event": kind, "snapshot": PLATE_B64}
+    event = camera_event(notice(json.dumps(document).encode()), "gate", RECEIVED)
+    topic = event.to_json_dict("lpr")["data"]["snapshot"]["topic"]
+    assert topic == f"lpr/gate/image/event-{kind.lower()}"
