@@ -687,7 +687,16 @@ async def test_end_to_end_reads_images_get_and_other_events(
         for m in sub.messages
         if m.topic.startswith("lpr/gate/camera_event/")
     )
-    assert kinds == ["list_match", "vehicle_counting"]
+    assert kinds == ["list_event", "vehicle_counting"]
+    # the counting event's snapshot: on its own retained topic, byte-exact, never in the JSON
+    (counting,) = [s for s in others if s.snapshot is not None]
+    (snapshot,) = sub.on("lpr/gate/image/vehicle_counting")
+    assert snapshot.payload == counting.snapshot
+    (counted,) = sub.on("lpr/gate/camera_event/vehicle_counting")
+    assert (
+        counted.json()["data"]["snapshot"]["sha256"] == hashlib.sha256(snapshot.payload).hexdigest()
+    )
+    assert sub.messages.index(snapshot) < sub.messages.index(counted)
 
 
 def _write_config(path: Path, broker: MosquittoProcess, tmp_path: Path, port: int) -> None:
