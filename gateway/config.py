@@ -1117,6 +1117,7 @@ def config_warnings(config: Config) -> list[str]:
             and camera.username is None
             and camera.password is None
             and not camera.allowed_sources
+            and not (camera.match is not None and camera.match.source)
         ):
             warnings.append(
                 f"{p}: HTTP camera {camera.id!r} has no username/password and no "

@@ -660,3 +660,10 @@ def test_cameras_that_cannot_take_the_same_request_may_share(entries: tuple[str,
     first, second = entries
     text = http_cameras(f"id: a, protocol: http, {first}", f"id: b, protocol: http, {second}")
     assert [camera.id for camera in parse_config(text, {}).cameras] == ["a", "b"]
+
+
+def test_a_source_match_restricts_like_allowed_sources() -> None:
+    open_camera = "id: a, protocol: http, match: {device: Gate}"
+    by_source = "id: b, protocol: http, match: {source: 10.0.0.0/24}, path: /b"
+    warnings = config_warnings(parse_config(http_cameras(open_camera, by_source), {}))
+    assert [w.split(":")[0] for w in warnings] == ["cameras[0]"]
