@@ -47,6 +47,7 @@ MAX_KIND_CHARS = 64
 RAW_MAX_STRING_CHARS = 1024  # longer strings in `raw` are replaced by a summary
 RAW_MAX_DEPTH = 8
 RAW_MAX_ITEMS = 256  # per object or list kept in `raw`
+MAX_EVENT_PICTURES = 8  # per camera event: each is published on a retained topic
 # Strings at least this long (in bytes) are cut out of the body before parsing.
 LONG_STRING_BYTES = 1024
 
@@ -664,6 +665,12 @@ def _pop_event_images(fields: _Fields) -> dict[str, Image]:
     `fields.left` at its place, holding None (the JSON refers to the picture there)."""
     pictures: dict[str, Image] = {}
     for key, value in list(fields.left.items()):
+        if len(pictures) >= MAX_EVENT_PICTURES:
+            # Each picture is a retained topic: a body must not make thousands.
+            if _event_image(_norm_key(key), value, decode=False) is not None:
+                fields.left[key] = {"omitted": "image", "reason": "too many pictures"}
+                fields.problem(key, "too_many_images", f"more than {MAX_EVENT_PICTURES}")
+            continue
         image = _event_image(_norm_key(key), value)
         if image is None:
             continue
@@ -674,14 +681,25 @@ def _pop_event_images(fields: _Fields) -> dict[str, Image]:
     return pictures
 
 
-def _event_image(name: str, value: Any) -> Image | None:
-    """The picture a camera event's field holds, or None when it is no picture."""
+_NOT_DECODED = Image.missing("not decoded")
+
+
+def _event_image(name: str, value: Any, decode: bool = True) -> Image | None:
+    """The picture a camera event's field holds, or None when it is no picture.
+
+    `decode=False`: only whether it looks like one (a name or a `data:image/`
+    prefix; a long string's bytes are not decoded to see).
+    """
     if name in assumed.HTTP_EVENT_IMAGE_FIELDS and isinstance(value, str | LongString):
-        return _decode_named(name, value)
+        return _decode_named(name, value) if decode else _NOT_DECODED
     if isinstance(value, str):
-        return _decode_named(name, value) if value[:11].lower() == "data:image/" else None
+        if value[:11].lower() != "data:image/":
+            return None
+        return _decode_named(name, value) if decode else _NOT_DECODED
     if isinstance(value, LongString) and value.size >= assumed.HTTP_EVENT_IMAGE_MIN_BYTES:
         head = bytes(value.body[value.start : value.start + 11]).lower()
+        if not decode:
+            return _NOT_DECODED if head == b"data:image/" else None
         image = _decode_named(name, value)
         if head == b"data:image/":
             return image

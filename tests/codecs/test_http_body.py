@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from gateway.codecs import assumed
 from gateway.codecs.http_body import (
     LONG_STRING_BYTES,
+    MAX_EVENT_PICTURES,
     MAX_PLATE_CHARS,
     BodyOptions,
     HttpCameraNotice,
@@ -1209,3 +1210,16 @@ def test_a_camera_event_never_overwrites_a_reads_picture(kind: str) -> None:
     event = camera_event(notice(json.dumps(document).encode()), "gate", RECEIVED)
     topic = event.to_json_dict("lpr")["data"]["snapshot"]["topic"]
     assert topic == f"lpr/gate/image/event-{kind.lower()}"
+
+
+def test_a_camera_event_has_a_bounded_number_of_pictures() -> None:
+    pictures = {f"picture{n}": "data:image/jpeg;base64," + PLATE_B64 for n in range(12)}
+    result = notice(json.dumps({"event": "Parking", **pictures}).encode())
+    assert len(result.images) == MAX_EVENT_PICTURES
+    extra = [key for key, value in result.data.items() if isinstance(value, dict)]
+    assert len(extra) == 12 - MAX_EVENT_PICTURES
+    assert all(
+        result.data[key] == {"omitted": "image", "reason": "too many pictures"} for key in extra
+    )
+    assert {p.kind for p in result.problems} == {"too_many_images"}
+    assert "base64" not in json.dumps(dict(result.data))
