@@ -376,7 +376,7 @@ def camera_list(r: _Reader, path: str, value: Any) -> tuple[AnyCameraConfig, ...
     images = r.scope["images"]  # each camera's images: go on top of the global ones
     result: list[AnyCameraConfig] = []
     seen_ids: dict[str, int] = {}
-    seen_paths: dict[str, int] = {}
+    seen_paths: dict[str, list[tuple[int, HttpCameraConfig]]] = {}
     for index, item in enumerate(value):
         camera = _camera(r, f"{path}[{index}]", item, images)
         if camera is None:
@@ -388,14 +388,58 @@ def camera_list(r: _Reader, path: str, value: Any) -> tuple[AnyCameraConfig, ...
             )
         seen_ids.setdefault(camera.id, index)
         if isinstance(camera, HttpCameraConfig):
-            if camera.path in seen_paths:
-                r.problem(
-                    f"{path}[{index}].path",
-                    f"path {camera.path!r} already used by {path}[{seen_paths[camera.path]}]",
-                )
-            seen_paths.setdefault(camera.path, index)
+            sharing = seen_paths.setdefault(http_path_key(camera.path), [])
+            for other_index, other in sharing:
+                _check_shared_path(r, path, (other_index, other), (index, camera))
+            sharing.append((index, camera))
         result.append(camera)
     return tuple(result)
+
+
+def http_path_key(url_path: str) -> str:
+    """A URL path as the HTTP server routes it (a trailing slash is the same path)."""
+    return url_path.rstrip("/") or "/"
+
+
+def _check_shared_path(
+    r: _Reader,
+    path: str,
+    first: tuple[int, HttpCameraConfig],
+    second: tuple[int, HttpCameraConfig],
+) -> None:
+    """Two cameras on one URL path: fine only if no request could be both cameras'."""
+    (a_index, a), (b_index, b) = first, second
+    if not http_matches_overlap(a.match, b.match):
+        return
+    if a.match is None or b.match is None:
+        why = "give both a match (device and/or source) or each its own path"
+    else:
+        why = "their match could take the same request (give them different devices or sources)"
+    r.problem(
+        f"{path}[{b_index}].path" if b.match is None else f"{path}[{b_index}].match",
+        f"cameras {a.id!r} ({path}[{a_index}]) and {b.id!r} share the path {b.path!r}: {why}",
+    )
+
+
+def http_matches_overlap(a: HttpMatchConfig | None, b: HttpMatchConfig | None) -> bool:
+    """Whether one request could match both: it must meet all that each one gives.
+
+    Apart only where both name a device and the devices differ, or both name
+    sources and no network of one overlaps a network of the other.
+    """
+    if a is None or b is None:
+        return True
+    if a.device_key is not None and b.device_key is not None and a.device_key != b.device_key:
+        return False
+    if a.source and b.source:
+        a_networks = [ipaddress.ip_network(n) for n in a.source]
+        b_networks = [ipaddress.ip_network(n) for n in b.source]
+        return any(
+            x.version == y.version and x.overlaps(y)  # type: ignore[arg-type]
+            for x in a_networks
+            for y in b_networks
+        )
+    return True
 
 
 # --------------------------------------------------------------------------
@@ -620,9 +664,53 @@ class TcpCameraConfig(ConnectingCameraConfig):
     )
 
 
+def one_or_more_networks(r: _Reader, path: str, value: Any) -> tuple[str, ...] | None:
+    """An address or network, or a list of them."""
+    return networks(r, path, [value] if isinstance(value, str | int) else value)
+
+
+# With `match` and no `path`, cameras share this URL path.
+SHARED_HTTP_PATH = "/lpr"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpMatchConfig:
+    """Which requests on a (shared) URL path are this camera's: all that is given must hold."""
+
+    device: str | None = option(
+        None,
+        string,
+        doc="the `device` field the camera sends (its device name), compared without "
+        "case and surrounding spaces",
+    )
+    source: tuple[str, ...] = option(
+        (),
+        one_or_more_networks,
+        doc="the request's source address: an address or network, or a list",
+    )
+
+    @property
+    def device_key(self) -> str | None:
+        return device_key(self.device) if self.device is not None else None
+
+
+def device_key(name: str) -> str:
+    """A device name as compared: a camera's UI is typed by people."""
+    return name.strip().casefold()
+
+
 @dataclass(frozen=True, slots=True)
 class HttpCameraConfig(CameraConfig):
-    path: str = option("", string, doc="the URL path the camera posts to; default /lpr/<id>")
+    path: str = option(
+        "",
+        string,
+        doc="the URL path the camera posts to; default /lpr/<id>, or /lpr with match",
+    )
+    match: HttpMatchConfig | None = section(
+        HttpMatchConfig,
+        None,
+        doc="tell this camera's requests apart on a path it shares with other cameras",
+    )
     username: str | None = option(None, string, doc="HTTP Basic the camera must send")
     password: str | None = option(None, secret, doc="required (not empty) with username")
     allowed_sources: tuple[str, ...] = option(
@@ -921,6 +1009,14 @@ def _together(r: _Reader, read: _Read, first: str, second: str) -> None:
         r.problem(read.path, f"{first} and {second} go together")
 
 
+def _check_match(r: _Reader, cls: type, read: _Read) -> HttpMatchConfig:
+    if read.values["device"] is None and not read.values["source"]:
+        r.problem(read.path, "needs device or source (or both)")
+    elif read.values["device"] is not None and not device_key(read.values["device"]):
+        r.problem(read.key_path("device"), "is empty")
+    return HttpMatchConfig(**read.values)
+
+
 def _check_tls(r: _Reader, cls: type, read: _Read) -> TlsConfig:
     _together(r, read, "cert_file", "key_file")
     return TlsConfig(**read.values)
@@ -959,7 +1055,8 @@ def _camera(r: _Reader, path: str, value: Any, images: ImagesConfig) -> AnyCamer
 
 def _check_http_camera(r: _Reader, read: _Read) -> HttpCameraConfig:
     if "path" not in read.given:
-        read.values["path"] = f"/lpr/{read.values['id']}"
+        matched = read.values.get("match") is not None
+        read.values["path"] = SHARED_HTTP_PATH if matched else f"/lpr/{read.values['id']}"
     url_path = read.values["path"]
     if not url_path.startswith("/"):
         r.problem(read.key_path("path"), f"expected a URL path starting with '/', got {url_path!r}")
@@ -990,6 +1087,7 @@ _CHECKS: dict[type, Callable[[_Reader, type, _Read], Any]] = {
     MqttConfig: _check_mqtt,
     TlsConfig: _check_tls,
     HttpServerConfig: _check_http,
+    HttpMatchConfig: _check_match,
 }
 _CAMERA_CHECKS: dict[Protocol, Callable[[_Reader, _Read], AnyCameraConfig]] = {
     Protocol.TCP: lambda r, read: TcpCameraConfig(**read.values),
@@ -1019,6 +1117,7 @@ def config_warnings(config: Config) -> list[str]:
             and camera.username is None
             and camera.password is None
             and not camera.allowed_sources
+            and not (camera.match is not None and camera.match.source)
         ):
             warnings.append(
                 f"{p}: HTTP camera {camera.id!r} has no username/password and no "

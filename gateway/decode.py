@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
+from gateway.codecs import assumed
 from gateway.codecs.tcp import (
     DEFAULT_MAX_DATA_SIZE,
     NEED_DATA,
@@ -147,13 +148,18 @@ class _Printer:
         for name, value in meta.extra.items():
             fields[name] = value.hex() if isinstance(value, bytes) else value
         images = []
+        # The images beyond plate and scene are the evidence pictures the event gets.
+        evidence = {
+            id(image): kind
+            for kind, image in zip(assumed.TCP_EXTRA_IMAGE_KINDS, result.extras, strict=False)
+        }
         for index, image in enumerate(result.images):
             kind = (
                 "plate"
                 if image is result.plate_jpeg
                 else "scene"
                 if image is result.scene_jpeg
-                else "extra"
+                else evidence.get(id(image), "extra")
             )
             dimensions = jpeg_dimensions(image)
             entry: dict[str, Any] = {

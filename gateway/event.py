@@ -41,8 +41,13 @@ class ListMembership(enum.Enum):
 
 
 class ImageKind(enum.Enum):
+    """A read's pictures: each has its retained topic `<base>/<camera>/image/<value>`."""
+
     PLATE = "plate"
     SCENE = "scene"
+    # Pictures of the evidence cameras linked to the LPR camera (newer firmware).
+    EVIDENCE0 = "evidence0"
+    EVIDENCE1 = "evidence1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,13 +145,19 @@ class PlateEvent:
     # None: this source never carries the image (e.g. an HTTP GET read).
     plate_image: Image | None = None
     scene_image: Image | None = None
+    evidence0_image: Image | None = None
+    evidence1_image: Image | None = None
 
     @property
     def plate_normalized(self) -> str:
         return normalize_plate(self.plate)
 
     def image(self, kind: ImageKind) -> Image | None:
-        return self.plate_image if kind is ImageKind.PLATE else self.scene_image
+        if kind is ImageKind.PLATE:
+            return self.plate_image
+        if kind is ImageKind.SCENE:
+            return self.scene_image
+        return self.evidence0_image if kind is ImageKind.EVIDENCE0 else self.evidence1_image
 
     def with_enrichment(self, known: str | None, match: str | None) -> PlateEvent:
         return replace(self, known=known, match=match)
@@ -163,11 +174,7 @@ class PlateEvent:
             elif image.data is None:
                 images[kind.value] = {"missing": True, "reason": image.missing_reason}
             else:
-                images[kind.value] = {
-                    "topic": topics.image(self.camera, kind),
-                    "bytes": len(image.data),
-                    "sha256": hashlib.sha256(image.data).hexdigest(),
-                }
+                images[kind.value] = image_reference(topics.image(self.camera, kind), image.data)
         return {
             "schema": SCHEMA_VERSION,
             "id": self.id,
@@ -222,8 +229,33 @@ class CameraEvent:
     time: datetime | None = None
     id: str = field(default_factory=new_event_id)
     data: Mapping[str, Any] = field(default_factory=dict)
+    # The event's pictures by the field that carried them (e.g. `snapshot`), in
+    # body order. Published on their own retained topics (`image_topics`); in
+    # `data` each such field becomes `{"topic", "bytes", "sha256"}`.
+    images: Mapping[str, Image] = field(default_factory=dict)
 
-    def to_json_dict(self) -> dict[str, Any]:
+    def image_topics(self, topics: Topics) -> dict[str, str]:
+        """Field → retained image topic, for the pictures that have data."""
+        with_data = [name for name, image in self.images.items() if image.data is not None]
+        return {
+            name: topics.camera_event_image(self.camera, self.kind, name, primary=index == 0)
+            for index, name in enumerate(_primary_first(with_data))
+        }
+
+    def to_json_dict(self, topics: Topics | str | None = None) -> dict[str, Any]:
+        """The camera event JSON; `topics` (or their base) is needed once it has pictures."""
+        data = dict(self.data)
+        if self.images:
+            if topics is None:
+                raise ValueError("a camera event with pictures needs the topics to refer to them")
+            if isinstance(topics, str):
+                topics = Topics(topics)
+            where = self.image_topics(topics)
+            for name, image in self.images.items():
+                if image.data is None:
+                    data[name] = {"missing": True, "reason": image.missing_reason}
+                else:
+                    data[name] = image_reference(where[name], image.data)
         return {
             "schema": SCHEMA_VERSION,
             "id": self.id,
@@ -232,8 +264,24 @@ class CameraEvent:
             "kind": self.kind,
             "time": format_time(self.time),
             "received": format_time(self.received),
-            "data": dict(self.data),
+            "data": data,
         }
+
+
+# A camera event's picture in this field takes the plain `image/<kind>` topic;
+# the others get the field's name after the kind.
+PRIMARY_EVENT_IMAGE_FIELD = "snapshot"
+
+
+def _primary_first(names: list[str]) -> list[str]:
+    if PRIMARY_EVENT_IMAGE_FIELD in names:
+        names = [PRIMARY_EVENT_IMAGE_FIELD, *(n for n in names if n != PRIMARY_EVENT_IMAGE_FIELD)]
+    return names
+
+
+def image_reference(topic: str, data: bytes) -> dict[str, Any]:
+    """How an event's JSON refers to a picture published on its own topic."""
+    return {"topic": topic, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 AnyEvent = PlateEvent | CameraEvent

@@ -10,7 +10,11 @@ Per camera (`<prefix>/<component>/<node_id>/<camera>_<entity>/config`, retained)
   with the read's other messages, after them.
 - `sensor` "Plate": the last plate, `force_update`, the event JSON (never image
   bytes: the event JSON has none) as attributes from `<base>/<camera>/last`.
-- `image` "Plate image" and "Scene image" on the retained image topics.
+- `image` "Plate image" and "Scene image" on the retained image topics, and
+  "Evidence image 0/1" once the camera has sent such a picture (most cameras
+  have no evidence cameras linked: an entity that never gets a picture is
+  clutter). Which cameras sent which is kept in the state file below, so the
+  entities survive a restart without waiting for the next evidence picture.
 - `binary_sensor` "Connection" (connectivity) on the camera availability topic.
 
 The gateway's device carries a connectivity binary sensor on the bridge state.
@@ -63,6 +67,11 @@ CAMERA_ENTITIES: tuple[tuple[str, str], ...] = (
     ("binary_sensor", "connection"),
 )
 BRIDGE_ENTITIES: tuple[tuple[str, str], ...] = (("binary_sensor", "bridge"),)
+# Announced per camera only once it has sent such a picture (`evidence` in the state file).
+EVIDENCE_KINDS: tuple[ImageKind, ...] = (ImageKind.EVIDENCE0, ImageKind.EVIDENCE1)
+EVIDENCE_ENTITIES: tuple[tuple[str, str], ...] = tuple(
+    ("image", f"{kind.value}_image") for kind in EVIDENCE_KINDS
+)
 
 
 def ha_event_type(event: PlateEvent, known_plates_configured: bool) -> str:
@@ -120,6 +129,8 @@ class Discovery:
         self.node_id = default_node_id(config)
         self.state_file = state_file_path(config)
         self.device_ids: dict[str, str] = {}
+        # camera id → the evidence pictures (ImageKind values) it has sent
+        self.evidence: dict[str, set[str]] = {}
         self._previous_cameras: list[str] = []
         self._birth_task: asyncio.Task[None] | None = None
         self.published_count = 0  # whole discovery rounds sent (tests, logs)
@@ -152,14 +163,34 @@ class Discovery:
             self._birth_task.cancel()
 
     def note_event(self, event: PlateEvent) -> None:
-        """Learn the camera's own device id from its reads; re-announce when it is new."""
-        if not event.device_id or self.device_ids.get(event.camera) == event.device_id:
+        """Learn the camera's own device id and which evidence pictures it sends from
+        its reads; re-announce the camera when either is new."""
+        new_device = bool(event.device_id) and self.device_ids.get(event.camera) != event.device_id
+        sent = self.evidence.get(event.camera, set())
+        new_evidence = {
+            kind.value
+            for kind in EVIDENCE_KINDS
+            if (image := event.image(kind)) is not None
+            and image.data is not None
+            and kind.value not in sent
+        }
+        if not new_device and not new_evidence:
             return
         camera = next((c for c in self.config.cameras if c.id == event.camera), None)
         if camera is None:
             return
-        self.device_ids[event.camera] = event.device_id
-        log.info("camera %s: device id %s learned; updating discovery", camera.id, event.device_id)
+        if new_device and event.device_id:
+            self.device_ids[event.camera] = event.device_id
+            log.info(
+                "camera %s: device id %s learned; updating discovery", camera.id, event.device_id
+            )
+        if new_evidence:
+            self.evidence[event.camera] = sent | new_evidence
+            log.info(
+                "camera %s: first %s picture(s); announcing their image entities",
+                camera.id,
+                ", ".join(sorted(new_evidence)),
+            )
         self._save_state()
         for topic, payload in self.camera_configs(camera).items():
             self.publisher.publish_state(topic, payload)
@@ -180,8 +211,9 @@ class Discovery:
             log.info(
                 "camera %s is no longer configured: removing its Home Assistant entities", camera_id
             )
-            for component, key in CAMERA_ENTITIES:
+            for component, key in CAMERA_ENTITIES + EVIDENCE_ENTITIES:
                 self.publisher.publish_state(self.config_topic(component, camera_id, key), b"")
+            self.evidence.pop(camera_id, None)
         self._previous_cameras = current
         self._save_state()
         self.published_count += 1
@@ -300,6 +332,17 @@ class Discovery:
                 "payload_off": "offline",
             },
         }
+        for kind in EVIDENCE_KINDS:
+            if kind.value in self.evidence.get(cam, ()):
+                number = kind.value.removeprefix("evidence")
+                key = f"{kind.value}_image"
+                documents[("image", key)] = {
+                    **self._common("image", cam, key, f"Evidence image {number}"),
+                    **available,
+                    "device": device,
+                    "image_topic": self.topics.image(cam, kind),
+                    "content_type": "image/jpeg",
+                }
         return {
             self.config_topic(component, cam, key): b"" if doc is None else _dumps(doc)
             for (component, key), doc in documents.items()
@@ -325,9 +368,21 @@ class Discovery:
             self.device_ids = {
                 str(k): str(v) for k, v in device_ids.items() if isinstance(v, str) and v
             }
+        evidence = document.get("evidence")
+        if isinstance(evidence, dict):
+            known = {kind.value for kind in EVIDENCE_KINDS}
+            self.evidence = {
+                str(k): {x for x in v if x in known}
+                for k, v in evidence.items()
+                if isinstance(v, list)
+            }
 
     def _save_state(self) -> None:
-        document = {"cameras": self._previous_cameras, "device_ids": self.device_ids}
+        document = {
+            "cameras": self._previous_cameras,
+            "device_ids": self.device_ids,
+            "evidence": {camera: sorted(kinds) for camera, kinds in self.evidence.items()},
+        }
         temporary = self.state_file.with_name(self.state_file.name + ".tmp")
         try:
             self.state_file.parent.mkdir(parents=True, exist_ok=True)

@@ -93,6 +93,12 @@ class Metrics:
         self.http_requests = Counter(
             "lpr_http_requests", "HTTP push requests by reply status", ["status"], registry=r
         )
+        self.http_unmatched = Counter(
+            "lpr_http_unmatched_requests",
+            "Requests on a camera path with match (device, source) that no camera there took",
+            ["path"],
+            registry=r,
+        )
         self.image_fetch_failures = Counter(
             "lpr_image_fetch_failures",
             "Plate pictures that could not be fetched",

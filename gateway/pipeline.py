@@ -134,10 +134,17 @@ def render_messages(
     """
     camera = event.camera
     if isinstance(event, CameraEvent):
+        # A camera event's pictures go first too, on their retained topics.
+        pictures = [
+            MessageDraft(topic, data, retain=True)
+            for name, topic in event.image_topics(topics).items()
+            if (data := event.images[name].data) is not None
+        ]
         return (
+            *pictures,
             MessageDraft(
                 topics.camera_event(camera, event.kind),
-                _json_bytes(event.to_json_dict()),
+                _json_bytes(event.to_json_dict(topics)),
                 retain=False,
             ),
         )

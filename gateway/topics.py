@@ -37,6 +37,10 @@ _FORBIDDEN_IN_TOPIC = re.compile(
 )
 
 
+# The image levels of a read's pictures (`ImageKind` values): reserved for reads.
+READ_IMAGE_LEVELS = frozenset({"plate", "scene", "evidence0", "evidence1"})
+
+
 class InvalidTopicError(ValueError):
     """A topic the broker would refuse (or that could match other topics)."""
 
@@ -115,6 +119,21 @@ class Topics:
 
     def image(self, camera: str, kind: ImageKind) -> str:
         return f"{self.base}/{camera}/image/{kind.value}"
+
+    def camera_event_image(self, camera: str, kind: str, field: str, primary: bool = True) -> str:
+        """A camera event's picture (retained): `image/<kind slug>`, or for a second
+        picture of the same event `image/<kind slug>.<field slug>`.
+
+        A kind whose slug is the name of a read's picture (`plate`, `scene`,
+        `evidence0`...) gets `event-` in front, so that a camera event can never
+        overwrite the picture of the latest read.
+        """
+        level = safe_slug(kind)
+        if not primary:
+            level = safe_slug(f"{level}.{safe_slug(field)}")
+        if level in READ_IMAGE_LEVELS:
+            level = f"event-{level}"
+        return f"{self.base}/{camera}/image/{level}"
 
     def event(self, camera: str) -> str:
         return f"{self.base}/{camera}/event"

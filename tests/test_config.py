@@ -141,7 +141,8 @@ cameras:
         ),
         (
             "cameras:\n - {id: a, protocol: http}\n - {id: b, protocol: http, path: /lpr/a}",
-            "cameras[1].path: path '/lpr/a' already used by cameras[0]",
+            "cameras[1].path: cameras 'a' (cameras[0]) and 'b' share the path '/lpr/a': "
+            "give both a match (device and/or source) or each its own path",
         ),
         ("mqtt: {protocol: 4.0}", "mqtt.protocol: expected 3.1.1 or 5, got '4.0'"),
         ("http: {listen: 8080}", "http.listen: expected host:port (port 0-65535), got 8080"),
@@ -569,3 +570,100 @@ def test_every_default_is_accepted_by_its_own_converter(path: str, cls: type, de
         if where == ["mqtt", "tls"]:  # a tls block goes with mqtts:// only
             document["mqtt"]["url"] = "mqtts://broker"
     assert loaded(parse_config(yaml.safe_dump(document), {}), path) == default
+
+
+# -- HTTP cameras sharing one URL path (match) -----------------------------------------
+
+
+def http_cameras(*entries: str) -> str:
+    return "cameras:\n" + "".join(f" - {{{entry}}}\n" for entry in entries)
+
+
+def test_cameras_with_match_share_the_default_path() -> None:
+    config = parse_config(
+        http_cameras(
+            "id: north, protocol: http, match: {device: Gate North}",
+            "id: south, protocol: http, match: {device: gate south}",
+            "id: yard, protocol: http, match: {source: 10.1.2.0/24}, path: /shared/",
+            "id: own, protocol: http",
+        ),
+        {},
+    )
+    paths = {camera.id: getattr(camera, "path", None) for camera in config.cameras}
+    assert paths == {"north": "/lpr", "south": "/lpr", "yard": "/shared/", "own": "/lpr/own"}
+    yard = config.cameras[2]
+    assert isinstance(yard, HttpCameraConfig) and yard.match is not None
+    assert yard.match.source == ("10.1.2.0/24",) and yard.match.device is None
+
+
+@pytest.mark.parametrize(
+    ("entries", "problem"),
+    [
+        (
+            (
+                "id: a, protocol: http, match: {device: Gate}",
+                "id: b, protocol: http, match: {device: ' GATE'}",
+            ),
+            "cameras[1].match: cameras 'a' (cameras[0]) and 'b' share the path '/lpr': "
+            "their match could take the same request (give them different devices or sources)",
+        ),
+        (
+            # a device from an address: both could be meant
+            (
+                "id: a, protocol: http, match: {device: Gate}",
+                "id: b, protocol: http, match: {source: 10.0.0.1}",
+            ),
+            "cameras[1].match: cameras 'a' (cameras[0]) and 'b' share the path '/lpr': "
+            "their match could take the same request (give them different devices or sources)",
+        ),
+        (
+            (
+                "id: a, protocol: http, match: {source: [10.0.0.0/8]}",
+                "id: b, protocol: http, match: {source: 10.9.9.9}",
+            ),
+            "cameras[1].match: cameras 'a' (cameras[0]) and 'b' share the path '/lpr': "
+            "their match could take the same request (give them different devices or sources)",
+        ),
+        (
+            ("id: a, protocol: http, match: {device: Gate}", "id: b, protocol: http, path: /lpr"),
+            "cameras[1].path: cameras 'a' (cameras[0]) and 'b' share the path '/lpr': "
+            "give both a match (device and/or source) or each its own path",
+        ),
+        (
+            ("id: a, protocol: http, match: {}",),
+            "cameras[0].match: needs device or source (or both)",
+        ),
+        (("id: a, protocol: http, match: {device: ' '}",), "cameras[0].match.device: is empty"),
+        (
+            ("id: a, protocol: http, match: {source: nope}",),
+            'cameras[0].match.source[0]: not an address or network: "nope"',
+        ),
+    ],
+)
+def test_cameras_that_could_take_the_same_request_are_an_error_naming_both(
+    entries: tuple[str, ...], problem: str
+) -> None:
+    assert problem in problems(http_cameras(*entries))
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        ("match: {device: Gate A}", "match: {device: Gate B}"),
+        ("match: {source: 10.0.0.0/24}", "match: {source: [10.0.1.0/24, '::1']}"),
+        # same device name at two sites: the source tells them apart
+        ("match: {device: Gate, source: 10.0.0.1}", "match: {device: Gate, source: 10.0.0.2}"),
+        ("match: {device: Gate A, source: 10.0.0.1}", "match: {device: Gate B, source: 10.0.0.1}"),
+    ],
+)
+def test_cameras_that_cannot_take_the_same_request_may_share(entries: tuple[str, str]) -> None:
+    first, second = entries
+    text = http_cameras(f"id: a, protocol: http, {first}", f"id: b, protocol: http, {second}")
+    assert [camera.id for camera in parse_config(text, {}).cameras] == ["a", "b"]
+
+
+def test_a_source_match_restricts_like_allowed_sources() -> None:
+    open_camera = "id: a, protocol: http, match: {device: Gate}"
+    by_source = "id: b, protocol: http, match: {source: 10.0.0.0/24}, path: /b"
+    warnings = config_warnings(parse_config(http_cameras(open_camera, by_source), {}))
+    assert [w.split(":")[0] for w in warnings] == ["cameras[0]"]

@@ -179,3 +179,15 @@ async def test_decodes_a_capture_recorded_from_the_simulator(
     assert sum(r["count"] for r in garbage if r["offset"] < cut) == sim.garbage_bytes_sent > 0
     assert sum(r["count"] for r in garbage if r["offset"] > cut) == len(recorded) - cut - 2
     assert records[-1]["offset"] == len(recorded)
+
+
+def test_images_beyond_plate_and_scene_are_named_as_the_event_names_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = [SCENE, PLATE, b"\xff\xd8 a", b"\xff\xd8 b", b"\xff\xd8 c"]
+    capture = tmp_path / "cap.bin"
+    capture.write_bytes(encode_recognition_frame(replace(FULL, image_count=5), images))
+    code, records = run(capsys, str(capture))
+    assert code == 0
+    kinds = [image["kind"] for image in records[0]["recognition"]["images"]]
+    assert kinds == ["scene", "plate", "evidence0", "evidence1", "extra"]

@@ -275,3 +275,47 @@ def test_node_id_is_checked(node_id: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(f"homeassistant: {{node_id: '{node_id}'}}", {})
     assert caught.value.problems[0].startswith("homeassistant.node_id:")
+
+
+async def test_evidence_image_entities_only_once_a_camera_sent_one_and_after_a_restart(
+    mqtt_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    cameras: list[dict[str, Any]] = [
+        {"id": "gate", "protocol": "http"},
+        {"id": "yard", "protocol": "http"},
+    ]
+    config = config_for(mqtt_broker, tmp_path, cameras)
+    evidence1 = topic("image", "gate_evidence1_image")
+    evidence0 = topic("image", "gate_evidence0_image")
+    base = camera_topics("gate") | camera_topics("yard") | {BRIDGE_TOPIC}
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=(f"{PREFIX}/#",)) as sub:
+        async with Gateway(config) as gw:
+            await sub.until(lambda msgs: {m.topic for m in msgs} >= base)
+            assert not sub.on(evidence0) and not sub.on(evidence1)
+            plain = PlateEvent(camera="gate", source=Source.INJECT, plate="A1", received=utc_now())
+            assert await gw.submit(plain) is Admission.ACCEPTED
+            with_evidence = PlateEvent(
+                camera="gate",
+                source=Source.INJECT,
+                plate="B2",
+                received=utc_now(),
+                evidence1_image=Image(b"\xff\xd8 evidence"),
+                evidence0_image=Image.missing("invalid base64"),  # no picture: no entity
+            )
+            assert await gw.submit(with_evidence) is Admission.ACCEPTED
+            announced = await sub.until_count(evidence1, 1)
+            await asyncio.sleep(0.2)
+    assert len(sub.on(evidence1)) == 1
+    assert not sub.on(evidence0)
+    doc = announced[0].json()
+    assert doc["image_topic"] == "lpr/gate/image/evidence1"
+    assert doc["content_type"] == "image/jpeg"
+    assert doc["name"] == "Evidence image 1"
+    assert json.loads(state_file_path(config).read_text())["evidence"] == {"gate": ["evidence1"]}
+
+    # A restart announces it at once (the broker may have lost it), still only for gate.
+    await asyncio.to_thread(publish, mqtt_broker, evidence1, b"", True)
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=(f"{PREFIX}/#",)) as again:
+        async with Gateway(config_for(mqtt_broker, tmp_path, cameras)):
+            configs = await again.until(lambda msgs: any(m.topic == evidence1 for m in msgs))
+    assert [m.topic for m in configs if "evidence" in m.topic] == [evidence1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,45 @@ def test_render_order_and_missing_images() -> None:
     other = CameraEvent(camera="c", source=Source.HTTP, kind="Vehicle Counting", received=utc_now())
     (only,) = render_messages(other, Topics("lpr"))
     assert (only.topic, only.retain) == ("lpr/c/camera_event/vehicle_counting", False)
+
+
+def test_pictures_go_first_on_retained_topics_the_json_refers_to() -> None:
+    read = PlateEvent(
+        camera="c",
+        source=Source.HTTP,
+        plate="AB1",
+        received=utc_now(),
+        plate_image=Image(b"plate"),
+        evidence1_image=Image(b"evidence"),
+        evidence0_image=Image.missing("invalid base64"),
+    )
+    messages = render_messages(read, Topics("lpr"))
+    assert [(m.topic, m.retain) for m in messages] == [
+        ("lpr/c/image/plate", True),
+        ("lpr/c/image/evidence1", True),
+        ("lpr/c/event", False),
+        ("lpr/c/last", True),
+    ]
+    assert messages[1].payload == b"evidence"
+    counting = CameraEvent(
+        camera="c",
+        source=Source.HTTP,
+        kind="vehicle_counting",
+        received=utc_now(),
+        data={"event": "Vehicle Counting", "snapshot": None, "All-Car": 3},
+        images={"snapshot": Image(b"\xff\xd8 snapshot")},
+    )
+    picture, event = render_messages(counting, Topics("lpr"))
+    assert (picture.topic, picture.retain, picture.payload) == (
+        "lpr/c/image/vehicle_counting",
+        True,
+        b"\xff\xd8 snapshot",
+    )
+    assert (event.topic, event.retain) == ("lpr/c/camera_event/vehicle_counting", False)
+    data = json.loads(event.payload)["data"]
+    assert list(data) == ["event", "snapshot", "All-Car"]
+    assert data["snapshot"]["topic"] == picture.topic
+    assert data["snapshot"]["bytes"] == len(picture.payload)
 
 
 async def test_dedup_in_gateway_counts_and_publishes_once(

@@ -1,8 +1,15 @@
 """HTTP push receiver: the server that cameras in HTTP mode call.
 
-A thin aiohttp shell around `gateway.codecs.http_body`: one URL path per camera,
-POST with a JSON body or GET with `Caption`/`description`. A camera gets its 200
-only once `ctx.submit` says the event is durably in the outbox.
+A thin aiohttp shell around `gateway.codecs.http_body`: a URL path per camera,
+or one path for many cameras that tell themselves apart by `match` (the
+`device` field they send, their source address), POST with a JSON body or GET
+with `Caption`/`description`. A camera gets its 200 only once `ctx.submit`
+says the event is durably in the outbox.
+
+On a shared path, a request no camera there takes gets the reply of a wrong
+password, counted in lpr_http_unmatched_requests. The body is read only when
+the device decides and the credentials fit at least one camera that could be
+the sender, so nobody without a password makes the gateway read bodies.
 
 Probing: a request on a path that is no camera's gets exactly the reply of a
 wrong password on a real camera's path (401, same challenge, same body, a
@@ -37,11 +44,22 @@ from gateway.codecs.http_body import (
     BodyOptions,
     HttpBody,
     HttpCameraNotice,
+    document_device,
+    interpret_document,
+    interpret_query,
+    load_json_body,
+    load_query_string,
     parse_json_body,
     parse_query_string,
     to_event,
 )
-from gateway.config import HttpCameraConfig, HttpServerConfig, OtherEvents
+from gateway.config import (
+    HttpCameraConfig,
+    HttpServerConfig,
+    OtherEvents,
+    device_key,
+    http_path_key,
+)
 from gateway.errors import CameraProtocolError
 from gateway.event import AnyEvent, utc_now
 from gateway.log_limit import RateLimitedLog
@@ -95,17 +113,47 @@ _UNAVAILABLE = _Reply(*_UNAVAILABLE_PARTS)
 _DUMMY_SECRET = b"\x00" * 32
 
 
+_Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class _Camera:
     config: HttpCameraConfig
     options: BodyOptions
     user: bytes | None  # None: no credentials required
     password: bytes
-    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    networks: _Networks  # allowed_sources
+    device: str | None = None  # match.device, as compared (`device_key`)
+    sources: _Networks = ()  # match.source
+
+    def source_matches(self, remote: str | None) -> bool:
+        return not self.sources or _source_allowed(remote, self.sources)
+
+    def device_matches(self, device: str | None) -> bool:
+        return self.device is None or (device is not None and device_key(device) == self.device)
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """The cameras on one URL path: one without `match`, or any number with it."""
+
+    path: str
+    cameras: tuple[_Camera, ...]
+
+    @property
+    def direct(self) -> _Camera | None:
+        """The path's one camera, when the path alone says who it is."""
+        if len(self.cameras) == 1 and self.cameras[0].config.match is None:
+            return self.cameras[0]
+        return None
 
 
 def _path_key(path: str) -> str:
-    return path.rstrip("/") or "/"
+    return http_path_key(path)
+
+
+def _networks(sources: Sequence[str]) -> _Networks:
+    return tuple(ipaddress.ip_network(source, strict=False) for source in sources)
 
 
 # -- connections -------------------------------------------------------------
@@ -304,21 +352,29 @@ class HttpPushServer:
         self.ctx = ctx
         self.metrics = ctx.metrics
         self.settings = ctx.config.http
-        self._cameras: dict[str, _Camera] = {}
+        by_path: dict[str, list[_Camera]] = {}
         for camera in cameras:
-            self._cameras[_path_key(camera.path)] = _Camera(
-                config=camera,
-                options=BodyOptions(tz=camera.tz, swap_direction=camera.swap_direction),
-                user=None
-                if camera.username is None and camera.password is None
-                else (camera.username or "").encode("utf-8"),
-                password=(camera.password or "").encode("utf-8"),
-                networks=tuple(
-                    ipaddress.ip_network(source, strict=False) for source in camera.allowed_sources
-                ),
+            match = camera.match
+            by_path.setdefault(_path_key(camera.path), []).append(
+                _Camera(
+                    config=camera,
+                    options=BodyOptions(tz=camera.tz, swap_direction=camera.swap_direction),
+                    user=None
+                    if camera.username is None and camera.password is None
+                    else (camera.username or "").encode("utf-8"),
+                    password=(camera.password or "").encode("utf-8"),
+                    networks=_networks(camera.allowed_sources),
+                    device=match.device_key if match is not None else None,
+                    sources=_networks(match.source) if match is not None else (),
+                )
             )
             self.metrics.camera_known(camera.id, SOURCE)
-        self._any_auth = any(c.user is not None for c in self._cameras.values())
+        self._routes = {path: _Route(path, tuple(group)) for path, group in by_path.items()}
+        self._cameras = [camera for route in self._routes.values() for camera in route.cameras]
+        for route in self._routes.values():
+            if route.direct is None:
+                self.metrics.http_unmatched.labels(path=route.path)
+        self._any_auth = any(c.user is not None for c in self._cameras)
         # Complaints a camera (or anyone who can reach the port) can repeat at
         # will: one line per (camera or source, kind) per interval; metrics count all.
         self._complaints = RateLimitedLog(log, on_suppressed=self.metrics.log_lines_suppressed.inc)
@@ -375,7 +431,7 @@ class HttpPushServer:
 
     @property
     def camera_ids(self) -> list[str]:
-        return [camera.config.id for camera in self._cameras.values()]
+        return [camera.config.id for camera in self._cameras]
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if self.settings.tls_cert_file is None or self.settings.tls_key_file is None:
@@ -409,17 +465,14 @@ class HttpPushServer:
     async def _reply(self, request: web.BaseRequest) -> _Reply:
         if self.ctx.stopping.is_set():
             return _UNAVAILABLE
-        camera = self._cameras.get(_path_key(request.path))
+        route = self._routes.get(_path_key(request.path))
+        if route is not None and route.direct is None:
+            return await self._reply_matched(request, route)
+        camera = route.direct if route is not None else None
         if not self._authorized(camera, request.headers.get("Authorization")):
             return self._unauthorized(camera, request)
         assert camera is not None
-        if camera.networks and not _source_allowed(request.remote, camera.networks):
-            self._complaints.warning(
-                (camera.config.id, "source_not_allowed"),
-                "camera %s: refused request from %s (not in allowed_sources)",
-                camera.config.id,
-                request.remote,
-            )
+        if not self._source_allowed(camera, request):
             return _FORBIDDEN
         if request.method == "GET":
             parsed, size = self._parse_query(request, camera), 0
@@ -430,6 +483,119 @@ class HttpPushServer:
         if isinstance(parsed, _Reply):
             return parsed
         return await self._submit(parsed, camera, size)
+
+    def _source_allowed(self, camera: _Camera, request: web.BaseRequest) -> bool:
+        if not camera.networks or _source_allowed(request.remote, camera.networks):
+            return True
+        self._complaints.warning(
+            (camera.config.id, "source_not_allowed"),
+            "camera %s: refused request from %s (not in allowed_sources)",
+            camera.config.id,
+            request.remote,
+        )
+        return False
+
+    async def _reply_matched(self, request: web.BaseRequest, route: _Route) -> _Reply:
+        """A request on a path whose cameras tell themselves apart by `match`."""
+        header = request.headers.get("Authorization")
+        candidates = [c for c in route.cameras if c.source_matches(request.remote)]
+        # Every candidate's credentials are compared (no short circuit), and none
+        # fitting looks exactly like a wrong password on a camera's own path.
+        fits = [self._authorized(c, header) for c in candidates] or [self._authorized(None, header)]
+        if not any(fits):
+            return self._unmatched(route, request, "no camera there has these credentials")
+        if request.method not in ("GET", "POST"):
+            return _Reply(405, {"error": "method not allowed"}, (("Allow", "GET, POST"),))
+        if all(c.device is None for c in candidates):
+            # The source decides; the config check leaves at most one candidate.
+            return await self._reply_for(request, candidates[0], header)
+        reserved = [0]
+        try:
+            document, size = await self._load_document(request, route, reserved)
+            if isinstance(document, _Reply):
+                return document
+            device = document_device(document)
+            matching = [c for c in candidates if c.device_matches(device)]
+            if not matching:
+                return self._unmatched(route, request, f"device {device!r} is no camera's there")
+            camera = matching[0]
+            if not self._authorized(camera, header):
+                return self._unauthorized(camera, request)
+            if not self._source_allowed(camera, request):
+                return _FORBIDDEN
+            self.metrics.camera_bytes.labels(camera=camera.config.id).inc(size)
+            parsed = await self._interpret(document, camera, size, get=request.method == "GET")
+            if isinstance(parsed, _Reply):
+                return parsed
+            return await self._submit(parsed, camera, size)
+        finally:
+            self._buffered -= reserved[0]
+
+    async def _reply_for(
+        self, request: web.BaseRequest, camera: _Camera, header: str | None
+    ) -> _Reply:
+        """The request, once it is known to be `camera`'s: as on the camera's own path."""
+        if not self._authorized(camera, header):
+            return self._unauthorized(camera, request)
+        if not self._source_allowed(camera, request):
+            return _FORBIDDEN
+        if request.method == "GET":
+            parsed, size = self._parse_query(request, camera), 0
+        else:
+            parsed, size = await self._read_and_parse(request, camera)
+        if isinstance(parsed, _Reply):
+            return parsed
+        return await self._submit(parsed, camera, size)
+
+    async def _load_document(
+        self, request: web.BaseRequest, route: _Route, reserved: list[int]
+    ) -> tuple[dict[str, Any] | _Reply, int]:
+        """The query's or body's fields, before it is known whose they are.
+
+        The body stays reserved in the server-wide budget (`reserved`, released
+        by the caller): the document's images are still in it.
+        """
+        where = f"path {route.path}"
+        try:
+            if request.method == "GET":
+                return load_query_string(request.rel_url.raw_query_string), 0
+            body = await self._read_body(request, where, reserved, count=False)
+            if isinstance(body, _Reply):
+                return body, 0
+            if len(body) > PARSE_IN_THREAD_BYTES:
+                return await asyncio.to_thread(load_json_body, body), len(body)
+            return load_json_body(body), len(body)
+        except CameraProtocolError as exc:
+            return self._unreadable(where, exc, "request"), 0
+
+    async def _interpret(
+        self, document: dict[str, Any], camera: _Camera, size: int, *, get: bool
+    ) -> HttpBody | _Reply:
+        try:
+            if get:
+                return interpret_query(document, camera.options)
+            if size > PARSE_IN_THREAD_BYTES:  # the images are decoded here
+                return await asyncio.to_thread(interpret_document, document, camera.options)
+            return interpret_document(document, camera.options)
+        except CameraProtocolError as exc:
+            return self._unreadable(f"camera {camera.config.id}", exc, "body")
+
+    def _unreadable(self, who: str, exc: CameraProtocolError, what: str) -> _Reply:
+        self._complaints.warning((who, exc.kind), "%s: unreadable %s: %s", who, what, exc)
+        self.metrics.parse_errors.labels(source=SOURCE, kind=exc.kind).inc()
+        return _Reply(400, {"error": exc.kind, "detail": exc.detail})
+
+    def _unmatched(self, route: _Route, request: web.BaseRequest, why: str) -> _Reply:
+        """No camera on a shared path takes the request: a wrong password's reply, counted."""
+        self.metrics.http_unmatched.labels(path=route.path).inc()
+        self._complaints.info(
+            (request.remote, "unmatched"),
+            "request on %s from %s refused: %s",
+            route.path,
+            request.remote,
+            why[:200],
+        )
+        return _UNAUTHORIZED if self._any_auth else _NOT_FOUND
 
     def _unauthorized(self, camera: _Camera | None, request: web.BaseRequest) -> _Reply:
         """Say (rate-limited) who was refused; 404 only when there is nothing to guess."""
@@ -478,12 +644,13 @@ class HttpPushServer:
         return camera is not None and header is not None and user_ok & password_ok
 
     async def _read_body(
-        self, request: web.BaseRequest, cid: str, reserved: list[int]
+        self, request: web.BaseRequest, cid: str, reserved: list[int], *, count: bool = True
     ) -> bytes | _Reply:
         """The whole body, within the per-request limit and the server-wide budget.
 
         `reserved[0]` is what this request holds of `MAX_BUFFERED_BYTES`; the
-        caller releases it once the body is parsed.
+        caller releases it once the body is parsed. `count`: `cid` is a camera
+        id (not yet known on a shared path: the caller counts the bytes then).
         """
         limit = self.settings.max_body_bytes
         declared = request.content_length
@@ -510,7 +677,8 @@ class HttpPushServer:
             return self._body_refused(cid, "incomplete_body", reply, message, exc)
         if isinstance(chunks, _Reply):
             return chunks
-        self.metrics.camera_bytes.labels(camera=cid).inc(sum(map(len, chunks)))
+        if count:
+            self.metrics.camera_bytes.labels(camera=cid).inc(sum(map(len, chunks)))
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _read_chunks(

@@ -80,11 +80,41 @@ HTTP_DIRECTION_WORDS: Final[dict[str, str]] = {
 HTTP_PLATE_EVENT_KINDS: Final = frozenset({"lpr"})
 
 # Which POSTed image is the plate crop and which the scene, in order of
-# preference. `full_image` is the scene; `evidence_image0` (violation evidence
-# on newer firmware) is assumed to be a full frame too and stands in for a
-# missing `full_image`.
+# preference. `full_image` is the scene.
 HTTP_PLATE_IMAGE_FIELDS: Final = ("plate_image",)
-HTTP_SCENE_IMAGE_FIELDS: Final = ("full_image", "evidence_image0")
+HTTP_SCENE_IMAGE_FIELDS: Final = ("full_image",)
+
+# `evidence_image0`/`evidence_image1` are the pictures of the evidence cameras
+# linked to the LPR camera (the vendor's "Evidence function"): pictures of
+# other cameras, so never a stand-in for the scene. Each has its own slot.
+HTTP_EVIDENCE_IMAGE_FIELDS: Final = {"evidence_image0": "evidence0", "evidence_image1": "evidence1"}
+
+# A camera event's pictures (counting `snapshot`, ...). A field is a picture
+# when its name is one of these, or when its text is a `data:image/` URI, or a
+# string of at least HTTP_EVENT_IMAGE_MIN_BYTES that decodes as base64 to bytes
+# starting with one of HTTP_EVENT_IMAGE_MAGIC (JPEG, PNG). Anything else long
+# stays a summary in `data`, as before.
+HTTP_EVENT_IMAGE_FIELDS: Final = frozenset(
+    {"snapshot", "plate_image", "full_image", "evidence_image0", "evidence_image1", "image"}
+)
+HTTP_EVENT_IMAGE_MIN_BYTES: Final = 1024
+HTTP_EVENT_IMAGE_MAGIC: Final = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
+
+# `time_msec` comes in two shapes: the whole local time with milliseconds
+# (`2023-09-15 06:19:57.267`, what public integrations of these cameras
+# read) or the milliseconds alone (0-999) beside `time`. Either sets the
+# event time to the millisecond; the whole time wins over `time` when both
+# are readable.
+HTTP_MILLISECONDS_FIELD: Final = "time_msec"
+
+# --- TCP, more than two image chunks ----------------------------------------
+
+# A frame may carry more image chunks than the plate crop and the scene (the
+# evidence cameras' pictures, by analogy with the HTTP body's
+# evidence_image0/1). Once plate and scene are told apart (by resolution, else
+# TCP_IMAGE_ORDER), the remaining chunks in wire order are these, in this
+# order; chunks beyond them are only counted (`raw.extra_images`).
+TCP_EXTRA_IMAGE_KINDS: Final = ("evidence0", "evidence1")
 
 # --- RTSP (section 3) ------------------------------------------------------
 

@@ -47,6 +47,7 @@ MAX_KIND_CHARS = 64
 RAW_MAX_STRING_CHARS = 1024  # longer strings in `raw` are replaced by a summary
 RAW_MAX_DEPTH = 8
 RAW_MAX_ITEMS = 256  # per object or list kept in `raw`
+MAX_EVENT_PICTURES = 8  # per camera event: each is published on a retained topic
 # Strings at least this long (in bytes) are cut out of the body before parsing.
 LONG_STRING_BYTES = 1024
 
@@ -95,6 +96,8 @@ class HttpPlateRead:
     # None: not sent (always so for GET); Image.missing: sent but unusable.
     plate_image: Image | None = None
     scene_image: Image | None = None
+    evidence0_image: Image | None = None
+    evidence1_image: Image | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
     problems: tuple[FieldProblem, ...] = ()
 
@@ -105,7 +108,10 @@ class HttpCameraNotice:
 
     kind: str  # already safe as one MQTT topic level
     time: datetime | None = None
+    # Every field as sent, but a picture's field holds None: its picture is in
+    # `images` (the event's JSON puts a reference to its topic there).
     data: Mapping[str, Any] = field(default_factory=dict)
+    images: Mapping[str, Image] = field(default_factory=dict)
     problems: tuple[FieldProblem, ...] = ()
 
 
@@ -118,6 +124,15 @@ HttpBody = HttpPlateRead | HttpCameraNotice
 
 def parse_json_body(body: bytes, options: BodyOptions = BodyOptions()) -> HttpBody:
     """A POSTed body → read or notice. Raises CameraProtocolError if unreadable."""
+    return interpret_document(load_json_body(body), options)
+
+
+def load_json_body(body: bytes) -> dict[str, Any]:
+    """A POSTed body as its JSON object, long strings (images) still in the body.
+
+    The first half of `parse_json_body`: enough to see which camera sent it
+    (`document_device`) before the camera's options are known.
+    """
     if not body.strip():
         raise CameraProtocolError("empty_body", "the request has no body")
     document = _load(body)
@@ -130,7 +145,22 @@ def parse_json_body(body: bytes, options: BodyOptions = BodyOptions()) -> HttpBo
     # the rest of the document is a few short fields: walking them costs far
     # less than scanning a 400 KB body for the escape (measured 0.1 ms).
     _refuse_invalid_text(document)
+    return document
+
+
+def interpret_document(document: Mapping[str, Any], options: BodyOptions) -> HttpBody:
+    """A loaded POST body (`load_json_body`) → read or notice, with the camera's options."""
     return _interpret(document, options, images=True)
+
+
+def document_device(document: Mapping[str, Any]) -> str | None:
+    """The `device` field (the name set on the camera) as text, or None."""
+    for key, value in document.items():
+        if _norm_key(key) == "device":
+            if isinstance(value, str | int) and not isinstance(value, bool):
+                return str(value).strip()[:MAX_TEXT_CHARS] or None
+            return None
+    return None
 
 
 def parse_query_string(query: str, options: BodyOptions = BodyOptions()) -> HttpBody:
@@ -140,14 +170,7 @@ def parse_query_string(query: str, options: BodyOptions = BodyOptions()) -> Http
     an encoded surrogate) is refused as `invalid_text`, where a lenient decoder
     would have put U+FFFD into the plate.
     """
-    pairs: list[tuple[str, str]] = []
-    for part in query.split("&")[:MAX_QUERY_FIELDS]:
-        if not part:
-            continue
-        raw_key, _, raw_value = part.partition("=")
-        key = _unquote(raw_key, raw_key)
-        pairs.append((key, _unquote(raw_value, key)))
-    return parse_query(pairs, options)
+    return interpret_query(load_query_string(query), options)
 
 
 def _unquote(text: str, field_name: str) -> str:
@@ -161,10 +184,31 @@ def _unquote(text: str, field_name: str) -> str:
 
 def parse_query(pairs: Iterable[tuple[str, str]], options: BodyOptions = BodyOptions()) -> HttpBody:
     """A GET query (`?Caption=LPR&description=MS12345`) → read (no images) or notice."""
-    document: dict[str, Any] = {}
+    return interpret_query(load_query(pairs), options)
+
+
+def load_query_string(query: str) -> dict[str, str]:
+    """A GET query as it came on the request line → its fields (first of each name)."""
+    pairs: list[tuple[str, str]] = []
+    for part in query.split("&")[:MAX_QUERY_FIELDS]:
+        if not part:
+            continue
+        raw_key, _, raw_value = part.partition("=")
+        key = _unquote(raw_key, raw_key)
+        pairs.append((key, _unquote(raw_value, key)))
+    return load_query(pairs)
+
+
+def load_query(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    document: dict[str, str] = {}
     for key, value in pairs:
         document.setdefault(key, value)
     _refuse_invalid_text(document)
+    return document
+
+
+def interpret_query(document: Mapping[str, Any], options: BodyOptions) -> HttpBody:
+    """A loaded GET query → read (no images) or notice."""
     fields = _Fields(document)
     fields.alias("description", "plate")
     fields.alias("caption", "event")
@@ -197,6 +241,8 @@ def plate_event(read: HttpPlateRead, camera: str, received: datetime) -> PlateEv
         raw=read.raw,
         plate_image=read.plate_image,
         scene_image=read.scene_image,
+        evidence0_image=read.evidence0_image,
+        evidence1_image=read.evidence1_image,
     )
 
 
@@ -208,6 +254,7 @@ def camera_event(notice: HttpCameraNotice, camera: str, received: datetime) -> C
         received=received,
         time=notice.time,
         data=notice.data,
+        images=notice.images,
     )
 
 
@@ -524,7 +571,7 @@ def _interpret_fields(fields: _Fields, options: BodyOptions, images: bool) -> Ht
     )
     if plate_kind and has_plate:
         return _plate_read(fields, options, images)
-    return _notice(fields, kind or "unknown", options)
+    return _notice(fields, kind or "unknown", options, images)
 
 
 def _event_kind(value: Any) -> str | None:
@@ -560,11 +607,15 @@ def _plate_read(fields: _Fields, options: BodyOptions, images: bool) -> HttpPlat
     box = _pop_box(fields)
     plate_image: Image | None = None
     scene_image: Image | None = None
+    evidence: dict[str, Image | None] = {}
     if images:
         decoded = {name: _pop_image(fields, name) for name in _IMAGE_FIELDS}
         plate_image = _first(decoded, assumed.HTTP_PLATE_IMAGE_FIELDS)
         scene_image = _first(decoded, assumed.HTTP_SCENE_IMAGE_FIELDS)
-        used = {id(plate_image), id(scene_image)}
+        evidence = {
+            kind: decoded.get(name) for name, kind in assumed.HTTP_EVIDENCE_IMAGE_FIELDS.items()
+        }
+        used = {id(plate_image), id(scene_image), *(id(i) for i in evidence.values())}
         for name, image in decoded.items():
             if image is not None and id(image) not in used:
                 fields.keep(name, _image_summary(image))
@@ -583,23 +634,85 @@ def _plate_read(fields: _Fields, options: BodyOptions, images: bool) -> HttpPlat
         resolution=resolution,
         plate_image=plate_image,
         scene_image=scene_image,
+        evidence0_image=evidence.get("evidence0"),
+        evidence1_image=evidence.get("evidence1"),
         raw=_sanitize_mapping(fields.left, 0),
         problems=tuple(fields.problems),
     )
 
 
-def _notice(fields: _Fields, kind: str, options: BodyOptions) -> HttpCameraNotice:
-    time_value = fields.peek("time")
+def _notice(fields: _Fields, kind: str, options: BodyOptions, images: bool) -> HttpCameraNotice:
+    sent_times = {name: fields.peek(name) for name in ("time", _MSEC) if fields.has(name)}
     moment = None
-    if time_value is not None:
+    if sent_times:
+        order = list(fields.left)
         moment = _pop_time(fields, options.tz)
-        fields.keep("time", time_value)  # data keeps every field as sent
+        for name, value in sent_times.items():
+            fields.keep(name, value)  # data keeps every field as sent, in body order
+        fields.left = {key: fields.left[key] for key in order if key in fields.left}
+    pictures = _pop_event_images(fields) if images else {}
     return HttpCameraNotice(
         kind=kind,
         time=moment,
         data=_sanitize_mapping(fields.left, 0),
+        images=pictures,
         problems=tuple(fields.problems),
     )
+
+
+def _pop_event_images(fields: _Fields) -> dict[str, Image]:
+    """A camera event's pictures by their field's name as sent; each field stays in
+    `fields.left` at its place, holding None (the JSON refers to the picture there)."""
+    pictures: dict[str, Image] = {}
+    for key, value in list(fields.left.items()):
+        if len(pictures) >= MAX_EVENT_PICTURES:
+            # Each picture is a retained topic: a body must not make thousands.
+            if _event_image(_norm_key(key), value, decode=False) is not None:
+                fields.left[key] = {"omitted": "image", "reason": "too many pictures"}
+                fields.problem(key, "too_many_images", f"more than {MAX_EVENT_PICTURES}")
+            continue
+        image = _event_image(_norm_key(key), value)
+        if image is None:
+            continue
+        if image.data is None:
+            fields.problem(key, "bad_image", image.missing_reason or "unusable")
+        pictures[key] = image
+        fields.left[key] = None
+    return pictures
+
+
+_NOT_DECODED = Image.missing("not decoded")
+
+
+def _event_image(name: str, value: Any, decode: bool = True) -> Image | None:
+    """The picture a camera event's field holds, or None when it is no picture.
+
+    `decode=False`: only whether it looks like one (a name or a `data:image/`
+    prefix; a long string's bytes are not decoded to see).
+    """
+    if name in assumed.HTTP_EVENT_IMAGE_FIELDS and isinstance(value, str | LongString):
+        return _decode_named(name, value) if decode else _NOT_DECODED
+    if isinstance(value, str):
+        if value[:11].lower() != "data:image/":
+            return None
+        return _decode_named(name, value) if decode else _NOT_DECODED
+    if isinstance(value, LongString) and value.size >= assumed.HTTP_EVENT_IMAGE_MIN_BYTES:
+        head = bytes(value.body[value.start : value.start + 11]).lower()
+        if not decode:
+            return _NOT_DECODED if head == b"data:image/" else None
+        image = _decode_named(name, value)
+        if head == b"data:image/":
+            return image
+        if image.data is not None and image.data.startswith(assumed.HTTP_EVENT_IMAGE_MAGIC):
+            return image
+    return None
+
+
+def _decode_named(name: str, value: Any) -> Image:
+    try:
+        return decode_image(value)
+    except CameraProtocolError as exc:
+        raise _named(exc, name) from None
 
 
 # --------------------------------------------------------------------------
@@ -645,20 +758,35 @@ def parse_camera_time(text: str, tz: tzinfo, msec: int | None = None) -> datetim
     return local.astimezone(UTC)
 
 
+_MSEC = assumed.HTTP_MILLISECONDS_FIELD
+
+
 def _pop_time(fields: _Fields, tz: tzinfo) -> datetime | None:
     value = fields.pop("time")
-    msec_value = fields.pop("time_msec")
+    msec_value = fields.pop(_MSEC)
     msec: int | None = None
+    if isinstance(msec_value, str) and _TIME_RE.fullmatch(msec_value.strip()):
+        # The whole local time with its milliseconds: the most precise time sent.
+        try:
+            moment = parse_camera_time(msec_value, tz)
+        except (ValueError, OverflowError) as exc:
+            fields.keep(_MSEC, msec_value)
+            fields.problem(_MSEC, "bad_time", str(exc))
+        else:
+            if value is not None and not isinstance(value, str):
+                fields.keep("time", value)  # not a time at all: raw says what it was
+            return moment
+        msec_value = None
     if msec_value is not None:
         number = _number(msec_value)
         if number is not None and number == int(number) and 0 <= number <= 999:
             msec = int(number)
         else:
-            fields.keep("time_msec", msec_value)
-            fields.problem("time_msec", "bad_time", "expected milliseconds 0-999")
+            fields.keep(_MSEC, msec_value)
+            fields.problem(_MSEC, "bad_time", "expected milliseconds 0-999 or a time")
     if value is None:
         if msec_value is not None and msec is not None:
-            fields.keep("time_msec", msec_value)
+            fields.keep(_MSEC, msec_value)
         return None
     if not isinstance(value, str):
         fields.keep("time", value)
@@ -669,7 +797,7 @@ def _pop_time(fields: _Fields, tz: tzinfo) -> datetime | None:
     except (ValueError, OverflowError) as exc:
         fields.keep("time", value)
         if msec_value is not None:
-            fields.keep("time_msec", msec_value)
+            fields.keep(_MSEC, msec_value)
         fields.problem("time", "bad_time", str(exc))
         return None
 
@@ -767,7 +895,11 @@ def _pop_box(fields: _Fields) -> Box | None:
 # --------------------------------------------------------------------------
 # Images
 
-_IMAGE_FIELDS = ("plate_image", "full_image", "evidence_image0", "evidence_image1")
+_IMAGE_FIELDS = (
+    *assumed.HTTP_PLATE_IMAGE_FIELDS,
+    *assumed.HTTP_SCENE_IMAGE_FIELDS,
+    *assumed.HTTP_EVIDENCE_IMAGE_FIELDS,
+)
 _B64_CLEANUP = bytes.maketrans(b"-_", b"+/")
 _WHITESPACE = b" \t\r\n"
 

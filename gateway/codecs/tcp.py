@@ -713,6 +713,8 @@ class RecognitionResult:
     scene_jpeg: bytes | None
     classified_by: str  # "resolution" | "order" | "none"
     issues: tuple[ParseIssue, ...] = ()
+    # The images that are neither plate nor scene, in wire order (evidence pictures).
+    extras: tuple[bytes, ...] = ()
 
 
 def parse_recognition_result(data: bytes, *, max_images: int = MAX_IMAGES) -> RecognitionResult:
@@ -771,8 +773,16 @@ def parse_recognition_result(data: bytes, *, max_images: int = MAX_IMAGES) -> Re
                 f"metadata says {metadata.image_count} images, {len(images)} present",
             )
         )
-    plate, scene, how = classify_images(images, metadata.resolution)
-    return RecognitionResult(metadata, tuple(images), plate, scene, how, tuple(issues))
+    plate, scene, how = classify_image_indices(images, metadata.resolution)
+    return RecognitionResult(
+        metadata,
+        tuple(images),
+        None if plate is None else images[plate],
+        None if scene is None else images[scene],
+        how,
+        tuple(issues),
+        extras=tuple(image for i, image in enumerate(images) if i not in (plate, scene)),
+    )
 
 
 def parse_metadata(payload: bytes, issues: list[ParseIssue] | None = None) -> RecognitionMetadata:
@@ -874,17 +884,29 @@ def classify_images(
     images: Sequence[bytes], resolution: tuple[int, int] | None
 ) -> tuple[bytes | None, bytes | None, str]:
     """(plate, scene, how): the scene is the image the size of the resolution, else order."""
+    plate, scene, how = classify_image_indices(images, resolution)
+    return (
+        None if plate is None else images[plate],
+        None if scene is None else images[scene],
+        how,
+    )
+
+
+def classify_image_indices(
+    images: Sequence[bytes], resolution: tuple[int, int] | None
+) -> tuple[int | None, int | None, str]:
+    """`classify_images` as positions in `images`, so the rest can be told apart."""
     if not images:
         return None, None, "none"
     if resolution is not None:
         matches = [i for i, image in enumerate(images) if jpeg_dimensions(image) == resolution]
         if len(matches) == 1:
             scene_index = matches[0]
-            others = [image for i, image in enumerate(images) if i != scene_index]
-            return (others[0] if others else None), images[scene_index], "resolution"
-    by_kind: dict[str, bytes] = {}
-    for kind, image in zip(assumed.TCP_IMAGE_ORDER, images, strict=False):
-        by_kind[kind] = image
+            others = [i for i in range(len(images)) if i != scene_index]
+            return (others[0] if others else None), scene_index, "resolution"
+    by_kind: dict[str, int] = {}
+    for kind, index in zip(assumed.TCP_IMAGE_ORDER, range(len(images)), strict=False):
+        by_kind[kind] = index
     return by_kind.get("plate"), by_kind.get("scene"), "order"
 
 
@@ -1002,8 +1024,9 @@ def to_plate_event(
         raw["plate_type"] = meta.plate_type
     if meta.vehicle_type is not None and meta.vehicle_type not in assumed.VEHICLE_TYPES:
         raw["vehicle_type_code"] = meta.vehicle_type
-    if len(result.images) > 2:
-        raw["extra_images"] = len(result.images) - 2
+    evidence = dict(zip(assumed.TCP_EXTRA_IMAGE_KINDS, result.extras, strict=False))
+    if len(result.extras) > len(evidence):
+        raw["extra_images"] = len(result.extras) - len(evidence)
     for name, value in meta.extra.items():
         raw[name] = value if not isinstance(value, bytes) else value.hex()
 
@@ -1043,7 +1066,14 @@ def to_plate_event(
         raw=raw,
         plate_image=_image(result.plate_jpeg, "the camera sent no plate image"),
         scene_image=_image(result.scene_jpeg, "the camera sent no scene image"),
+        # None when not sent: most cameras have no evidence cameras linked.
+        evidence0_image=_evidence(evidence.get("evidence0")),
+        evidence1_image=_evidence(evidence.get("evidence1")),
     )
+
+
+def _evidence(data: bytes | None) -> Image | None:
+    return None if data is None else Image(data=data)
 
 
 def _image(data: bytes | None, reason: str) -> Image:

@@ -1,9 +1,12 @@
 """A camera in HTTP mode: posts plate reads (or GETs) to the gateway's URL.
 
-Realistic bodies: camera-local time in each format seen (`time_msec`, `:mmm`,
-`.mmm`), both direction words, numbers as numbers and as strings, base64 JPEGs
-with and without a `data:` prefix, and now and then another event kind.
-Everything sent and every reply is recorded for tests (`sent`).
+Realistic bodies: camera-local time in each format seen (`time_msec` as the
+milliseconds or as the whole time, `:mmm`, `.mmm`), both direction words,
+numbers as numbers and as strings, base64 JPEGs with and without a `data:`
+prefix, optionally the evidence cameras' pictures, and now and then another
+event kind (the field names public integrations of these cameras read:
+`"region name"`, `"All-Car"`, a base64 `snapshot`...). Everything sent and
+every reply is recorded for tests (`sent`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 import aiohttp
 import pybase64
+import yarl
 
 from gateway.simulate.common import (
     PLATE_HEIGHT,
@@ -31,20 +35,33 @@ from gateway.simulate.common import (
     SCENE_WIDTH,
     PlateGenerator,
     SimulatedRead,
+    plate_jpeg,
+    tagged_jpeg,
 )
 
 TIME_FORMATS = ("time_msec", "colon", "dot")
 DIRECTION_WORDS = ("Approach", "Away")
 LIST_TYPES = ("White", "Black", "Visitor")
-# Other event kinds newer firmware posts to the same URL (field sets are made up
-# but shaped like the camera's: an `event` name and a few attributes).
+# Other event kinds newer firmware posts to the same URL, with the field names
+# public integrations of these cameras read (the vendor documents no schema).
+# A `snapshot` is added to the counting event (the plate crop JPEG).
 OTHER_EVENTS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("Vehicle Counting", {"count_in": 3, "count_out": "1", "region": "1"}),
-    ("List Match", {"list": "Black", "match": "exact"}),
+    (
+        "Vehicle Counting",
+        {"region": 1, "region name": "Entrance", "All-Car": 3, "All-Motorcycle": 1, "Car": 3},
+    ),
+    ("List Event", {"plate": "AB123CD", "list_type": "Black", "match_status": "Matched"}),
     ("Attributes", {"vehicle_type": "Car", "vehicle_color": "White", "Vehicle Brand": "Kia"}),
-    ("Violation", {"violation": "Wrong Way", "detection_region": 2}),
-    ("Parking", {"space": "A12", "state": "occupied", "duration": "120"}),
+    ("Violation", {"plate": "AB123CD", "violation_type": "Wrong Way", "region_name": "Exit"}),
+    ("Parking Detection", {"region": 3, "region_name": "Space 12", "status": "Occupied"}),
 )
+SNAPSHOT_EVENTS = frozenset({"Vehicle Counting"})
+
+
+def evidence_jpegs(read: SimulatedRead) -> tuple[bytes, bytes]:
+    """The two evidence pictures of a read (deterministic, so a test can rebuild them)."""
+    tag = f"evidence {read.sequence} {read.plate}"
+    return (tagged_jpeg(read.scene_jpeg, f"{tag} 0"), tagged_jpeg(read.plate_jpeg, f"{tag} 1"))
 
 
 @dataclass(slots=True)
@@ -59,6 +76,8 @@ class SentRequest:
     direction: str | None = None  # the word sent
     data_uri: bool = False
     fields: dict[str, Any] = field(default_factory=dict)  # the body without image text
+    evidence: tuple[bytes, ...] = ()  # evidence_image0/1 sent, for byte-exact checks
+    snapshot: bytes | None = None  # a camera event's picture sent
     status: int | None = None  # None: no reply (connection error)
     reply: Any = None
     error: str | None = None
@@ -80,8 +99,12 @@ class HttpCameraSimulator:
         other_event_every: int = 0,
         tz: tzinfo = UTC,
         images: bool = True,
+        evidence: bool = False,
+        device: str = "Network Camera",
         timeout: float = 30.0,
     ) -> None:
+        """`evidence`: reads carry evidence_image0/1 too (a linked evidence camera);
+        `device`: the name the camera says in its `device` field."""
         self.url = url
         self.headers: dict[str, str] = {}
         if user is not None:
@@ -92,6 +115,8 @@ class HttpCameraSimulator:
         self.other_event_every = other_event_every
         self.tz = tz
         self.images = images
+        self.evidence = evidence
+        self.device = device
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.generator = PlateGenerator(seed)
         self.sent: list[SentRequest] = []
@@ -128,11 +153,13 @@ class HttpCameraSimulator:
         local = moment.astimezone(self.tz)
         base = local.strftime("%Y-%m-%d %H:%M:%S")
         millis = local.microsecond // 1000
-        fields: dict[str, Any] = {"device": "Network Camera", "plate": read.plate}
+        fields: dict[str, Any] = {"device": self.device, "plate": read.plate}
         time_format = TIME_FORMATS[index % len(TIME_FORMATS)]
         if time_format == "time_msec":
             fields["time"] = base
-            fields["time_msec"] = str(millis) if index % 2 else millis
+            # Seen both ways: the milliseconds alone, or the whole time with them.
+            whole = f"{base}.{millis:03d}"
+            fields["time_msec"] = (millis, str(millis), whole)[(index // 3) % 3]
         elif time_format == "colon":
             fields["time"] = f"{base}:{millis:03d}"
         else:
@@ -169,6 +196,7 @@ class HttpCameraSimulator:
             direction=direction,
             data_uri=data_uri,
             fields=dict(fields),
+            evidence=evidence_jpegs(read) if self.images and self.evidence else (),
         )
         head = json.dumps(fields, ensure_ascii=False).encode("utf-8")
         if not self.images:
@@ -176,30 +204,36 @@ class HttpCameraSimulator:
         prefix = b"data:image/jpeg;base64," if data_uri else b""
         # Spliced rather than json.dumps'd: base64 needs no escaping, and the
         # simulator must not be the bottleneck of a benchmark.
-        body = b"".join(
-            (
-                head[:-1],
-                b', "plate_image": "',
-                prefix,
-                pybase64.b64encode(read.plate_jpeg),
-                b'", "full_image": "',
-                prefix,
-                pybase64.b64encode(read.scene_jpeg),
-                b'"}',
-            )
-        )
-        return sent, body
+        parts = [
+            head[:-1],
+            b', "plate_image": "',
+            prefix,
+            pybase64.b64encode(read.plate_jpeg),
+            b'", "full_image": "',
+            prefix,
+            pybase64.b64encode(read.scene_jpeg),
+        ]
+        # The evidence cameras' pictures: the scene and plate pictures again,
+        # tagged apart so that every picture of a read has its own bytes.
+        for number, jpeg in enumerate(sent.evidence):
+            parts += [f'", "evidence_image{number}": "'.encode(), pybase64.b64encode(jpeg)]
+        parts.append(b'"}')
+        return sent, b"".join(parts)
 
     def build_other_event(self, index: int) -> tuple[SentRequest, bytes]:
         name, extra = OTHER_EVENTS[index % len(OTHER_EVENTS)]
         local = datetime.now(UTC).astimezone(self.tz)
         fields: dict[str, Any] = {
             "event": name,
-            "device": "Network Camera",
+            "device": self.device,
             "time": local.strftime("%Y-%m-%d %H:%M:%S"),
             **extra,
         }
         sent = SentRequest(method="POST", kind=name, fields=dict(fields))
+        if name in SNAPSHOT_EVENTS and self.images:
+            snapshot = tagged_jpeg(plate_jpeg(), f"{self.camera} snapshot {index}")
+            sent.snapshot = snapshot
+            fields["snapshot"] = pybase64.b64encode(snapshot).decode("ascii")
         return sent, json.dumps(fields).encode()
 
     # -- sending -------------------------------------------------------------
@@ -221,13 +255,21 @@ class HttpCameraSimulator:
         """Send any bytes as a POST (for tests of what a broken camera sends)."""
         return await self._post(SentRequest(method="POST", kind=kind), body)
 
+    async def get_query(self, query: str, kind: str = "raw") -> SentRequest:
+        """Send a query string as it would appear on the request line (already encoded)."""
+        sent = SentRequest(method="GET", kind=kind)
+        url = yarl.URL(f"{self.url}?{query}", encoded=True)
+        return await self._request(sent, "GET", url=url)
+
     async def _post(self, sent: SentRequest, body: bytes) -> SentRequest:
         return await self._request(sent, "POST", data=body)
 
-    async def _request(self, sent: SentRequest, method: str, **kwargs: Any) -> SentRequest:
+    async def _request(
+        self, sent: SentRequest, method: str, url: str | yarl.URL | None = None, **kwargs: Any
+    ) -> SentRequest:
         started = time.perf_counter()
         try:
-            async with self.session.request(method, self.url, **kwargs) as reply:
+            async with self.session.request(method, url or self.url, **kwargs) as reply:
                 sent.status = reply.status
                 text = await reply.read()
                 try:
@@ -275,6 +317,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--password", default=None, help="HTTP Basic password")
     parser.add_argument("--get", action="store_true", help="GET ?Caption=LPR&description=...")
     parser.add_argument(
+        "--device", default="Network Camera", help="the camera's `device` field (for match)"
+    )
+    parser.add_argument("--evidence", action="store_true", help="reads carry evidence_image0/1 too")
+    parser.add_argument(
         "--other-every", type=int, default=0, help="every Nth request is another event kind"
     )
     parser.add_argument("--timezone", default="UTC", help="the camera's local time zone")
@@ -291,6 +337,8 @@ async def _main(args: argparse.Namespace, counts: collections.Counter[int | None
         get_mode=args.get,
         other_event_every=args.other_every,
         tz=zoneinfo.ZoneInfo(args.timezone),
+        evidence=args.evidence,
+        device=args.device,
     ) as camera:
 
         def report(index: int, sent: SentRequest) -> None:

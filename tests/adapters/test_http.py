@@ -36,6 +36,7 @@ from gateway.broker import MosquittoProcess
 from gateway.config import (
     Config,
     HttpCameraConfig,
+    HttpMatchConfig,
     HttpServerConfig,
     OtherEvents,
     Protocol,
@@ -675,13 +676,27 @@ async def test_end_to_end_reads_images_get_and_other_events(
         assert plate_images[plate_sha] == sent.read.plate_jpeg  # byte-exact
         assert scene_images[scene_sha] == sent.read.scene_jpeg
     get_event = events[got.plate]
-    assert get_event["images"] == {"plate": None, "scene": None}
+    assert get_event["images"] == {
+        "plate": None,
+        "scene": None,
+        "evidence0": None,
+        "evidence1": None,
+    }
     kinds = sorted(
         m.topic.rsplit("/", 1)[1]
         for m in sub.messages
         if m.topic.startswith("lpr/gate/camera_event/")
     )
-    assert kinds == ["list_match", "vehicle_counting"]
+    assert kinds == ["list_event", "vehicle_counting"]
+    # the counting event's snapshot: on its own retained topic, byte-exact, never in the JSON
+    (counting,) = [s for s in others if s.snapshot is not None]
+    (snapshot,) = sub.on("lpr/gate/image/vehicle_counting")
+    assert snapshot.payload == counting.snapshot
+    (counted,) = sub.on("lpr/gate/camera_event/vehicle_counting")
+    assert (
+        counted.json()["data"]["snapshot"]["sha256"] == hashlib.sha256(snapshot.payload).hexdigest()
+    )
+    assert sub.messages.index(snapshot) < sub.messages.index(counted)
 
 
 def _write_config(path: Path, broker: MosquittoProcess, tmp_path: Path, port: int) -> None:
@@ -1017,3 +1032,143 @@ async def test_surrogate_body_is_refused_then_the_same_plate_clean_is_published(
     assert event["id"] == clean[2]["id"]
     assert event["plate"] == "AB123CD" and event["region"] == "KR"
     assert parse_errors == 2
+
+
+# --------------------------------------------------------------------------
+# One URL path for many cameras (match)
+
+
+def matched(
+    camera_id: str, device: str | None = None, source: tuple[str, ...] = ()
+) -> HttpCameraConfig:
+    return HttpCameraConfig(
+        id=camera_id,
+        protocol=Protocol.HTTP,
+        name=camera_id,
+        path="/lpr",
+        username=camera_id,
+        password=f"{camera_id}-pw",
+        match=HttpMatchConfig(device=device, source=source),
+        timezone="Europe/Berlin" if camera_id == "north" else "UTC",
+    )
+
+
+SHARED = (matched("north", device="Gate North"), matched("south", device="Gate South"))
+
+
+def auth_of(camera_id: str) -> BasicAuth:
+    return BasicAuth(camera_id, f"{camera_id}-pw")
+
+
+async def test_shared_path_by_device_is_the_matching_cameras_read() -> None:
+    async with serving(SHARED) as served:
+        body = plate_body(device=" gate NORTH", time="2024-07-01 12:00:00.250")
+        status, _, _ = await request("POST", served.url("/lpr"), auth=auth_of("north"), data=body)
+        assert status == 200
+        body = plate_body(device="Gate South", time="2024-07-01 12:00:00.250")
+        status, _, _ = await request("POST", served.url("/lpr/"), auth=auth_of("south"), data=body)
+        assert status == 200
+        status, _, _ = await request(
+            "GET",
+            served.url("/lpr"),
+            auth=auth_of("south"),
+            params={"Caption": "LPR", "description": "MS12345", "device": "Gate South"},
+        )
+        assert status == 200
+        north, south, south_get = served.intake.events
+        assert (north.camera, south.camera, south_get.camera) == ("north", "south", "south")
+        # each camera's own options: north's clock is Berlin's, south's UTC
+        assert (
+            north.time is not None and north.time.isoformat() == "2024-07-01T10:00:00.250000+00:00"
+        )
+        assert (
+            south.time is not None and south.time.isoformat() == "2024-07-01T12:00:00.250000+00:00"
+        )
+        assert served.count("lpr_camera_bytes_received_total", camera="north") == len(
+            plate_body(device=" gate NORTH", time="2024-07-01 12:00:00.250")
+        )
+
+
+async def test_shared_path_unmatched_looks_like_a_wrong_password_and_is_counted() -> None:
+    async with serving((*SHARED, camera())) as served:
+        wrong_password = await request(
+            "POST", served.url(), auth=BasicAuth(USER, "nope"), data=plate_body()
+        )
+        replies = [
+            # a device no camera there has
+            await request(
+                "POST", served.url("/lpr"), auth=auth_of("north"), data=plate_body(device="Gate X")
+            ),
+            # no device at all
+            await request("POST", served.url("/lpr"), auth=auth_of("north"), data=plate_body()),
+            # credentials of no camera there
+            await request(
+                "POST", served.url("/lpr"), auth=AUTH, data=plate_body(device="Gate North")
+            ),
+            # a GET without a device
+            await request(
+                "GET", served.url("/lpr"), auth=auth_of("south"), params={"description": "X1"}
+            ),
+        ]
+        assert all(reply == wrong_password for reply in replies)
+        assert served.intake.events == []
+        assert served.count("lpr_http_unmatched_requests_total", path="/lpr") == 4
+        assert served.count("lpr_camera_auth_failures_total", camera="north") == 0
+
+
+async def test_shared_path_one_cameras_password_is_not_anothers() -> None:
+    async with serving(SHARED) as served:
+        status, _, _ = await request(
+            "POST", served.url("/lpr"), auth=auth_of("north"), data=plate_body(device="Gate South")
+        )
+        assert status == 401
+        assert served.intake.events == []
+        assert served.count("lpr_camera_auth_failures_total", camera="south") == 1
+
+
+async def test_shared_path_reads_no_body_for_credentials_that_fit_no_camera() -> None:
+    big = plate_body(device="Gate North", filler="x" * 5000)
+    async with serving(SHARED, max_body_bytes=2048) as served:
+        status, _, _ = await request("POST", served.url("/lpr"), auth=AUTH, data=big)
+        assert status == 401  # refused from the headers: the size was never looked at
+        status, _, _ = await request("POST", served.url("/lpr"), auth=auth_of("north"), data=big)
+        assert status == 413  # credentials that fit: the body is read, within its limit
+        assert served.count("lpr_parse_errors_total", source="http", kind="too_large") == 1
+
+
+async def test_shared_path_by_source_address() -> None:
+    cams = (
+        matched("lan", source=("10.0.0.0/8",)),
+        matched("local", source=("127.0.0.1",)),
+    )
+    async with serving(cams) as served:
+        status, _, _ = await request(
+            "POST", served.url("/lpr"), auth=auth_of("local"), data=plate_body()
+        )
+        assert status == 200
+        (event,) = served.intake.events
+        assert event.camera == "local"
+        # lan's own credentials from an address that is not lan's: nobody's request
+        status, _, _ = await request(
+            "POST", served.url("/lpr"), auth=auth_of("lan"), data=plate_body()
+        )
+        assert status == 401
+        assert served.count("lpr_http_unmatched_requests_total", path="/lpr") == 1
+
+
+async def test_shared_path_pictures_of_a_camera_event_reach_the_intake() -> None:
+    async with serving(SHARED) as served:
+        snapshot = base64.b64encode(b"\xff\xd8\xff\xe0 snapshot").decode()
+        body = json.dumps(
+            {
+                "event": "Vehicle Counting",
+                "device": "Gate North",
+                "All-Car": 3,
+                "snapshot": snapshot,
+            }
+        ).encode()
+        status, _, _ = await request("POST", served.url("/lpr"), auth=auth_of("north"), data=body)
+        assert status == 200
+        (event,) = served.intake.events
+        assert isinstance(event, CameraEvent) and event.camera == "north"
+        assert event.images == {"snapshot": Image(b"\xff\xd8\xff\xe0 snapshot")}

@@ -812,3 +812,41 @@ async def test_reads_in_flight_across_cameras_stay_within_the_budget(
     for camera, sim in (("a", sim_a), ("b", sim_b)):
         got = [e.plate for e in spine.events if isinstance(e, PlateEvent) and e.camera == camera]
         assert got == [plate for plate, _, _ in sim.sent_reads]
+
+
+async def test_end_to_end_a_frame_with_evidence_pictures(mqtt_broker: Any, tmp_path: Path) -> None:
+    """A frame with four images: the third and fourth are published as evidence
+    pictures (assumed.TCP_EXTRA_IMAGE_KINDS), byte-exact, before the event."""
+    from gateway.app import Gateway
+    from tests.helpers import MqttCollector, gateway_config, tcp_simulator_entry
+
+    evidence = [b"\xff\xd8\xff\xe0 evidence camera 0", b"\xff\xd8\xff\xe0 evidence camera 1"]
+    images = [SCENE, PLATE, *evidence]  # the scene found by its resolution, whatever the order
+    frame = encode_recognition_frame(replace(FULL, image_count=len(images)), images)
+    async with TcpCameraSimulator(seed=23) as sim:
+        config = gateway_config(
+            mqtt_broker.url, tmp_path, cameras=[tcp_simulator_entry("gate_in", sim.port)]
+        )
+        with MqttCollector(mqtt_broker.host, mqtt_broker.port) as sub:
+            async with Gateway(config):
+                await sim.send_raw(frame)
+                (event,) = await sub.until_count("lpr/gate_in/event", 1)
+    order = [m.topic for m in sub.messages if "/image/" in m.topic or m.topic.endswith("/event")]
+    assert order == [
+        "lpr/gate_in/image/plate",
+        "lpr/gate_in/image/scene",
+        "lpr/gate_in/image/evidence0",
+        "lpr/gate_in/image/evidence1",
+        "lpr/gate_in/event",
+    ]
+    document = event.json()
+    for number, picture in enumerate(evidence):
+        topic = f"lpr/gate_in/image/evidence{number}"
+        (published,) = sub.on(topic)
+        assert published.payload == picture
+        assert document["images"][f"evidence{number}"] == {
+            "topic": topic,
+            "bytes": len(picture),
+            "sha256": _sha(picture),
+        }
+    assert "extra_images" not in document["raw"]

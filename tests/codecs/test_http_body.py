@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import urllib.parse
 import zoneinfo
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from gateway.codecs import assumed
 from gateway.codecs.http_body import (
     LONG_STRING_BYTES,
+    MAX_EVENT_PICTURES,
     MAX_PLATE_CHARS,
     BodyOptions,
     HttpCameraNotice,
@@ -188,7 +190,6 @@ def test_a_second_spelling_of_a_field_is_kept_in_raw() -> None:
         ({"firmware": "1.2", "nested": {"a": [1, 2]}}, {"firmware", "nested"}),
         ({"time": "yesterday"}, {"time"}),
         ({"event": "LPR"}, {"event"}),
-        ({"evidence_image1": PLATE_B64}, {"evidence_image1"}),
     ],
 )
 def test_unslotted_fields_go_to_raw(fields: dict[str, Any], raw_keys: set[str]) -> None:
@@ -415,22 +416,32 @@ def test_other_escapes_in_a_long_image_string_are_exact() -> None:
     assert read(raw).plate_image == Image(data=PLATE_JPEG)
 
 
-def test_evidence_image_stands_in_for_a_missing_full_image() -> None:
+def test_evidence_images_have_their_own_slots_and_never_stand_in_for_the_scene() -> None:
     result = read(body(plate_image=PLATE_B64, evidence_image0=SCENE_B64, evidence_image1=PLATE_B64))
-    assert result.scene_image == Image(data=SCENE_JPEG)
-    assert result.raw == {"evidence_image1": {"omitted": "image", "bytes": len(PLATE_JPEG)}}
+    assert result.scene_image is None
+    assert result.evidence0_image == Image(data=SCENE_JPEG)
+    assert result.evidence1_image == Image(data=PLATE_JPEG)
+    assert result.raw == {}
 
 
-def test_full_image_is_preferred_and_evidence_summarised() -> None:
+def test_a_broken_evidence_image_is_missing_with_the_reason() -> None:
     result = read(body(full_image=SCENE_B64, evidence_image0="###"))
     assert result.scene_image == Image(data=SCENE_JPEG)
-    assert result.raw == {"evidence_image0": {"omitted": "image", "missing": "invalid base64"}}
+    assert result.evidence0_image == Image.missing("invalid base64")
+    assert result.evidence1_image is None
+    assert result.raw == {}
+    assert [(p.field, p.kind) for p in result.problems] == [("evidence_image0", "bad_image")]
 
 
-def test_broken_full_image_falls_back_to_good_evidence() -> None:
-    result = read(body(full_image="###", evidence_image0=SCENE_B64))
-    assert result.scene_image == Image(data=SCENE_JPEG)
-    assert result.raw == {"full_image": {"omitted": "image", "missing": "invalid base64"}}
+def test_evidence_images_in_the_event_json() -> None:
+    result = read(body(evidence_image1=PLATE_B64))
+    images = plate_event(result, "gate", RECEIVED).to_json_dict("lpr")["images"]
+    assert images["evidence0"] is None
+    assert images["evidence1"] == {
+        "topic": "lpr/gate/image/evidence1",
+        "bytes": len(PLATE_JPEG),
+        "sha256": hashlib.sha256(PLATE_JPEG).hexdigest(),
+    }
 
 
 def test_image_field_names_come_from_the_assumed_table() -> None:
@@ -497,9 +508,11 @@ def test_notice_keeps_time_and_converts_it() -> None:
 def test_notice_data_has_no_image_blobs() -> None:
     document = {"event": "Violation", "evidence_image0": SCENE_B64, "snapshot": "data:image/x"}
     result = notice(json.dumps(document).encode())
-    assert result.data["event"] == "Violation"
-    assert result.data["evidence_image0"]["omitted"] == "long string"
-    assert result.data["snapshot"]["omitted"] == "long string"
+    assert result.data == {"event": "Violation", "evidence_image0": None, "snapshot": None}
+    assert result.images == {
+        "evidence_image0": Image(data=SCENE_JPEG),
+        "snapshot": Image.missing("data: URI without a comma"),
+    }
     assert len(json.dumps(result.data)) < 500
 
 
@@ -847,7 +860,12 @@ def test_get_event_has_null_images() -> None:
     assert isinstance(result, HttpPlateRead)
     event = plate_event(result, "gate", RECEIVED)
     assert event.source is Source.HTTP
-    assert event.to_json_dict("lpr")["images"] == {"plate": None, "scene": None}
+    assert event.to_json_dict("lpr")["images"] == {
+        "plate": None,
+        "scene": None,
+        "evidence0": None,
+        "evidence1": None,
+    }
 
 
 def test_camera_event_from_a_notice() -> None:
@@ -946,7 +964,7 @@ def _parse_or_protocol_error(raw: bytes) -> None:
     ).encode("utf-8")
     event = to_event(result, "cam", RECEIVED)
     json.dumps(
-        event.to_json_dict("lpr") if isinstance(event, PlateEvent) else event.to_json_dict(),
+        event.to_json_dict("lpr"),
         allow_nan=False,
         ensure_ascii=False,
     ).encode("utf-8")
@@ -1045,7 +1063,7 @@ def test_random_query_strings(query: str) -> None:
         return
     event = to_event(result, "cam", RECEIVED)
     json.dumps(
-        event.to_json_dict("lpr") if isinstance(event, PlateEvent) else event.to_json_dict(),
+        event.to_json_dict("lpr"),
         ensure_ascii=False,
     ).encode("utf-8")
 
@@ -1072,3 +1090,136 @@ def test_junk_inside_long_strings(field: str, junk: bytes, at: int) -> None:
     value = value[:at] + junk + value[at:]
     raw = b'{"plate": "AB1", "' + field.encode() + b'": "' + value + b'"}'
     _parse_or_protocol_error(raw)
+
+
+# --------------------------------------------------------------------------
+# Milliseconds (time_msec as a whole time) and pictures of camera events
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        # the whole time wins over `time` (it has the milliseconds)
+        (
+            {"time": "2023-09-15 06:19:57", "time_msec": "2023-09-15 06:19:57.267"},
+            datetime(2023, 9, 15, 4, 19, 57, 267000, tzinfo=UTC),
+        ),
+        (
+            {"time_msec": "2023-09-15 06:19:57.267"},
+            datetime(2023, 9, 15, 4, 19, 57, 267000, tzinfo=UTC),
+        ),
+        # an unreadable whole time: `time` still counts
+        (
+            {"time": "2023-09-15 06:19:57", "time_msec": "2023-02-30 06:19:57.267"},
+            datetime(2023, 9, 15, 4, 19, 57, tzinfo=UTC),
+        ),
+    ],
+)
+def test_time_msec_as_a_whole_time(fields: dict[str, Any], expected: datetime) -> None:
+    result = read(body(**fields), BodyOptions(tz=BERLIN))
+    assert result.time == expected
+    bad = "2023-02-30" in str(fields.get("time_msec"))
+    assert ("time_msec" in result.raw) is bad
+    assert [p.field for p in result.problems] == (["time_msec"] if bad else [])
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"time_msec": "2023-09-15 06:19:57.267"},
+        {"time": "2023-09-15 06:19:57", "time_msec": 267},
+        {"time": "2023-09-15 06:19:57:267"},
+        {"time": "2023-09-15 06:19:57.267"},
+    ],
+)
+def test_every_event_kind_gets_the_milliseconds(fields: dict[str, Any]) -> None:
+    document = {"event": "Vehicle Counting", "All-Car": 2, **fields}
+    result = notice(json.dumps(document).encode(), BodyOptions(tz=BERLIN))
+    assert result.time == datetime(2023, 9, 15, 4, 19, 57, 267000, tzinfo=UTC)
+    assert dict(result.data) == document  # every field as sent, in order
+
+
+def _long_b64(data: bytes) -> str:
+    return base64.b64encode(data + b"\x00" * 2000).decode()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "picture"),
+    [
+        ("snapshot", PLATE_B64, PLATE_JPEG),  # a picture's name: decoded whatever its size
+        ("Snapshot", "data:image/jpeg;base64," + PLATE_B64, PLATE_JPEG),
+        ("picture", "data:image/jpeg;base64," + PLATE_B64, PLATE_JPEG),  # a data:image/ URI
+        ("capture", _long_b64(b"\xff\xd8\xff\xe0"), b"\xff\xd8\xff\xe0" + b"\x00" * 2000),
+        ("capture", _long_b64(b"\x89PNG\r\n\x1a\n"), b"\x89PNG\r\n\x1a\n" + b"\x00" * 2000),
+    ],
+)
+def test_a_camera_events_picture_is_taken_out_of_its_data(
+    field: str, value: str, picture: bytes
+) -> None:
+    result = notice(json.dumps({"event": "Parking", field: value, "space": 12}).encode())
+    assert result.images == {field: Image(data=picture)}
+    assert dict(result.data) == {"event": "Parking", field: None, "space": 12}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        _long_b64(b"GIF89a"),  # base64 of something that is no JPEG or PNG
+        "x" * 5000,  # not base64 at all
+        "short text",
+    ],
+)
+def test_other_long_strings_stay_summaries(value: str) -> None:
+    result = notice(json.dumps({"event": "Parking", "blob": value}).encode())
+    assert result.images == {}
+    assert result.data["blob"] == value or result.data["blob"]["omitted"] == "long string"
+
+
+def test_a_broken_picture_of_a_camera_event_is_missing_and_said() -> None:
+    result = notice(json.dumps({"event": "Parking", "snapshot": "###"}).encode())
+    assert result.images == {"snapshot": Image.missing("invalid base64")}
+    assert [(p.field, p.kind) for p in result.problems] == [("snapshot", "bad_image")]
+    event = camera_event(result, "gate", RECEIVED)
+    assert event.to_json_dict("lpr")["data"]["snapshot"] == {
+        "missing": True,
+        "reason": "invalid base64",
+    }
+
+
+def test_camera_event_pictures_topics() -> None:
+    document = {
+        "event": "Violation",
+        "evidence_image0": PLATE_B64,
+        "snapshot": SCENE_B64,
+        "plate": "AB1",
+    }
+    event = camera_event(notice(json.dumps(document).encode()), "gate", RECEIVED)
+    data = event.to_json_dict("lpr")["data"]
+    assert list(data) == ["event", "evidence_image0", "snapshot", "plate"]
+    # the snapshot is the event's picture; another one is named after its field
+    assert data["snapshot"]["topic"] == "lpr/gate/image/violation"
+    assert data["evidence_image0"]["topic"] == "lpr/gate/image/violation.evidence_image0"
+    assert data["snapshot"]["sha256"] == hashlib.sha256(SCENE_JPEG).hexdigest()
+    with pytest.raises(ValueError):
+        event.to_json_dict()  # the references need the topics
+
+
+@pytest.mark.parametrize("kind", ["plate", "Scene", "evidence0"])
+def test_a_camera_event_never_overwrites_a_reads_picture(kind: str) -> None:
+    document = {"event": kind, "snapshot": PLATE_B64}
+    event = camera_event(notice(json.dumps(document).encode()), "gate", RECEIVED)
+    topic = event.to_json_dict("lpr")["data"]["snapshot"]["topic"]
+    assert topic == f"lpr/gate/image/event-{kind.lower()}"
+
+
+def test_a_camera_event_has_a_bounded_number_of_pictures() -> None:
+    pictures = {f"picture{n}": "data:image/jpeg;base64," + PLATE_B64 for n in range(12)}
+    result = notice(json.dumps({"event": "Parking", **pictures}).encode())
+    assert len(result.images) == MAX_EVENT_PICTURES
+    extra = [key for key, value in result.data.items() if isinstance(value, dict)]
+    assert len(extra) == 12 - MAX_EVENT_PICTURES
+    assert all(
+        result.data[key] == {"omitted": "image", "reason": "too many pictures"} for key in extra
+    )
+    assert {p.kind for p in result.problems} == {"too_many_images"}
+    assert "base64" not in json.dumps(dict(result.data))

@@ -365,6 +365,55 @@ def test_classify_images(
     assert classify_images(images, resolution) == expected
 
 
+EVIDENCE_A = b"\xff\xd8\xff\xe0 evidence camera A"
+EVIDENCE_B = b"\xff\xd8\xff\xe0 evidence camera B"
+
+
+@pytest.mark.parametrize(
+    ("images", "extras"),
+    [
+        ([PLATE, SCENE], ()),
+        ([SCENE, PLATE, EVIDENCE_A], (EVIDENCE_A,)),  # scene by resolution, then order
+        ([PLATE, SCENE, EVIDENCE_A, EVIDENCE_B], (EVIDENCE_A, EVIDENCE_B)),
+        ([EVIDENCE_A, SCENE, PLATE], (PLATE,)),  # plate = the first non-scene: the note's order
+    ],
+)
+def test_images_beyond_plate_and_scene_are_extras_in_wire_order(
+    images: list[bytes], extras: tuple[bytes, ...]
+) -> None:
+    result = parse_recognition_result(
+        encode_recognition_data(replace(FULL, image_count=len(images)), images)
+    )
+    assert result.extras == extras
+    assert result.scene_jpeg == SCENE
+
+
+def test_extra_images_become_the_evidence_images_and_the_rest_is_counted() -> None:
+    images = [PLATE, SCENE, EVIDENCE_A, EVIDENCE_B, b"\xff\xd8 fifth"]
+    result = parse_recognition_result(
+        encode_recognition_data(replace(FULL, image_count=len(images)), images)
+    )
+    event = to_plate_event(
+        result, camera="gate_in", received=RECEIVED, color_table=effective_color_table({})
+    )
+    assert assumed.TCP_EXTRA_IMAGE_KINDS == ("evidence0", "evidence1")
+    assert event.evidence0_image == Image(EVIDENCE_A)
+    assert event.evidence1_image == Image(EVIDENCE_B)
+    assert event.raw["extra_images"] == 1
+    images_json = event.to_json_dict("lpr")["images"]
+    assert images_json["evidence0"]["topic"] == "lpr/gate_in/image/evidence0"
+    assert images_json["evidence1"]["bytes"] == len(EVIDENCE_B)
+
+
+def test_two_images_have_no_evidence() -> None:
+    result = parse_recognition_result(encode_recognition_data(FULL, [PLATE, SCENE]))
+    event = to_plate_event(
+        result, camera="gate_in", received=RECEIVED, color_table=effective_color_table({})
+    )
+    assert event.evidence0_image is None and event.evidence1_image is None
+    assert "extra_images" not in event.raw
+
+
 @pytest.mark.parametrize(
     ("data", "expected"),
     [

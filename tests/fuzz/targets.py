@@ -117,10 +117,7 @@ def http_body_target(data: bytes) -> None:
         return
     event = http_body.to_event(parsed, "fuzz", NOW)
     assert isinstance(event, PlateEvent | CameraEvent)
-    if isinstance(event, PlateEvent):
-        _strict_json(event.to_json_dict("lpr"))
-    else:
-        _strict_json(event.to_json_dict())
+    _strict_json(event.to_json_dict("lpr"))
 
 
 # -- RTSP --------------------------------------------------------------------------

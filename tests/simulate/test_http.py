@@ -71,7 +71,34 @@ def test_other_events_parse_as_notices() -> None:
         assert isinstance(result, HttpCameraNotice)
         assert result.data["event"] == sent.kind
         kinds.add(result.kind)
-    assert kinds == {"vehicle_counting", "list_match", "attributes", "violation", "parking"}
+        assert (sent.snapshot is not None) == (result.kind == "vehicle_counting")
+        if sent.snapshot is not None:
+            assert result.images == {"snapshot": Image(sent.snapshot)}
+    assert kinds == {
+        "vehicle_counting",
+        "list_event",
+        "attributes",
+        "violation",
+        "parking_detection",
+    }
+
+
+def test_evidence_pictures_and_device() -> None:
+    sim = HttpCameraSimulator("http://unused", evidence=True, device="Gate North")
+    sent, body = sim.build_read(0)
+    result = parse_json_body(body)
+    assert isinstance(result, HttpPlateRead)
+    assert len(sent.evidence) == 2 and len(set(sent.evidence)) == 2
+    assert result.evidence0_image == Image(sent.evidence[0])
+    assert result.evidence1_image == Image(sent.evidence[1])
+    assert result.raw == {"device": "Gate North"}
+    assert HttpCameraSimulator("http://unused").build_read(0)[0].evidence == ()
+
+
+def test_time_msec_comes_in_both_shapes() -> None:
+    sim = HttpCameraSimulator("http://unused")
+    shapes = [sim.build_read(index)[0].fields["time_msec"] for index in (0, 3, 6)]
+    assert isinstance(shapes[0], int) and isinstance(shapes[1], str) and len(shapes[2]) == 23
 
 
 @contextlib.asynccontextmanager
