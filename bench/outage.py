@@ -147,7 +147,8 @@ async def _run(
     await gate.start()
     config = Config(
         mqtt=MqttConfig(
-            url=f"mqtt://127.0.0.1:{gate.port}", client_id=f"bench-outage-{uuid.uuid4().hex[:6]}"
+            urls=(f"mqtt://127.0.0.1:{gate.port}",),
+            client_id=f"bench-outage-{uuid.uuid4().hex[:6]}",
         ),
         metrics=MetricsConfig(listen=None),
         outbox=OutboxConfig(path=tmp / "outbox.sqlite3"),

@@ -87,7 +87,7 @@ def pipeline(
     subscriber = Subscriber(host, port, events, topic="lpr/#")
     with tempfile.TemporaryDirectory(prefix="lpr-bench-") as tmp:
         config = Config(
-            mqtt=MqttConfig(url=broker_url, client_id=f"bench-gw-{uuid.uuid4().hex[:6]}"),
+            mqtt=MqttConfig(urls=(broker_url,), client_id=f"bench-gw-{uuid.uuid4().hex[:6]}"),
             metrics=MetricsConfig(listen=None),
             outbox=OutboxConfig(path=Path(tmp) / "outbox.sqlite3"),
         )

@@ -70,7 +70,7 @@ async def _drive(broker: MosquittoProcess, events: int, rate: float) -> dict[str
     plate, scene = plate_jpeg(), scene_jpeg()
     with tempfile.TemporaryDirectory(prefix="lpr-stall-") as tmp:
         config = Config(
-            mqtt=MqttConfig(url=broker.url, client_id=f"stall-{uuid.uuid4().hex[:6]}"),
+            mqtt=MqttConfig(urls=(broker.url,), client_id=f"stall-{uuid.uuid4().hex[:6]}"),
             metrics=MetricsConfig(listen=None),
             outbox=OutboxConfig(path=Path(tmp) / "outbox.sqlite3"),
         )

@@ -121,7 +121,7 @@ async def _gateway(
     )
     with tempfile.TemporaryDirectory(prefix="lpr-bench-tcp-") as tmp:
         config = Config(
-            mqtt=MqttConfig(url=broker_url, client_id=f"bench-gw-{uuid.uuid4().hex[:6]}"),
+            mqtt=MqttConfig(urls=(broker_url,), client_id=f"bench-gw-{uuid.uuid4().hex[:6]}"),
             metrics=MetricsConfig(listen=None),
             outbox=OutboxConfig(path=Path(tmp) / "outbox.sqlite3"),
             dedup=DedupConfig(window_seconds=0),

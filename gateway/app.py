@@ -126,6 +126,7 @@ class Gateway:
 
     @property
     def broker_url(self) -> str:
+        """The broker tried first (the embedded one when there is no mqtt.url)."""
         if self.embedded_broker is not None:
             return self.embedded_broker.url
         assert self.config.mqtt.url is not None
@@ -169,7 +170,7 @@ class Gateway:
             self.metrics,
             self.outbox,
             self._executor,
-            self.broker_url,
+            self.embedded_broker.url if self.embedded_broker is not None else None,
             backoff=self.broker_backoff,
         )
         # The durable copy of the retained state: a broker that lost it gets it

@@ -206,6 +206,24 @@ def choice(enum_type: type[enum.Enum]) -> Convert:
     return convert
 
 
+def broker_urls(r: _Reader, path: str, value: Any) -> tuple[str, ...] | None:
+    """One URL, or a list of them (checked as URLs with the rest of mqtt)."""
+    if not isinstance(value, list):
+        text = string(r, path, r.interpolate(path, value))
+        return None if text is None else (text,)
+    if not value:
+        r.problem(path, "expected a broker URL or a list of them, got an empty list")
+        return None
+    urls: list[str] = []
+    for index, item in enumerate(value):
+        item_path = f"{path}[{index}]"
+        text = string(r, item_path, r.interpolate(item_path, item))
+        if text is None:
+            return None
+        urls.append(text)
+    return tuple(urls)
+
+
 def file_path(r: _Reader, path: str, value: Any) -> Path | None:
     text = string(r, path, value)
     return None if text is None else Path(text)
@@ -458,7 +476,16 @@ class TlsConfig:
 
 @dataclass(frozen=True, slots=True)
 class MqttConfig:
-    url: str | None = option(None, string, doc="mqtt:// or mqtts://; None: the embedded broker")
+    # One broker, or several to fail over between (the nodes of a cluster, or
+    # a standby): connects to the first that answers, tries the next when the
+    # connection is lost. Absent: the embedded broker.
+    urls: tuple[str, ...] = option(
+        (),
+        broker_urls,
+        key="url",
+        raw=True,
+        doc="mqtt:// or mqtts:// URL, or a list of them to fail over between; absent: embedded",
+    )
     username: str | None = option(None, string, doc="broker login (none: anonymous)")
     password: str | None = option(
         None, secret, doc="never logged; required (not empty) when username is set"
@@ -478,15 +505,23 @@ class MqttConfig:
     tls: TlsConfig | None = section(TlsConfig, None, doc="only with an mqtts:// url")
 
     @property
+    def url(self) -> str | None:
+        """The first broker (None: the embedded one)."""
+        return self.urls[0] if self.urls else None
+
+    @property
     def host(self) -> str:
-        return urlsplit(self.url or "mqtt://127.0.0.1").hostname or "127.0.0.1"
+        return self.broker(0)[0]
 
     @property
     def port(self) -> int:
-        parts = urlsplit(self.url or "mqtt://127.0.0.1")
-        if parts.port:
-            return parts.port
-        return 8883 if self.use_tls else 1883
+        return self.broker(0)[1]
+
+    def broker(self, index: int) -> tuple[str, int]:
+        """(host, port) of the `index`-th broker, counting round the list."""
+        url = self.urls[index % len(self.urls)] if self.urls else "mqtt://127.0.0.1"
+        parts = urlsplit(url)
+        return parts.hostname or "127.0.0.1", parts.port or (8883 if self.use_tls else 1883)
 
     @property
     def use_tls(self) -> bool:
@@ -975,19 +1010,23 @@ def _check_config(r: _Reader, cls: type, read: _Read) -> Config:
 
 
 def _check_mqtt(r: _Reader, cls: type, read: _Read) -> MqttConfig:
-    url = read.values["url"]
-    if url is not None:
-        parts = urlsplit(url)
-        shown = redact_url(url)
+    urls: tuple[str, ...] = read.values.get("urls", ())
+    listed = isinstance(read.raw.get("url"), list)
+    for index, each in enumerate(urls):
+        where = f"{read.key_path('url')}[{index}]" if listed else read.key_path("url")
+        parts = urlsplit(each)
+        shown = redact_url(each)
         if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
-            r.problem(
-                read.key_path("url"), f"expected mqtt://host[:port] or mqtts://..., got {shown!r}"
-            )
+            r.problem(where, f"expected mqtt://host[:port] or mqtts://..., got {shown!r}")
         else:
             try:
                 _ = parts.port
             except ValueError:
-                r.problem(read.key_path("url"), f"bad port in {shown!r}")
+                r.problem(where, f"bad port in {shown!r}")
+    url = urls[0] if urls else None
+    if {urlsplit(u).scheme for u in urls} == {"mqtt", "mqtts"}:
+        # One TLS setup serves every broker of the list.
+        r.problem(read.key_path("url"), "mixes mqtt:// and mqtts:// brokers: use one scheme")
     secure = url is not None and url.startswith("mqtts://")
     if read.values["tls"] is not None and not secure:
         # paho only sets TLS up for mqtts://: the block would be ignored and

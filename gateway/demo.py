@@ -248,7 +248,7 @@ async def run_demo(rate: float, seconds: float, data_dir: Path | None) -> int:
     try:
         async with _started(sources):
             config = Config(
-                mqtt=MqttConfig(url=None),
+                mqtt=MqttConfig(urls=()),
                 http=HttpServerConfig(listen=f"127.0.0.1:{http_port}"),
                 metrics=MetricsConfig(listen=f"127.0.0.1:{free_port()}"),
                 outbox=OutboxConfig(path=workdir / "outbox.sqlite3"),

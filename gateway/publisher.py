@@ -67,8 +67,10 @@ class MqttPublisher:
     ) -> None:
         self.config = config
         self.backoff = backoff or BrokerBackoff()
-        # The broker URL is parsed once, by `MqttConfig.host/port/use_tls`.
-        self.mqtt = dataclasses.replace(config.mqtt, url=broker_url) if broker_url else config.mqtt
+        # `broker_url`: the embedded broker's, in place of the configured list.
+        self.mqtt = (
+            dataclasses.replace(config.mqtt, urls=(broker_url,)) if broker_url else config.mqtt
+        )
         self.metrics = metrics
         self.outbox = outbox
         self.executor = executor
@@ -143,9 +145,10 @@ class MqttPublisher:
                     backoff = policy.initial_seconds
                 except BrokerError as exc:  # the link translated what paho and the OS raised
                     self.last_error = str(exc) or type(exc).__name__
+                    brokers = len(self.mqtt.urls)
                     log.warning(
-                        "MQTT broker %s: %s; retrying in %.1fs",
-                        self.link.label,
+                        "MQTT %s: %s; retrying in %.1fs",
+                        f"broker {self.link.label}" if brokers <= 1 else f"brokers (all {brokers})",
                         self.last_error,
                         backoff,
                     )

@@ -310,6 +310,36 @@ def test_tls_with_a_plain_mqtt_url_is_refused() -> None:
     assert config.mqtt.use_tls and config.mqtt.tls is not None
 
 
+def test_mqtt_url_takes_one_broker_or_a_list_to_fail_over_between() -> None:
+    one = parse_config("mqtt: {url: 'mqtt://a:1883'}", {})
+    assert one.mqtt.urls == ("mqtt://a:1883",)
+    assert (one.mqtt.host, one.mqtt.port) == ("a", 1883)
+    listed = parse_config(
+        "mqtt: {url: ['mqtts://a', 'mqtts://b:8884', '${THIRD}']}", {"THIRD": "mqtts://c"}
+    )
+    assert listed.mqtt.urls == ("mqtts://a", "mqtts://b:8884", "mqtts://c")
+    assert [listed.mqtt.broker(i) for i in range(4)] == [
+        ("a", 8883),
+        ("b", 8884),
+        ("c", 8883),
+        ("a", 8883),  # round the list
+    ]
+    assert parse_config("cameras: []", {}).mqtt.url is None  # the embedded broker
+
+
+def test_a_broker_list_is_checked_element_by_element() -> None:
+    assert problems("mqtt: {url: []}") == [
+        "mqtt.url: expected a broker URL or a list of them, got an empty list"
+    ]
+    found = problems("mqtt: {url: ['mqtt://a', 'http://b', 'mqtt://user:pw@c:x']}")
+    assert found == [
+        "mqtt.url[1]: expected mqtt://host[:port] or mqtts://..., got 'http://b'",
+        "mqtt.url[2]: bad port in 'mqtt://user:***@c:x'",
+    ]
+    mixed = problems("mqtt: {url: ['mqtt://a', 'mqtts://b']}")
+    assert mixed == ["mqtt.url: mixes mqtt:// and mqtts:// brokers: use one scheme"]
+
+
 def test_risky_settings_are_warnings() -> None:
     config = parse_config(
         """

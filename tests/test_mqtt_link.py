@@ -19,7 +19,7 @@ from tests.helpers import eventually
 
 
 def link_to(url: str, acks: list[tuple[int, ReasonCode]] | None = None) -> MqttLink:
-    config = MqttConfig(url=url, client_id=f"link-test-{uuid.uuid4().hex[:6]}")
+    config = MqttConfig(urls=(url,), client_id=f"link-test-{uuid.uuid4().hex[:6]}")
     return MqttLink(
         config,
         will=("test/bridge/state", b"offline"),

@@ -175,25 +175,53 @@ class MqttLink:
         self.mqtt = mqtt_config
         self.will = will
         self.on_ack = on_ack
-        self.label = f"{mqtt_config.host}:{mqtt_config.port}"
+        # Which broker of `mqtt.urls` is tried next (counting round the list).
+        self._broker_index = 0
+        self._established = False  # the current connection got its CONNACK
         self._subscriptions: list[tuple[str, MessageHandler]] = []
         self._connection: _Connection | None = None
         self._misc: asyncio.Task[None] | None = None
 
     # -- the connection --------------------------------------------------------
 
+    @property
+    def label(self) -> str:
+        """host:port of the broker connected to, or tried next."""
+        host, port = self.mqtt.broker(self._broker_index)
+        return f"{host}:{port}"
+
     async def connect(self) -> None:
         """Open a new connection and wait for CONNACK; `BrokerError` if that fails.
 
-        Only one connection at a time: `release()` the last one first.
+        With several brokers, each is tried once, from the one tried next on
+        (`BrokerError` when none answered); after a connection is lost, the
+        next one in the list is tried first. Only one connection at a time:
+        `release()` the last one first.
         """
+        brokers = max(1, len(self.mqtt.urls))
+        failures: list[str] = []
+        for _ in range(brokers):
+            try:
+                await self._connect_to(*self.mqtt.broker(self._broker_index))
+            except BrokerError as exc:
+                failures.append(f"{self.label}: {exc}")
+                if len(failures) < brokers:
+                    log.warning("MQTT broker %s, trying the next one", failures[-1])
+                    self._broker_index += 1
+                continue
+            self._established = True
+            return
+        self._broker_index += 1  # the next round starts where this one did
+        raise BrokerError(failures[0] if brokers == 1 else "; ".join(failures))
+
+    async def _connect_to(self, host: str, port: int) -> None:
         try:
             client = self._make_client()
             connection = _Connection(client, self._acked, self._dispatch_message)
             # connect() resolves, opens the TCP (and TLS) connection and queues
             # CONNECT: blocking work, so off the loop.
             await asyncio.get_running_loop().run_in_executor(
-                None, client.connect, self.mqtt.host, self.mqtt.port, self.mqtt.keepalive_seconds
+                None, client.connect, host, port, self.mqtt.keepalive_seconds
             )
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise BrokerError(str(exc) or type(exc).__name__) from exc
@@ -292,6 +320,11 @@ class MqttLink:
 
         What is known about it (`keepalive_expired`) stays until the next `connect`.
         """
+        if self._established and len(self.mqtt.urls) > 1:
+            # Lost (or left) a broker we were connected to: the next try goes
+            # to another one, likely alive (a cluster's other node, a standby).
+            self._broker_index += 1
+        self._established = False
         self.close()
         if self._connection is not None:
             with contextlib.suppress(Exception):

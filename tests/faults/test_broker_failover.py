@@ -1,0 +1,118 @@
+"""Broker failover: `mqtt.url` as a list, against two real mosquitto processes.
+
+The gateway connects to the first broker that answers and, when it loses the
+connection, goes on with the next one; what the lost broker had not
+acknowledged is sent again to the other. Each broker has its own subscriber,
+so the test can tell which one every read went to; their union must hold
+every accepted read, each camera's in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.app import Gateway
+from gateway.broker import MosquittoProcess
+from gateway.config import Config
+from gateway.event import Image, PlateEvent, Source, utc_now
+from gateway.pipeline import Admission
+from tests.helpers import MqttCollector, Received, gateway_config, sample
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def two_brokers() -> Iterator[tuple[MosquittoProcess, MosquittoProcess]]:
+    first, second = MosquittoProcess(), MosquittoProcess()
+    first.start()
+    second.start()
+    try:
+        yield first, second
+    finally:
+        first.close()
+        second.close()
+
+
+def failover_config(brokers: tuple[MosquittoProcess, ...], tmp_path: Path) -> Config:
+    config = gateway_config(brokers[0].url, tmp_path)
+    urls = tuple(b.url for b in brokers)
+    return dataclasses.replace(config, mqtt=dataclasses.replace(config.mqtt, urls=urls))
+
+
+def read(camera: str, n: int) -> PlateEvent:
+    return PlateEvent(
+        camera=camera,
+        source=Source.INJECT,
+        plate=f"F{n:04d}",
+        received=utc_now(),
+        raw={"n": n},
+        scene_image=Image(b"\xff\xd8" + n.to_bytes(4, "big") * 5000),
+    )
+
+
+def numbers(messages: list[Received], camera: str) -> list[int]:
+    """The reads of `camera` in order of arrival, a redelivery counted once."""
+    seen: list[int] = []
+    for m in messages:
+        if m.topic == f"lpr/{camera}/event":
+            n = m.json()["raw"]["n"]
+            if n not in seen:
+                seen.append(n)
+    return seen
+
+
+def last_read_is(camera: str, n: int) -> Callable[[list[Received]], bool]:
+    return lambda messages: numbers(messages, camera)[-1:] == [n]
+
+
+async def test_the_first_broker_that_answers_is_used(
+    two_brokers: tuple[MosquittoProcess, MosquittoProcess], tmp_path: Path
+) -> None:
+    first, second = two_brokers
+    first.stop()
+    with MqttCollector(second.host, second.port, topics=("lpr/+/event",)) as sub:
+        async with Gateway(failover_config(two_brokers, tmp_path)) as gw:
+            assert await gw.submit(read("cam", 1)) is Admission.ACCEPTED
+            received = await sub.until(lambda ms: len(ms) >= 1, timeout=20)
+            assert numbers(received, "cam") == [1]
+            assert gw.publisher is not None
+            assert gw.publisher.link.label == f"{second.host}:{second.port}"
+
+
+async def test_losing_the_broker_under_load_goes_on_with_the_next_and_loses_nothing(
+    two_brokers: tuple[MosquittoProcess, MosquittoProcess], tmp_path: Path
+) -> None:
+    first, second = two_brokers
+    cameras = ("gate_a", "gate_b", "gate_c")
+    sent = 60
+    topics = ("lpr/+/event",)
+    with (
+        MqttCollector(first.host, first.port, topics=topics) as on_first,
+        MqttCollector(second.host, second.port, topics=topics) as on_second,
+    ):
+        async with Gateway(failover_config(two_brokers, tmp_path)) as gw:
+            for n in range(sent):
+                for camera in cameras:
+                    assert await gw.submit(read(camera, n)) is Admission.ACCEPTED
+                if n == 20:
+                    await on_first.until(lambda ms: len(ms) >= 30, timeout=20)
+                    first.kill()  # the node the gateway is connected to
+                await asyncio.sleep(0.01)
+            for camera in cameras:
+                await on_second.until(last_read_is(camera, sent - 1), timeout=30)
+            assert sample(gw.metrics, "lpr_mqtt_connected") == 1
+            assert gw.publisher is not None
+            assert gw.publisher.link.label == f"{second.host}:{second.port}"
+    for camera in cameras:
+        before, after = numbers(on_first.messages, camera), numbers(on_second.messages, camera)
+        assert before == list(range(len(before)))  # in order on the first broker
+        # ... and on the second, from where the first left off or a little
+        # before (what it had not acknowledged is sent again), with no gap.
+        assert after == list(range(after[0], sent))
+        assert after[0] <= len(before)
+        assert sorted(set(before) | set(after)) == list(range(sent))
