@@ -941,7 +941,8 @@ def _box(
     left, top, right, bottom = (float(side or 0.0) for side in sides)
     left, top = transformation.apply(left, top)
     right, bottom = transformation.apply(right, bottom)
-    return SceneBox(left, top, right, bottom)
+    # Six places: far below a pixel, and no float noise (3.2e-06 for 0) in the JSON.
+    return SceneBox(*(round(v, 6) + 0.0 for v in (left, top, right, bottom)))
 
 
 def _color_name(x: float, y: float, z: float, colorspace: str) -> str | None:
