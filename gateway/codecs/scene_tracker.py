@@ -173,20 +173,23 @@ class SceneTracker:
             if now - track.last_seen >= self.end_seconds:
                 del self._tracks[object_id]
                 if not track.published:
-                    self._finish(track, TrackEnd.ABSENT, now, out)
+                    # It ended when its absence reached end_seconds, whenever we look.
+                    ended = min(now, track.last_seen + self.end_seconds)
+                    self._finish(track, TrackEnd.ABSENT, ended, out)
             elif not track.published and now - track.first_seen >= self.max_seconds:
                 # Kept (published) so that the same object's later frames do not
                 # start a second read; it leaves when it is absent or deleted.
                 track.published = True
                 self._finish(track, TrackEnd.MAX_AGE, now, out)
-        while self._held and self._held[0].until <= now:
-            out.append(self._held.popleft().finished)
+        if any(held.until <= now for held in self._held):
+            due = [held for held in self._held if held.until <= now]
+            out += [held.finished for held in due]
+            self._held = collections.deque(held for held in self._held if held.until > now)
         return out
 
     def next_deadline(self) -> float | None:
         """When `expire` next has something to do (the caller's clock), or None."""
-        # Held reads are released in order: the first is due first.
-        deadlines = [self._held[0].until] if self._held else []
+        deadlines = [held.until for held in self._held]
         for track in self._tracks.values():
             deadlines.append(track.last_seen + self.end_seconds)
             if not track.published:
