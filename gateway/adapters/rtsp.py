@@ -511,7 +511,8 @@ class CameraSession:
         for track in finished:
             metrics.scene_tracks.labels(camera=camera.id, end=track.end.value).inc()
             if track.merged:
-                metrics.scene_reads_merged.labels(camera=camera.id).inc()
+                if not track.claimed:  # a claim was counted when its notification came
+                    metrics.scene_reads_merged.labels(camera=camera.id).inc()
                 log.debug(
                     "camera %s: scene object %s is the vehicle of a plate notification",
                     camera.id,

@@ -38,13 +38,19 @@ class TrackEnd(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class FinishedTrack:
-    """One object's best reading, to publish unless `merged` (a notification stands for it)."""
+    """One object's best reading, to publish unless `merged` (a notification stands for it).
+
+    `claimed`: merged by a `notification()` that already returned its match
+    (so it is not counted twice); otherwise a notification that came before
+    the object read its plate.
+    """
 
     object_id: str
     best: ScenePlate
     readings: int
     end: TrackEnd
     merged: bool = False
+    claimed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +208,7 @@ class SceneTracker:
         out = [held.finished for held in self._held]
         self._held.clear()
         for track in self._tracks.values():
-            if not track.published and not track.claimed:
+            if not track.published:
                 out.append(self._finished(track, TrackEnd.SESSION_END))
         self._tracks.clear()
         return out
@@ -259,11 +265,14 @@ class SceneTracker:
         self._tracks[new] = keep
 
     def _finished(self, track: _Track, end: TrackEnd, merged: bool = False) -> FinishedTrack:
-        return FinishedTrack(track.object_id, track.best, track.readings, end, merged)
+        return FinishedTrack(
+            track.object_id, track.best, track.readings, end, merged or track.claimed, track.claimed
+        )
 
     def _finish(self, track: _Track, end: TrackEnd, now: float, out: list[FinishedTrack]) -> None:
         if track.claimed:
-            return  # its notification was published (and counted) already
+            out.append(self._finished(track, end))  # its notification was published
+            return
         recent = track.first_seen - self.match_seconds
         if any(plate in track.plates and at >= recent for plate, at in self._notifications):
             # A notification for this vehicle came before the object read its plate.

@@ -149,10 +149,13 @@ def test_a_notification_claims_the_live_object_with_its_plate() -> None:
     match = tracker.notification("AB123", now=0.3)
     assert match is not None and match.object_id == "1" and match.agree
     assert match.reading.confidence == 0.9
-    assert tracker.expire(1.25) == []  # both gone; the other one waits for a notification
+    # Both gone: the claimed one is said merged (not to be published, already
+    # counted), the other one waits for a notification of its own.
+    [claimed] = tracker.expire(1.25)
+    assert (claimed.object_id, claimed.merged, claimed.claimed) == ("1", True, True)
     out = tracker.expire(4.25)
-    # The claimed object is not published; the other one waited its window, then went out.
     assert summary(out) == [("2", "OTHER1", 0.9, TrackEnd.ABSENT)]
+    assert not out[0].merged
 
 
 def test_a_notification_matches_any_plate_the_object_was_read_as() -> None:
@@ -187,7 +190,7 @@ def test_a_notification_before_the_object_read_its_plate_suppresses_the_object()
     assert tracker.notification("EARLY1", now=0.0) is None  # no object with it yet
     tracker.observe(frame(reading("1", "EARLY1", 0.7)), now=0.5)
     [finished] = tracker.expire(2.0)
-    assert finished.merged and finished.best.plate == "EARLY1"
+    assert finished.merged and not finished.claimed and finished.best.plate == "EARLY1"
 
 
 def test_a_camera_without_notifications_is_never_held_up() -> None:
