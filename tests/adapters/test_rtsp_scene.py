@@ -26,6 +26,8 @@ from tests.adapters.test_rtsp import (
     EVENT_TOPIC,
     PLATE_TOPIC,
     camera_entry,
+    gst_rtsp_server,
+    gstreamer,  # noqa: F401 (a fixture)
     metric,
     running,
     simulator,
@@ -208,3 +210,47 @@ async def test_objects_beyond_the_bound_are_published_early_and_counted(
             evicted = metric(gw, "lpr_scene_tracks_total", camera=CAMERA, end="evicted")
     assert [e.json()["plate"] for e in published] == ["BOUND1", "BOUND2"]
     assert evicted == 2
+
+
+# -- interoperability: a scene description through GStreamer's RTSP server -------------
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("gstreamer")
+async def test_interop_gstreamer_serves_a_scene_description(
+    mqtt_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    # gst-rtsp-server repeats one document every 0.3 s: one object that never
+    # leaves. It is published once, at track_max_seconds, and not again.
+    crop = plate_jpeg()
+    obj = onvif.SceneObjectSpec(
+        31, [("GST1234", 0.88)], country_code="NL", vehicle=("Car", None, None), image=crop
+    )
+    document = onvif.build_scene_document([onvif.SceneFrameSpec(datetime.now(UTC), [obj])])
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port) as collector:
+        async with gst_rtsp_server(document, tmp_path) as url:
+            entry = {
+                "id": CAMERA,
+                "protocol": "rtsp",
+                "url": url,
+                "username": "admin",
+                "password": "secret",
+                "track_max_seconds": 1.0,
+            }
+            async with running(mqtt_broker, tmp_path, [entry]) as gw:
+                (event,) = await collector.until_count(EVENT_TOPIC, 1, timeout=20)
+                frames_then = metric(gw, "lpr_camera_frames_total", camera=CAMERA)
+                # Five more documents with the same object: none is a new read.
+                await eventually(
+                    lambda: metric(gw, "lpr_camera_frames_total", camera=CAMERA) >= frames_then + 5,
+                    timeout=20,
+                    what="five more documents",
+                )
+                received = metric(gw, "lpr_events_received_total", camera=CAMERA, source="rtsp")
+                max_age = metric(gw, "lpr_scene_tracks_total", camera=CAMERA, end="max_age")
+    document_json = event.json()
+    assert document_json["plate"] == "GST1234" and document_json["confidence"] == 0.88
+    assert document_json["raw"]["track_end"] == "max_age"
+    assert document_json["images"]["plate"]["sha256"] == hashlib.sha256(crop).hexdigest()
+    assert collector.on(EVENT_TOPIC) == [event]
+    assert received == 1 and max_age == 1
