@@ -456,7 +456,10 @@ class CameraSession:
                 await self._scene_finished(self.tracker.observe(result, time.monotonic()))
             elif isinstance(result, onvif.OnvifProblem):
                 self._parse_errors.report(
-                    result.kind, "notification not readable (%s): %s", result.kind, result.detail
+                    result.kind,
+                    "notification or scene object not readable (%s): %s",
+                    result.kind,
+                    result.detail,
                 )
             elif result.initialized:
                 # State re-announced at stream start: not a new read.
@@ -495,7 +498,7 @@ class CameraSession:
         picture = await self._fetch_picture(read.picture_path)
         event = onvif.to_plate_event(read, self.camera.id, received, plate_image=picture)
         if match is not None and match.agree:
-            event = onvif.merge_scene_into(event, match.reading)
+            event = onvif.merge_scene_into(event, match.reading, self.scene_resolution)
         elif match is not None:
             # The object was read as this plate too, but its best reading differs:
             # the same vehicle, so no second read, but none of its fields either.

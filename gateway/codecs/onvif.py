@@ -1266,13 +1266,15 @@ def scene_to_plate_event(
     )
 
 
-def merge_scene_into(event: PlateEvent, reading: ScenePlate) -> PlateEvent:
+def merge_scene_into(
+    event: PlateEvent, reading: ScenePlate, resolution: Resolution | None = None
+) -> PlateEvent:
     """A notification's event with what the scene object adds (one vehicle, two paths).
 
     Only fields the notification left empty are filled; its own values win.
     The object's extras go under raw["scene"].
     """
-    scene = scene_to_plate_event(reading, event.camera, event.received)
+    scene = scene_to_plate_event(reading, event.camera, event.received, resolution=resolution)
     vehicle = event.vehicle
     merged_vehicle = Vehicle(
         type=vehicle.type or scene.vehicle.type,
