@@ -20,8 +20,8 @@ from lxml import etree
 
 from gateway.codecs import assumed, values
 from gateway.codecs.http_body import decode_image
+from gateway.codecs.jpeg import jpeg_dimensions
 from gateway.codecs.numbers import ascii_int_or_none, finite_or_none
-from gateway.codecs.tcp import jpeg_dimensions
 from gateway.errors import CameraProtocolError
 from gateway.event import (
     Box,
