@@ -1235,7 +1235,12 @@ async def _run(arguments: argparse.Namespace) -> None:
     print(
         f"RTSP camera simulator: {simulator.url} (pictures on "
         f"http://{arguments.host}:{http_port}/LPR/, {arguments.auth} auth, "
-        f"{arguments.rate} reads/s); RTSP port {rtsp_port} HTTP port {http_port}",
+        + (
+            f"Profile M scene descriptions at {arguments.scene_fps:g} frames/s"
+            if arguments.profile_m
+            else f"{arguments.rate} reads/s"
+        )
+        + f"); RTSP port {rtsp_port} HTTP port {http_port}",
         flush=True,
     )
     try:
