@@ -51,7 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--seconds", type=float, default=0, help="stop after this long (0: Ctrl-C)")
     demo.add_argument("--data-dir", type=Path, default=None, help="outbox folder (default: temp)")
     commands.add_parser("simulate", help="a camera simulator: simulate tcp|http|rtsp --help")
-    commands.add_parser("decode", help="decode a raw TCP capture: decode FILE --help")
+    commands.add_parser(
+        "decode",
+        help="decode a raw TCP capture, or with --rtsp an RTSP camera's metadata: decode --help",
+    )
     outbox = commands.add_parser("outbox", help="inspect the outbox: outbox dead-letters …")
     outbox_commands = outbox.add_subparsers(dest="outbox_command", required=True)
     dead = outbox_commands.add_parser(

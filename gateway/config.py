@@ -341,6 +341,18 @@ def networks(r: _Reader, path: str, value: Any) -> tuple[str, ...] | None:
     return tuple(result)
 
 
+def resolution(r: _Reader, path: str, value: Any) -> tuple[int, int] | None:
+    """`1920x1080` → (1920, 1080)."""
+    text = string(r, path, value)
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*([0-9]{1,5})\s*[xX×]\s*([0-9]{1,5})\s*", text)
+    if match is None or not all(0 < int(side) <= 65535 for side in match.groups()):
+        r.problem(path, f"expected WIDTHxHEIGHT in pixels (e.g. 1920x1080), got {_show(value)}")
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
 def plate_table(r: _Reader, path: str, value: Any) -> dict[str, tuple[str, ...]] | None:
     if not isinstance(value, dict):
         r.problem(path, f"expected a mapping of name: [plate, ...], got {_show(value)}")
@@ -766,6 +778,30 @@ class RtspCameraConfig(ConnectingCameraConfig):
         120.0, _TIMEOUT, doc="no RTP/RTSP data for this long: reconnect"
     )
     image_timeout_seconds: float = option(3.0, _TIMEOUT, doc="per picture fetch attempt")
+    # ONVIF scene description (Profile M): one read per tracked object.
+    track_end_seconds: float = option(
+        1.0,
+        number(0.05, 3600),
+        doc="scene description: an object absent this long has left; its best reading is published",
+    )
+    track_max_seconds: float = option(
+        10.0,
+        number(0.1, 86400),
+        doc="scene description: an object seen this long is published then, once, even if it stays",
+    )
+    track_max_objects: int = option(
+        64,
+        integer(1, 10_000),
+        doc="scene description: objects tracked at once; past it the oldest is published "
+        'early (lpr_scene_tracks_total{end="evicted"})',
+    )
+    scene_resolution: tuple[int, int] | None = option(
+        None,
+        resolution,
+        doc="WIDTHxHEIGHT of the video the scene description's coordinates refer to: "
+        "boxes in pixels; absent, they stay in ONVIF coordinates under raw (unless the "
+        "frame carries its scene picture)",
+    )
 
 
 AnyCameraConfig = TcpCameraConfig | HttpCameraConfig | RtspCameraConfig

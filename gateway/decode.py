@@ -1,5 +1,7 @@
 """`lpr-gateway decode FILE`: a raw capture of a TCP camera's stream, as JSON lines.
 
+(`--rtsp`: an RTSP camera's metadata track instead, see `decode_metadata.py`.)
+
 For field debugging: feed it the camera→gateway bytes (tcpdump/tshark "follow
 stream" saved raw, `nc host port > file`, or a file the gateway saved in a
 camera's `capture_dir`). Each frame is printed with its decoded fields, each
@@ -42,10 +44,20 @@ READ_CHUNK = 1 << 20
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lpr-gateway decode",
-        description="Decode a raw capture of a TCP camera's stream into JSON lines.",
+        description="Decode a raw capture of a TCP camera's stream (or, with --rtsp, of an "
+        "RTSP camera's metadata track) into JSON lines.",
     )
     parser.add_argument("file", type=Path, help="raw bytes of the camera→gateway stream")
     parser.add_argument("--images", type=Path, help="write each frame's images into this folder")
+    parser.add_argument(
+        "--rtsp",
+        action="store_true",
+        help="FILE is an RTSP camera's stream (RTSP answers and interleaved RTP) or its "
+        "tt:MetadataStream XML: print plate notifications, scene frames and the reads the "
+        "gateway would publish from them",
+    )
+    parser.add_argument("--track-end-seconds", type=float, default=1.0, help="with --rtsp")
+    parser.add_argument("--track-max-seconds", type=float, default=10.0, help="with --rtsp")
     parser.add_argument(
         "--max-data-size",
         type=int,
@@ -241,6 +253,10 @@ def decode_stream(
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 for a clean capture, 1 when it holds corrupt regions or bad frames, 2 on errors."""
     args = build_parser().parse_args(argv)
+    if args.rtsp:
+        from gateway import decode_metadata
+
+        return decode_metadata.main(args)
     if args.images is not None:
         try:
             args.images.mkdir(parents=True, exist_ok=True)

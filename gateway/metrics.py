@@ -172,6 +172,22 @@ class Metrics:
             registry=r,
         )
 
+        # ONVIF scene description (Profile M): one read per tracked object.
+        self.scene_tracks = Counter(
+            "lpr_scene_tracks",
+            "Scene-description objects finished, by how they ended: absent, deleted, "
+            "max_age, evicted (the per-camera bound was reached), session_end",
+            ["camera", "end"],
+            registry=r,
+        )
+        self.scene_reads_merged = Counter(
+            "lpr_scene_reads_merged",
+            "Scene-description objects a plate notification of the same vehicle stands for "
+            "(published once, as the notification's read)",
+            ["camera"],
+            registry=r,
+        )
+
     def camera_parse_error(self, source: str, camera: str, kind: str) -> None:
         """One parse error of a camera session: by source and by camera."""
         self.parse_errors.labels(source=source, kind=kind).inc()

@@ -5,7 +5,9 @@ the metadata track only (interleaved on the RTSP connection) → PLAY, then feed
 the bytes to the sans-IO `RtspClient` and `RtpReassembler`, parse each document
 with the ONVIF parser and hand reads to the pipeline. The picture each read
 names is fetched at once, concurrently with the stream; reads are still
-submitted in the order the camera sent them. Keep-alive before the session
+submitted in the order the camera sent them. Plates of the scene description
+(Profile M `tt:Frame` objects) go through the camera's `SceneTracker`: one
+read per object, when it has left. Keep-alive before the session
 timeout, idle detection, TEARDOWN at shutdown, reconnect with capped jittered
 backoff; refused credentials are a configuration problem, said once and
 retried slowly.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import secrets
@@ -61,9 +64,15 @@ from gateway.codecs.rtsp import (
     TeardownComplete,
     split_url_credentials,
 )
+from gateway.codecs.scene_tracker import (
+    FinishedTrack,
+    NotificationMatch,
+    SceneTracker,
+    TrackEnd,
+)
 from gateway.config import OtherEvents, RtspCameraConfig
 from gateway.errors import CameraProtocolError
-from gateway.event import AnyEvent, Image, utc_now
+from gateway.event import AnyEvent, Image, Resolution, normalize_plate, utc_now
 from gateway.log_limit import RateLimitedLog
 from gateway.pipeline import Admission
 
@@ -146,6 +155,15 @@ class CameraSession:
         self._parse_errors = ParseErrors(m, SOURCE, camera.id, self._complaints)
         self._frames = m.camera_frames.labels(camera=camera.id)
         self._bytes = m.camera_bytes.labels(camera=camera.id)
+        # Scene objects of this camera; its clock is time.monotonic().
+        self.tracker = SceneTracker(
+            end_seconds=camera.track_end_seconds,
+            max_seconds=camera.track_max_seconds,
+            max_objects=camera.track_max_objects,
+        )
+        self.scene_resolution = (
+            Resolution(*camera.scene_resolution) if camera.scene_resolution else None
+        )
 
     async def run(self) -> None:
         try:
@@ -161,6 +179,9 @@ class CameraSession:
     async def session(self, progress: SessionProgress) -> Outcome:
         """Connect, play, receive until the session ends."""
         camera = self.camera
+        # Objects of an earlier session (one that crashed) cannot be followed
+        # into this one: their best readings go out now.
+        await self._scene_finished(self.tracker.flush())
         connection = await progress.connect(self.host, self.port, camera.connect_timeout_seconds)
         if connection is None:
             return Outcome.CONNECT_FAILED
@@ -174,7 +195,11 @@ class CameraSession:
         )
         state = _SessionState(client, reader, writer, progress)
         try:
-            return await self._converse(state)
+            outcome = await self._converse(state)
+            # ObjectIds do not survive the session: every tracked object's best
+            # reading now, rather than a second read for it after the reconnect.
+            await self._scene_finished(self.tracker.flush())
+            return outcome
         except asyncio.CancelledError:
             await self._teardown(state)
             raise
@@ -201,6 +226,7 @@ class CameraSession:
                 outcome = self._keep_time(state, now)
                 if outcome is not None:
                     return outcome
+                await self._scene_finished(self.tracker.expire(now))
                 data = await self._read(state, stop_wait, now)
                 if isinstance(data, Outcome):
                     return data
@@ -244,6 +270,9 @@ class CameraSession:
         """The next bytes; None when a deadline comes first; how the session ends
         if the camera closed it or the gateway stops."""
         wake_at = min(state.idle_deadline, state.keepalive_at)
+        scene_due = self.tracker.next_deadline()
+        if scene_due is not None:
+            wake_at = min(wake_at, scene_due)
         if not state.playing:
             wake_at = min(wake_at, state.handshake_deadline)
         if state.read_task is None:
@@ -423,16 +452,25 @@ class CameraSession:
             )
             return
         for result in results:
-            if isinstance(result, onvif.OnvifProblem):
+            if isinstance(result, onvif.OnvifSceneFrame):
+                await self._scene_finished(self.tracker.observe(result, time.monotonic()))
+            elif isinstance(result, onvif.OnvifProblem):
                 self._parse_errors.report(
-                    result.kind, "notification not readable (%s): %s", result.kind, result.detail
+                    result.kind,
+                    "notification or scene object not readable (%s): %s",
+                    result.kind,
+                    result.detail,
                 )
             elif result.initialized:
                 # State re-announced at stream start: not a new read.
                 log.debug("camera %s: skipped Initialized %s", camera.id, result.topic)
             elif isinstance(result, onvif.OnvifPlateRead):
                 received = utc_now()
-                await self._spawn(functools.partial(self._plate_read, result, received))
+                # The same vehicle in the scene description: this read stands for it.
+                match = self.tracker.notification(normalize_plate(result.plate), time.monotonic())
+                if match is not None:
+                    self.ctx.metrics.scene_reads_merged.labels(camera=camera.id).inc()
+                await self._spawn(functools.partial(self._plate_read, result, received, match))
             elif camera.other_events is OtherEvents.FORWARD:
                 event = onvif.to_camera_event(result, camera.id, utc_now())
                 await self._spawn(functools.partial(self._submit_after, event))
@@ -452,13 +490,106 @@ class CameraSession:
         self,
         read: onvif.OnvifPlateRead,
         received: datetime,
+        match: NotificationMatch | None,
         previous: asyncio.Task[None] | None,
     ) -> None:
         # The picture is fetched at once (the camera keeps only its 10 latest),
         # then the read waits its turn so reads reach the pipeline in camera order.
         picture = await self._fetch_picture(read.picture_path)
         event = onvif.to_plate_event(read, self.camera.id, received, plate_image=picture)
+        if match is not None and match.agree:
+            event = onvif.merge_scene_into(event, match.reading, self.scene_resolution)
+        elif match is not None:
+            # The object was read as this plate too, but its best reading differs:
+            # the same vehicle, so no second read, but none of its fields either.
+            scene = {"object_id": match.object_id, "plate": match.reading.plate}
+            event = dataclasses.replace(event, raw={**event.raw, "scene": scene})
         await self._submit_after(event, previous)
+
+    # -- scene description --------------------------------------------------------------
+
+    async def _scene_finished(self, finished: list[FinishedTrack]) -> None:
+        """Publish each finished object's best reading (in the order they finished)."""
+        metrics, camera = self.ctx.metrics, self.camera
+        for track in finished:
+            metrics.scene_tracks.labels(camera=camera.id, end=track.end.value).inc()
+            if track.merged:
+                if not track.claimed:  # a claim was counted when its notification came
+                    metrics.scene_reads_merged.labels(camera=camera.id).inc()
+                log.debug(
+                    "camera %s: scene object %s is the vehicle of a plate notification",
+                    camera.id,
+                    track.object_id,
+                )
+                continue
+            if track.end is TrackEnd.EVICTED:
+                self._complaints.warning(
+                    (camera.id, "scene_evicted"),
+                    "camera %s: more than %d scene objects at once; the oldest published early",
+                    camera.id,
+                    camera.track_max_objects,
+                )
+            received = utc_now()
+            await self._spawn(functools.partial(self._scene_read, track, received))
+
+    async def _scene_read(
+        self, track: FinishedTrack, received: datetime, previous: asyncio.Task[None] | None
+    ) -> None:
+        reading = track.best
+        plate_image = reading.image
+        if plate_image is not None and plate_image.data is None:
+            self._parse_errors.report(
+                "scene_bad_image",
+                "scene object %s: %s",
+                track.object_id,
+                plate_image.missing_reason,
+            )
+            if reading.image_ref is not None:
+                plate_image = await self._fetch_reference(reading.image_ref)
+        elif plate_image is None and reading.image_ref is not None:
+            plate_image = await self._fetch_reference(reading.image_ref)
+        scene_image = reading.scene_image
+        if scene_image is None and reading.scene_image_ref is not None:
+            scene_image = await self._fetch_reference(reading.scene_image_ref)
+        event = onvif.scene_to_plate_event(
+            reading,
+            self.camera.id,
+            received,
+            plate_image=plate_image,
+            scene_image=scene_image,
+            resolution=self.scene_resolution,
+            readings=track.readings,
+        )
+        event = dataclasses.replace(event, raw={**event.raw, "track_end": track.end.value})
+        await self._submit_after(event, previous)
+
+    async def _fetch_reference(self, reference: str) -> Image:
+        """The picture an `ImageRef` names: fetched like a notification's picture,
+        from the camera's own host only (never a host the camera's data names)."""
+        camera, failures = self.camera, self.ctx.metrics.image_fetch_failures
+        try:
+            url = yarl.URL(reference)
+        except ValueError:
+            failures.labels(camera=camera.id, reason="bad_path").inc()
+            return Image.missing(f"unusable image reference {reference[:100]!r}")
+        if not url.is_absolute():
+            return await self._fetch_picture(reference)
+        if url.scheme not in ("http", "https"):
+            failures.labels(camera=camera.id, reason="bad_path").inc()
+            return Image.missing(f"image reference is not http(s): {reference[:100]!r}")
+        if (url.host or "").lower() != self.host.lower():
+            failures.labels(camera=camera.id, reason="foreign_host").inc()
+            self._complaints.warning(
+                (camera.id, "picture_foreign_host"),
+                "camera %s: image reference on host %r, not the camera's: not fetched",
+                camera.id,
+                (url.host or "")[:100],
+            )
+            return Image.missing(
+                f"image reference names host {(url.host or '')[:100]!r}, not the camera's "
+                f"({self.host}): not fetched"
+            )
+        return await self._fetch_url(url, url.path)
 
     async def _submit_after(self, event: AnyEvent, previous: asyncio.Task[None] | None) -> None:
         """Submit `event` once the previous read's work is done (camera order)."""
@@ -490,6 +621,11 @@ class CameraSession:
         except ValueError:
             self.ctx.metrics.image_fetch_failures.labels(camera=camera.id, reason="bad_path").inc()
             return Image.missing(f"unusable picture path {path[:100]!r}")
+        return await self._fetch_url(url, path)
+
+    async def _fetch_url(self, url: yarl.URL, path: str) -> Image:
+        """GET a picture on the camera's host (with its credentials), or why not."""
+        camera = self.camera
         data, failure, reason = await self._fetch_with_retries(url, path)
         if data is not None:
             return Image(data=data)

@@ -5,8 +5,12 @@ TEARDOWN behind Basic or Digest, announces video + audio + metadata tracks and
 streams `tt:MetadataStream` documents over RTP interleaved in the RTSP
 connection, each split over several packets. The HTTP side (aiohttp) serves
 the plate pictures the notifications name, keeping only the 10 latest, as the
-vendor note says. Its request parser and Digest check are its own, written
-from the RFCs, so that it checks the gateway's client rather than mirroring it.
+vendor note says. With `profile_m` it streams ONVIF scene descriptions
+instead (Profile M `tt:Frame` objects: several vehicles at once, their plate
+likelihoods improving frame by frame, crops inline or by `ImageRef`, objects
+ending by absence or by the object tree's `Delete`). Its request parser and
+Digest check are its own, written from the RFCs, so that it checks the
+gateway's client rather than mirroring it.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from aiohttp import web
 
 from gateway.codecs import onvif
 from gateway.codecs.rtp import packetize
-from gateway.simulate.common import PlateGenerator
+from gateway.simulate.common import PlateGenerator, plate_jpeg, tagged_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +120,21 @@ class SentRead:
     direction_code: int
     faults: frozenset[Fault]
     sessions: int  # playing sessions it was sent to
+
+
+@dataclass(frozen=True, slots=True)
+class SceneVehicle:
+    """One vehicle the simulator drove through its scene description, as a test
+    expects the gateway to publish it: once, with its best reading."""
+
+    object_id: int
+    plate: str  # the best (last) reading; earlier frames misread it
+    likelihood: float  # of the best reading
+    picture: bytes  # the best reading's crop: inline in its frame, or served at picture_ref
+    picture_ref: str | None  # the ImageRef path (None: the crop is inline)
+    ended_by: str  # "absence" or "delete"
+    frames: int  # frames the object appeared in
+    time: datetime  # UtcTime of the frame of the best reading (milliseconds)
 
 
 @dataclass(slots=True)
@@ -458,6 +477,8 @@ class RtspCameraSimulator:
         sent_reads_kept: int = DEFAULT_SENT_READS_KEPT,
         seed: int | None = None,
         camera: str = "sim-rtsp",
+        profile_m: bool = False,
+        scene_fps: float = 10.0,
     ) -> None:
         self.host = host
         self.rtsp_port = rtsp_port
@@ -481,6 +502,12 @@ class RtspCameraSimulator:
         self.pictures_kept = pictures_kept
         self.initialized_repeats_last_read = initialized_repeats_last_read
         self.camera = camera
+        self.profile_m = profile_m
+        self.scene_fps = scene_fps
+        self.scene_vehicles: collections.deque[SceneVehicle] = collections.deque(
+            maxlen=sent_reads_kept
+        )
+        self._object_ids = itertools.count(1)
         # A test may make the PLAY answer's RTP-Info `seq=` any text (hostile
         # numbers: "²", 5,000 digits); None: the real sequence number.
         self.rtp_info_seq_text: str | None = None
@@ -627,6 +654,84 @@ class RtspCameraSimulator:
 
     # -- reads -------------------------------------------------------------
 
+    async def drive_scene(
+        self,
+        vehicles: int = 3,
+        frames: int = 6,
+        *,
+        interval: float | None = None,
+        stagger: int = 1,
+    ) -> list[SceneVehicle]:
+        """Drive `vehicles` through the scene description, `frames` frames each,
+        vehicle n entering `n * stagger` frames after the first (so several are
+        in the scene at once). Each reading is more likely than the one before;
+        the first misreads a character. Even vehicles carry their crop inline
+        and leave by absence; odd ones name it by ImageRef (served on the
+        picture port) and are ended by the object tree's Delete."""
+        interval = 1.0 / self.scene_fps if interval is None else interval
+        plans = []
+        for index in range(vehicles):
+            read = self._generator.read(self.camera)
+            plans.append((index, next(self._object_ids), read.plate))
+        total = (vehicles - 1) * stagger + frames + 1
+        last: dict[int, tuple[str, float, bytes, datetime]] = {}
+        for step in range(total):
+            now = datetime.now(UTC)
+            moment = now.replace(microsecond=now.microsecond // 1000 * 1000)
+            objects: list[onvif.SceneObjectSpec] = []
+            deleted: list[int] = []
+            for index, object_id, plate in plans:
+                k = step - index * stagger
+                by_reference = index % 2 == 1
+                if k == frames and by_reference:
+                    deleted.append(object_id)
+                if not 0 <= k < frames:
+                    continue
+                likelihood = round(0.5 + 0.45 * k / max(1, frames - 1), 3)
+                text = plate if k > 0 else _misread(plate)
+                crop = tagged_jpeg(plate_jpeg(), f"{self.camera} object {object_id} reading {k}")
+                reference = f"/LPR/object-{object_id}.jpg" if by_reference else None
+                if reference is not None:
+                    self._store_picture(reference, crop)
+                objects.append(
+                    onvif.SceneObjectSpec(
+                        object_id,
+                        [(text, likelihood)],
+                        country_code="KR" if not plate.isascii() else "FR",
+                        vehicle=("Car", "Hyundai", "Ioniq"),
+                        color_ycbcr=(235.0, 128.0, 128.0),
+                        box=(-0.4 + 0.1 * index, -0.2, -0.1 + 0.1 * index, -0.3),
+                        image=None if by_reference else crop,
+                        image_ref=reference,
+                    )
+                )
+                last[object_id] = (text, likelihood, crop, moment)
+            if objects or deleted:
+                self.push_document(
+                    onvif.build_scene_document(
+                        [onvif.SceneFrameSpec(moment, objects, deleted=deleted)]
+                    )
+                )
+                await self._drain_all()
+            await asyncio.sleep(interval)
+        driven = []
+        for index, object_id, _plate in plans:
+            text, likelihood, crop, moment = last[object_id]
+            by_reference = index % 2 == 1
+            vehicle = SceneVehicle(
+                object_id=object_id,
+                plate=text,
+                likelihood=likelihood,
+                picture=crop,
+                picture_ref=f"/LPR/object-{object_id}.jpg" if by_reference else None,
+                ended_by="delete" if by_reference else "absence",
+                frames=frames,
+                time=moment,
+            )
+            self.scene_vehicles.append(vehicle)
+            driven.append(vehicle)
+        return driven
+
     async def _produce(self) -> None:
         interval = 1.0 / self.rate
         next_at = time.monotonic()
@@ -639,6 +744,12 @@ class RtspCameraSimulator:
                 next_at = time.monotonic()  # fell behind: do not burst to catch up
                 await asyncio.sleep(0)
             if self.playing_sessions and not self.paused:
+                if self.profile_m:
+                    await self.drive_scene(
+                        vehicles=self._random.randint(1, 3), frames=self._random.randint(5, 15)
+                    )
+                    next_at = time.monotonic()
+                    continue
                 self._emit_read(None)
                 await self._drain_all()
 
@@ -708,6 +819,7 @@ class RtspCameraSimulator:
 
     def _store_picture(self, path: str, jpeg: bytes) -> None:
         self._pictures[path] = jpeg
+        self._pictures.move_to_end(path)  # replaced (an object's ImageRef): now the newest
         while len(self._pictures) > self.pictures_kept:
             old, _ = self._pictures.popitem(last=False)
             self._slow_pictures.discard(old)
@@ -1042,6 +1154,14 @@ class RtspCameraSimulator:
         return web.Response(body=jpeg, content_type="image/jpeg")
 
 
+def _misread(plate: str) -> str:
+    """The plate with its last digit read one off: what a first, blurry frame gives."""
+    for index in range(len(plate) - 1, -1, -1):
+        if plate[index].isdigit():
+            return plate[:index] + str((int(plate[index]) + 1) % 10) + plate[index + 1 :]
+    return plate + "?"
+
+
 # --------------------------------------------------------------------------
 # Command line: lpr-gateway simulate rtsp ...
 
@@ -1072,6 +1192,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fault-every", type=int, default=5)
     parser.add_argument("--slow-picture-seconds", type=float, default=5.0)
     parser.add_argument("--motion-every", type=int, default=3, help="0: no motion events")
+    parser.add_argument(
+        "--profile-m",
+        action="store_true",
+        help="stream ONVIF scene descriptions (tt:Frame objects with plates) instead of "
+        "plate notifications; --rate is then vehicle groups per second at most",
+    )
+    parser.add_argument(
+        "--scene-fps", type=float, default=10.0, help="scene frames per second (--profile-m)"
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -1094,6 +1223,8 @@ async def _run(arguments: argparse.Namespace) -> None:
         fault_every=arguments.fault_every,
         slow_picture_seconds=arguments.slow_picture_seconds,
         seed=arguments.seed,
+        profile_m=arguments.profile_m,
+        scene_fps=arguments.scene_fps,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -1104,7 +1235,12 @@ async def _run(arguments: argparse.Namespace) -> None:
     print(
         f"RTSP camera simulator: {simulator.url} (pictures on "
         f"http://{arguments.host}:{http_port}/LPR/, {arguments.auth} auth, "
-        f"{arguments.rate} reads/s); RTSP port {rtsp_port} HTTP port {http_port}",
+        + (
+            f"Profile M scene descriptions at {arguments.scene_fps:g} frames/s"
+            if arguments.profile_m
+            else f"{arguments.rate} reads/s"
+        )
+        + f"); RTSP port {rtsp_port} HTTP port {http_port}",
         flush=True,
     )
     try:

@@ -95,6 +95,27 @@ def onvif_documents() -> list[bytes]:
         onvif.build_plate_document("XY1", MOMENT, "/LPR/1.jpg", prefixes=prefixes),
         onvif.build_motion_document(MOMENT, True),
         onvif.build_initialized_document(MOMENT, "AB123CD", "/LPR/0.jpg"),
+        # A Profile M scene description: two plate objects (crop inline, by ImageRef), a Delete.
+        onvif.build_scene_document(
+            [
+                onvif.SceneFrameSpec(
+                    MOMENT,
+                    [
+                        onvif.SceneObjectSpec(
+                            1,
+                            [("AB123CD", 0.9), ("A8123CD", 0.4)],
+                            country_code="FR",
+                            vehicle=("Car", "Renault", "Clio"),
+                            color_ycbcr=(235.0, 128.0, 128.0),
+                            box=(-0.5, 0.1, -0.2, -0.1),
+                            image=b"\xff\xd8\xff\xe0 tiny crop \xff\xd9",
+                        ),
+                        onvif.SceneObjectSpec(2, [("부산02가1234", 0.7)], image_ref="/LPR/2.jpg"),
+                    ],
+                    deleted=[3],
+                )
+            ]
+        ),
     ]
 
 

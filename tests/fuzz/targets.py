@@ -20,8 +20,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from gateway.codecs import http_body, onvif, rtp, rtsp, tcp
+from gateway.codecs.scene_tracker import SceneTracker
 from gateway.errors import CameraProtocolError
-from gateway.event import CameraEvent, PlateEvent
+from gateway.event import CameraEvent, PlateEvent, Resolution
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 # Decoder bounds small enough that a fuzzer reaches them.
@@ -232,11 +233,28 @@ def onvif_document(data: bytes) -> None:
         results = onvif.parse_metadata(data)
     except CameraProtocolError:
         return
+    tracker = SceneTracker(max_objects=4)
     for result in results:
         if isinstance(result, onvif.OnvifPlateRead):
             _strict_json(onvif.to_plate_event(result, "fuzz", NOW).to_json_dict("lpr"))
+            tracker.notification(result.plate, 0.0)
         elif isinstance(result, onvif.OnvifNotification):
             _strict_json(onvif.to_camera_event(result, "fuzz", NOW).to_json_dict())
+        elif isinstance(result, onvif.OnvifSceneFrame):
+            for finished in tracker.observe(result, 0.5):
+                _scene_event(finished.best)
+    assert tracker.tracked <= 4
+    for finished in tracker.flush():
+        _scene_event(finished.best)
+
+
+def _scene_event(reading: onvif.ScenePlate) -> None:
+    event = onvif.scene_to_plate_event(
+        reading, "fuzz", NOW, plate_image=reading.image, resolution=Resolution(640, 480)
+    )
+    _strict_json(event.to_json_dict("lpr"))
+    if event.box is not None:
+        assert 0 <= event.box.x1 <= event.box.x2 <= 640 and 0 <= event.box.y1 <= event.box.y2 <= 480
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {
