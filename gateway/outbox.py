@@ -572,13 +572,18 @@ class Outbox:
 
     def save_retained_state(self, topic: str, payload: bytes) -> None:
         """Keep a state message (availability, bridge info, discovery); empty clears it."""
+        self.save_retained_states([(topic, payload)])
+
+    def save_retained_states(self, states: Sequence[tuple[str, bytes]]) -> None:
+        """Keep several state messages, in order, in one transaction."""
         with self._transaction():
-            self._forget_retained(topic)
-            if payload:
-                self.db.execute(
-                    "INSERT INTO retained (topic, seq, payload) VALUES (?, NULL, ?)",
-                    (topic, payload),
-                )
+            for topic, payload in states:
+                self._forget_retained(topic)
+                if payload:
+                    self.db.execute(
+                        "INSERT INTO retained (topic, seq, payload) VALUES (?, NULL, ?)",
+                        (topic, payload),
+                    )
 
     def _forget_retained(self, topic: str) -> None:
         previous = self.db.execute("SELECT seq FROM retained WHERE topic = ?", (topic,)).fetchone()

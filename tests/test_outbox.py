@@ -222,3 +222,24 @@ async def test_the_wal_is_checkpointed_off_the_commit_path_and_stays_bounded(
     finally:
         outbox.close()
     assert not wal.exists()  # the last connection closed copied it all
+
+
+def test_state_messages_saved_together_keep_their_order_and_clearing(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3", max_bytes=1_000_000)
+    outbox.open()
+    try:
+        outbox.save_retained_state("lpr/bridge/info", b"{}")
+        outbox.save_retained_states(
+            [
+                ("lpr/a/availability", b"online"),
+                ("lpr/b/availability", b"online"),
+                ("lpr/a/availability", b"offline"),  # the later one wins
+                ("lpr/bridge/info", b""),  # empty: cleared
+            ]
+        )
+        assert outbox.load_retained_state() == {
+            "lpr/b/availability": b"online",
+            "lpr/a/availability": b"offline",
+        }
+    finally:
+        outbox.close()
