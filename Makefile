@@ -25,6 +25,12 @@ system-deps:
 		echo "installing mosquitto (apt-get)"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto >/dev/null; \
 	fi
+	@# nats-server: the second broker of the contract tests (JetStream, MQTT listener)
+	@if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then \
+		echo "installing nats-server (apt-get)"; \
+		$(SUDO) apt-get install -y -qq nats-server >/dev/null || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nats-server >/dev/null; }; \
+	fi
 	@# docker-compose (v1, Debian) only so the tests can validate deploy/docker-compose.yml
 	@if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then \
 		$(SUDO) apt-get install -y -qq --no-install-recommends docker-compose >/dev/null || true; \

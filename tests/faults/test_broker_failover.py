@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +22,17 @@ from gateway.broker import MosquittoProcess
 from gateway.config import Config
 from gateway.event import Image, PlateEvent, Source, utc_now
 from gateway.pipeline import Admission
+from gateway.publisher import BrokerBackoff
+from tests.brokers import NatsCluster, NatsProcess
+from tests.faults.harness import (
+    CountingCollector,
+    HttpLoad,
+    ledger,
+    record,
+    three_cameras,
+    until_each_camera_sent,
+    wait_listening,
+)
 from tests.helpers import MqttCollector, Received, gateway_config, sample
 
 pytestmark = pytest.mark.slow
@@ -116,3 +128,66 @@ async def test_losing_the_broker_under_load_goes_on_with_the_next_and_loses_noth
         assert after == list(range(after[0], sent))
         assert after[0] <= len(before)
         assert sorted(set(before) | set(after)) == list(range(sent))
+
+
+@pytest.fixture
+def nats_cluster() -> Iterator[NatsCluster]:
+    cluster = NatsCluster(3)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_nats_cluster_node_killed_under_load_loses_nothing(
+    nats_cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """Three cameras (TCP, HTTP, RTSP) through a 3-node NATS JetStream cluster:
+    the node the gateway is connected to is SIGKILLed; a subscriber on the
+    third node receives every read each camera handed over, in order."""
+    first, _second, third = nats_cluster.nodes
+    with CountingCollector(third.host, third.port, topics=("lpr/+/event",)) as collector:
+        async with three_cameras(rate=5.0) as cams:
+            config = gateway_config(first.url, tmp_path, cams.entries())
+            mqtt_config = dataclasses.replace(config.mqtt, urls=tuple(nats_cluster.urls))
+            config = dataclasses.replace(config, mqtt=mqtt_config)
+            async with Gateway(
+                config, broker_backoff=BrokerBackoff(initial_seconds=0.2, max_seconds=1.0)
+            ) as gw:
+                assert config.http.port and gw.publisher is not None
+                await wait_listening(config.http.port)
+                async with HttpLoad(config.http.port, rate=5.0) as http:
+                    async with asyncio.timeout(15):
+                        await cams.tcp.wait_logged_in()
+                        await cams.rtsp.wait_playing()
+                    await until_each_camera_sent(cams, http, 5)
+                    assert gw.publisher.link.label == f"{first.host}:{first.port}"
+                    killed_at = time.monotonic()
+                    await asyncio.to_thread(first.kill)
+                    while not gw.publisher.connected or gw.publisher.link.label == first_label(
+                        first
+                    ):
+                        assert time.monotonic() - killed_at < 30, "no other node taken"
+                        await asyncio.sleep(0.05)
+                    reconnected_after = time.monotonic() - killed_at
+                    await until_each_camera_sent(cams, http, 15)
+                    await http.stop()
+                    await cams.stop()
+                    book = ledger(cams, http)
+                    await collector.until(
+                        lambda _: book.report(collector.events()).total_lost == 0, timeout=30
+                    )
+    report = book.report(collector.events())
+    record(
+        report.line(
+            f"NATS 3-node cluster, connected node SIGKILLed, on another node after"
+            f" {reconnected_after:.1f} s"
+        )
+    )
+    report.assert_nothing_lost()
+
+
+def first_label(node: NatsProcess) -> str:
+    return f"{node.host}:{node.port}"

@@ -1,0 +1,197 @@
+"""The gateway's MQTT contract on every broker it is proven on.
+
+Each test runs against a private mosquitto and a private NATS server (JetStream
+with its MQTT listener), each started on free loopback ports by the fixture:
+events, images retained byte for byte, `last`, availability, bridge info, the
+will when the gateway dies, store-and-forward across a broker restart, the
+retained state published again to a broker that lost it, and Home Assistant
+discovery. The README's broker table says what was verified where.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+import yaml
+
+from gateway.app import Gateway
+from gateway.broker import MosquittoProcess, free_port
+from gateway.event import Image, PlateEvent, Source, utc_now
+from gateway.pipeline import Admission
+from tests.brokers import NatsProcess
+from tests.helpers import MqttCollector, Received, gateway_config
+
+pytestmark = pytest.mark.slow
+
+
+class Broker(Protocol):
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@pytest.fixture(params=["mosquitto", "nats"])
+def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    instance: MosquittoProcess | NatsProcess = (
+        MosquittoProcess() if request.param == "mosquitto" else NatsProcess()
+    )
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.close()
+
+
+def empty_restart(broker: Broker) -> None:
+    """Stop the broker and start it with nothing retained (a new node, a lost disk)."""
+    broker.stop()
+    if isinstance(broker, NatsProcess):
+        broker.wipe()  # mosquitto runs without persistence here: empty anyway
+    broker.start()
+
+
+def plate_read(camera: str, n: int) -> PlateEvent:
+    return PlateEvent(
+        camera=camera,
+        source=Source.INJECT,
+        plate=f"B{n:04d}",
+        received=utc_now(),
+        raw={"n": n},
+        plate_image=Image(b"\xff\xd8plate" + n.to_bytes(4, "big") * 4000),
+        scene_image=Image(b"\xff\xd8scene" + n.to_bytes(4, "big") * 75_000),  # 300 KB
+    )
+
+
+def retained(broker: Broker, topics: tuple[str, ...], count: int) -> dict[str, Received]:
+    """What a new subscriber gets retained on `topics`, once `count` topics are
+    there (a first subscriber waits for them to be published at all: one that
+    subscribed before a message was published gets it without the retain flag)."""
+    with MqttCollector(broker.host, broker.port, topics=topics) as first:
+        first.wait_for(lambda ms: len({m.topic for m in ms}) >= count, timeout=30)
+    with MqttCollector(broker.host, broker.port, topics=topics) as late:
+        late.wait_for(lambda ms: len({m.topic for m in ms if m.retain}) >= count, timeout=20)
+        return {m.topic: m for m in late.messages if m.retain}
+
+
+CAMERA = [{"id": "gate", "protocol": "http", "path": "/lpr/gate"}]
+
+
+async def test_a_read_arrives_with_its_images_retained_byte_for_byte(
+    broker: Broker, tmp_path: Path
+) -> None:
+    read = plate_read("gate", 1)
+    with MqttCollector(broker.host, broker.port, topics=("lpr/gate/#",)) as sub:
+        async with Gateway(gateway_config(broker.url, tmp_path, CAMERA)) as gw:
+            assert await gw.submit(read) is Admission.ACCEPTED
+            await sub.until(lambda ms: any(m.topic == "lpr/gate/last" for m in ms), timeout=20)
+    event = sub.on("lpr/gate/event")[-1].json()
+    assert event["plate"] == "B0001"
+    assert event["images"]["scene"]["bytes"] == len(b"\xff\xd8scene") + 300_000
+    kept = await asyncio.to_thread(
+        retained, broker, ("lpr/gate/image/+", "lpr/gate/last", "lpr/gate/availability"), 4
+    )
+    assert read.plate_image is not None and read.scene_image is not None
+    assert kept["lpr/gate/image/plate"].payload == read.plate_image.data
+    assert kept["lpr/gate/image/scene"].payload == read.scene_image.data
+    assert kept["lpr/gate/last"].json()["id"] == event["id"]
+    assert kept["lpr/gate/availability"].payload == b"offline"  # the gateway has stopped
+
+
+async def test_bridge_state_info_and_availability(broker: Broker, tmp_path: Path) -> None:
+    topics = ("lpr/bridge/#", "lpr/gate/availability")
+    with MqttCollector(broker.host, broker.port, topics=topics) as sub:
+        async with Gateway(gateway_config(broker.url, tmp_path, CAMERA)):
+            await sub.until(lambda ms: any(m.topic == "lpr/bridge/info" for m in ms), timeout=20)
+            assert sub.on("lpr/bridge/state")[-1].payload == b"online"
+            info = sub.on("lpr/bridge/info")[-1].json()
+            assert [c["id"] for c in info["cameras"]] == ["gate"]
+    kept = await asyncio.to_thread(retained, broker, topics, 3)
+    assert kept["lpr/bridge/state"].payload == b"offline"  # an orderly stop says so
+    assert kept["lpr/gate/availability"].payload == b"offline"
+
+
+def test_the_will_says_offline_when_the_gateway_is_killed(broker: Broker, tmp_path: Path) -> None:
+    config = {
+        "mqtt": {"url": broker.url, "keepalive_seconds": 5},
+        "outbox": {"path": str(tmp_path / "outbox.sqlite3")},
+        "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with MqttCollector(broker.host, broker.port, topics=("lpr/bridge/state",)) as sub:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "-c", str(path)],
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            sub.wait_for(lambda ms: any(m.payload == b"online" for m in ms), timeout=30)
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+            sub.wait_for(lambda ms: ms[-1].payload == b"offline", timeout=20)
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
+async def test_reads_taken_while_the_broker_is_down_are_delivered_in_order(
+    broker: Broker, tmp_path: Path
+) -> None:
+    async with Gateway(gateway_config(broker.url, tmp_path, CAMERA)) as gw:
+        await asyncio.to_thread(broker.stop)
+        for n in range(10):
+            assert await gw.submit(plate_read("gate", n)) is Admission.ACCEPTED
+        assert gw.outbox.pending_events == 10
+        await asyncio.to_thread(broker.start)
+        with MqttCollector(broker.host, broker.port, topics=("lpr/gate/event",)) as sub:
+            await sub.until(lambda ms: len({m.json()["raw"]["n"] for m in ms}) >= 10, timeout=60)
+    arrived: list[int] = []
+    for m in sub.messages:
+        if m.json()["raw"]["n"] not in arrived:
+            arrived.append(m.json()["raw"]["n"])
+    assert arrived == list(range(10))
+
+
+async def test_a_broker_that_lost_its_retained_state_gets_it_again(
+    broker: Broker, tmp_path: Path
+) -> None:
+    read = plate_read("gate", 7)
+    async with Gateway(gateway_config(broker.url, tmp_path, CAMERA)) as gw:
+        assert await gw.submit(read) is Admission.ACCEPTED
+        with MqttCollector(broker.host, broker.port, topics=("lpr/gate/last",)) as sub:
+            await sub.until(lambda ms: len(ms) >= 1, timeout=20)
+        await asyncio.to_thread(empty_restart, broker)
+        topics = ("lpr/gate/image/+", "lpr/gate/last", "lpr/bridge/info", "lpr/bridge/state")
+        kept = await asyncio.to_thread(retained, broker, topics, 5)
+    assert read.scene_image is not None
+    assert kept["lpr/gate/image/scene"].payload == read.scene_image.data
+    assert kept["lpr/gate/last"].json()["plate"] == "B0007"
+    assert kept["lpr/bridge/state"].payload == b"online"
+
+
+async def test_home_assistant_discovery_is_retained(broker: Broker, tmp_path: Path) -> None:
+    config = gateway_config(broker.url, tmp_path, CAMERA, homeassistant={"enabled": True})
+    async with Gateway(config):
+        kept: dict[str, Received] = await asyncio.to_thread(
+            retained, broker, ("homeassistant/+/+/+/config",), 5
+        )
+    documents: dict[str, Any] = {topic: m.json() for topic, m in kept.items()}
+    plate = next(d for t, d in documents.items() if t.endswith("gate_plate/config"))
+    assert plate["state_topic"] == "lpr/gate/last"
+    assert all(d["origin"]["name"] == "lpr-gateway" for d in documents.values())
