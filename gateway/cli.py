@@ -10,8 +10,10 @@ import importlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import yaml
 
 from gateway import __version__
 from gateway.config import Config, config_warnings, load_config
@@ -42,8 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = commands.add_parser("run", help="run the gateway")
     run.add_argument("-c", "--config", required=True, type=Path)
     run.add_argument("--log-level", default=None, help="overrides log_level of the config")
-    check = commands.add_parser("check", help="validate a config file; exit 0 or 2")
-    check.add_argument("-c", "--config", required=True, type=Path)
+    check = commands.add_parser(
+        "check",
+        help="validate a config file (several: the shards of one site, also checked"
+        " together); exit 0 or 2",
+    )
+    check.add_argument("-c", "--config", required=True, type=Path, action="append")
     demo = commands.add_parser(
         "demo", help="embedded broker + gateway + simulated cameras; prints each event"
     )
@@ -84,18 +90,67 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_FAILURE
 
 
-def _check(path: Path) -> int:
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+def _check(paths: list[Path]) -> int:
+    configs: dict[Path, Config] = {}
+    for path in paths:
+        try:
+            config = load_config(path)
+        except ConfigError as exc:
+            print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  {problem}", file=sys.stderr)
+            continue
+        for warning in config_warnings(config):
+            print(f"  warning: {warning}", file=sys.stderr)
+        print(f"{path}: OK ({len(config.cameras)} cameras)")
+        configs[path] = config
+    if len(configs) < len(paths):
         return EXIT_CONFIG
-    for warning in config_warnings(config):
-        print(f"  warning: {warning}", file=sys.stderr)
-    print(f"{path}: OK ({len(config.cameras)} cameras)")
-    return EXIT_OK
+    clashes = shard_problems(configs)
+    for problem in clashes:
+        print(f"shards: {problem}", file=sys.stderr)
+    return EXIT_CONFIG if clashes else EXIT_OK
+
+
+def shard_problems(configs: Mapping[Path, Config]) -> list[str]:
+    """What two gateways of one site (each a config) must not share: a camera
+    (it would be read and published twice, with two event ids) and an MQTT
+    client id (the broker lets one session live per id: the two would take
+    it from each other in a loop). Client ids set from the environment or
+    derived from the host are not compared: they differ where the gateways
+    run, which a check cannot see."""
+    problems: list[str] = []
+    cameras: dict[str, Path] = {}
+    client_ids: dict[str, Path] = {}
+    for path, config in configs.items():
+        for camera in config.cameras:
+            if camera.id in cameras:
+                problems.append(
+                    f"camera {camera.id!r} is in {cameras[camera.id]} and {path}: a camera"
+                    " belongs to exactly one gateway"
+                )
+            cameras.setdefault(camera.id, path)
+        written = _written_client_id(path)
+        if written is None:
+            continue
+        if written in client_ids:
+            problems.append(
+                f"mqtt.client_id {written!r} is in {client_ids[written]} and {path}: each"
+                " gateway needs its own (or leave it out: it is then derived from the host"
+                " and the outbox)"
+            )
+        client_ids.setdefault(written, path)
+    return problems
+
+
+def _written_client_id(path: Path) -> str | None:
+    """mqtt.client_id as a literal in the file (None: absent or from ${ENV})."""
+    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    mqtt_section = document.get("mqtt") if isinstance(document, dict) else None
+    value = mqtt_section.get("client_id") if isinstance(mqtt_section, dict) else None
+    if value is None or "${" in str(value):
+        return None
+    return str(value)
 
 
 def _dead_letters(args: argparse.Namespace) -> int:

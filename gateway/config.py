@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import ipaddress
 import os
 import re
+import socket
 import zoneinfo
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import MISSING, dataclass, field
@@ -30,6 +32,9 @@ from urllib.parse import urlsplit
 import yaml
 
 from gateway.errors import ConfigError
+
+# The client id's stem; a gateway that configures none adds its host and shard.
+DEFAULT_CLIENT_ID = "lpr-gateway"
 
 REDACTED = "***"
 # Upper bound of images.max_pixels: Pillow's own guard in images.py is set to it.
@@ -503,8 +508,13 @@ class MqttConfig:
         None, secret, doc="never logged; required (not empty) when username is set"
     )
     client_id: str = option(
-        "lpr-gateway", string, doc="must be unique per gateway instance on the broker"
+        DEFAULT_CLIENT_ID,
+        string,
+        doc="unique per gateway on the broker; absent: lpr-gateway-<host>-<hash of outbox.path>",
     )
+    # Set when client_id was not configured and was derived from the host and
+    # the outbox (see `derived_client_id`), not an option.
+    client_id_derived: bool = False
     base_topic: str = option("lpr", topic_level, doc="prefix of every topic")
     protocol_version: int = option(
         4, mqtt_version, key="protocol", doc="4 = MQTT 3.1.1, 5 = MQTT 5"
@@ -1038,8 +1048,25 @@ def _build(r: _Reader, cls: type, read: _Read) -> Any:
     return cls(**read.values)
 
 
+def derived_client_id(outbox_path: Path, host: str | None = None) -> str:
+    """The client id of a gateway that configures none: unique per host, and per
+    shard on a host (each gateway has its own outbox), stable across restarts.
+    Two gateways with one client id would take each other's session over in a
+    loop on every broker, clustered ones included."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", host or socket.gethostname())[:40] or "host"
+    shard = hashlib.sha256(str(outbox_path.expanduser().absolute()).encode()).hexdigest()[:8]
+    return f"{DEFAULT_CLIENT_ID}-{host}-{shard}"
+
+
 def _check_config(r: _Reader, cls: type, read: _Read) -> Config:
     config = Config(**read.values)
+    if "mqtt" not in read.given or config.mqtt.client_id_derived:  # no client_id written
+        mqtt = dataclasses.replace(
+            config.mqtt,
+            client_id=derived_client_id(config.outbox.path),
+            client_id_derived=True,
+        )
+        config = dataclasses.replace(config, mqtt=mqtt)
     if any(c.images.reencode for c in config.cameras) or config.images.reencode:
         r.need_pillow("images" if config.images.reencode else "cameras[].images")
     return config
@@ -1076,6 +1103,8 @@ def _check_mqtt(r: _Reader, cls: type, read: _Read) -> MqttConfig:
     if secure and read.values["tls"] is None:
         read.values["tls"] = TlsConfig()
     r.require_password(read, "username", "password")
+    if "client_id" not in read.given:
+        read.values["client_id_derived"] = True  # made unique with the outbox, in Config
     return MqttConfig(**read.values)
 
 

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway import __version__
-from gateway.config import AnyCameraConfig, Config, SceneMode
+from gateway.config import DEFAULT_CLIENT_ID, AnyCameraConfig, Config, SceneMode
 from gateway.event import ImageKind, PlateEvent
 from gateway.topics import Topics
 
@@ -109,7 +109,10 @@ class StatePublisher(Protocol):
 
 
 def default_node_id(config: Config) -> str:
-    node = config.homeassistant.node_id or config.mqtt.client_id
+    # A derived client id names the host: the node id (in every unique id)
+    # stays what it always was without one, so entities survive an upgrade.
+    client_id = DEFAULT_CLIENT_ID if config.mqtt.client_id_derived else config.mqtt.client_id
+    node = config.homeassistant.node_id or client_id
     return re.sub(r"[^a-zA-Z0-9_-]", "_", node) or "lpr-gateway"
 
 

@@ -25,6 +25,7 @@ from gateway.config import (
     RtspCameraConfig,
     TcpCameraConfig,
     config_warnings,
+    derived_client_id,
     field_default,
     load_config,
     options,
@@ -32,6 +33,7 @@ from gateway.config import (
     redact_url,
 )
 from gateway.errors import ConfigError
+from gateway.homeassistant import default_node_id
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.yaml"
@@ -697,3 +699,63 @@ def test_a_source_match_restricts_like_allowed_sources() -> None:
     by_source = "id: b, protocol: http, match: {source: 10.0.0.0/24}, path: /b"
     warnings = config_warnings(parse_config(http_cameras(open_camera, by_source), {}))
     assert [w.split(":")[0] for w in warnings] == ["cameras[0]"]
+
+
+# -- shards: client ids and the check of several configs ---------------------------
+
+
+def test_a_gateway_without_a_client_id_gets_one_unique_per_host_and_outbox() -> None:
+    def client_id(outbox: str) -> str:
+        return parse_config(f"outbox: {{path: '{outbox}'}}", {}).mqtt.client_id
+
+    first, again, other = (
+        client_id("/data/a.sqlite3"),
+        client_id("/data/a.sqlite3"),
+        client_id("/data/b.sqlite3"),
+    )
+    assert first == again  # stable across restarts: the broker sees one client
+    assert first != other  # two shards on one host
+    assert re.fullmatch(r"lpr-gateway-[A-Za-z0-9_-]+-[0-9a-f]{8}", first)
+    assert derived_client_id(Path("/data/a.sqlite3"), "gw-1") != derived_client_id(
+        Path("/data/a.sqlite3"), "gw-2"
+    )
+    config = parse_config("homeassistant: {enabled: true}", {})
+    assert config.mqtt.client_id_derived
+    # Home Assistant's unique ids do not take the host in: entities survive.
+    assert default_node_id(config) == "lpr-gateway"
+    explicit = parse_config("mqtt: {client_id: gate-site-1}", {})
+    assert explicit.mqtt.client_id == "gate-site-1" and not explicit.mqtt.client_id_derived
+    assert default_node_id(explicit) == "gate-site-1"
+
+
+def check_files(tmp_path: Path, *documents: str) -> subprocess.CompletedProcess[str]:
+    arguments: list[str] = []
+    for index, document in enumerate(documents):
+        path = tmp_path / f"shard-{index}.yaml"
+        path.write_text(document)
+        arguments += ["-c", str(path)]
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "check", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_check_of_several_shards_refuses_a_shared_camera_or_client_id(tmp_path: Path) -> None:
+    a = "mqtt: {client_id: site-a}\ncameras: [{id: gate, protocol: http, path: /lpr/gate}]\n"
+    b = "mqtt: {client_id: site-b}\ncameras: [{id: yard, protocol: http, path: /lpr/yard}]\n"
+    assert check_files(tmp_path, a, b).returncode == 0
+    same_camera = b.replace("id: yard", "id: gate")
+    result = check_files(tmp_path, a, same_camera)
+    assert result.returncode == 2
+    assert "camera 'gate' is in" in result.stderr and "shard-1.yaml" in result.stderr
+    same_id = b.replace("site-b", "site-a")
+    result = check_files(tmp_path, a, same_id)
+    assert result.returncode == 2
+    assert "mqtt.client_id 'site-a' is in" in result.stderr
+    # From the environment (a pod name) or left out: they differ where the
+    # gateways run, which the check cannot see: not compared.
+    from_env = "mqtt: {client_id: '${SHARD:-x}'}\n"
+    assert check_files(tmp_path, from_env, from_env).returncode == 0
+    assert check_files(tmp_path, "{}", "{}").returncode == 0

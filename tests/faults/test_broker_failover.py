@@ -14,12 +14,14 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
-from gateway.config import Config
+from gateway.config import Config, parse_config
 from gateway.event import Image, PlateEvent, Source, utc_now
 from gateway.pipeline import Admission
 from gateway.publisher import BrokerBackoff
@@ -191,3 +193,77 @@ async def test_a_nats_cluster_node_killed_under_load_loses_nothing(
 
 def first_label(node: NatsProcess) -> str:
     return f"{node.host}:{node.port}"
+
+
+# -- shards: two gateways, disjoint cameras, one cluster -----------------------------
+
+
+def shard_config(tmp_path: Path, name: str, urls: list[str], client_id: str | None) -> Config:
+    mqtt: dict[str, Any] = {"url": urls}
+    if client_id is not None:
+        mqtt["client_id"] = client_id
+    document = {
+        "mqtt": mqtt,
+        "outbox": {"path": str(tmp_path / name / "outbox.sqlite3")},
+        "metrics": {"listen": ""},
+        "dedup": {"window_seconds": 0},
+    }
+    return parse_config(yaml.safe_dump(document), {})
+
+
+def reconnects(gw: Gateway) -> float:
+    return gw.metrics.registry.get_sample_value("lpr_mqtt_reconnects_total") or 0.0
+
+
+async def test_two_shards_on_a_cluster_each_read_arrives_exactly_once(
+    nats_cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """Two gateways with their own cameras and outboxes and no client id
+    configured (each derives its own): on a subscriber of the third node every
+    read arrives once, each camera's in order, and neither gateway was ever
+    pushed off the broker by the other."""
+    urls = nats_cluster.urls
+    third = nats_cluster.nodes[2]
+    shards = {
+        "north": shard_config(tmp_path, "north", urls, None),
+        "south": shard_config(tmp_path, "south", [*urls[1:], urls[0]], None),
+    }
+    assert shards["north"].mqtt.client_id != shards["south"].mqtt.client_id
+    cameras = {"north": ("n_gate", "n_yard"), "south": ("s_gate", "s_yard")}
+    sent = 25
+    with MqttCollector(third.host, third.port, topics=("lpr/+/event",)) as sub:
+        async with Gateway(shards["north"]) as north, Gateway(shards["south"]) as south:
+            for n in range(sent):
+                for name, gw in (("north", north), ("south", south)):
+                    for camera in cameras[name]:
+                        assert await gw.submit(read(camera, n)) is Admission.ACCEPTED
+            all_cameras = [c for pair in cameras.values() for c in pair]
+            await sub.until(
+                lambda ms: all(numbers(ms, c)[-1:] == [sent - 1] for c in all_cameras),
+                timeout=30,
+            )
+            assert reconnects(north) == reconnects(south) == 1
+    ids = [m.json()["id"] for m in sub.messages]
+    assert len(ids) == len(set(ids)) == 4 * sent  # exactly once per event id
+    for camera in all_cameras:
+        assert numbers(sub.messages, camera) == list(range(sent))
+
+
+async def test_two_gateways_with_one_client_id_push_each_other_off(
+    nats_cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """The control for the test above: what `check` refuses (one client id for
+    two gateways) makes the broker close one session whenever the other
+    connects: they reconnect again and again."""
+    urls = nats_cluster.urls
+    first = shard_config(tmp_path, "a", urls, "site-gateway")
+    second = shard_config(tmp_path, "b", urls, "site-gateway")
+    backoff = BrokerBackoff(initial_seconds=0.1, max_seconds=0.3)
+    async with (
+        Gateway(first, broker_backoff=backoff) as a,
+        Gateway(second, broker_backoff=backoff) as b,
+    ):
+        deadline = time.monotonic() + 20
+        while reconnects(a) + reconnects(b) < 6:
+            assert time.monotonic() < deadline, "the shared client id went unnoticed"
+            await asyncio.sleep(0.1)
