@@ -523,6 +523,15 @@ class MqttConfig:
         30, integer(1, 3600), doc="a broker that stops answering is noticed after ~1.5x this"
     )
     publish_window: int = option(32, integer(1, 1000), doc="QoS 1 messages in flight at once")
+    # A broker that refuses larger messages (NATS max_payload, 1 MB by default;
+    # cloud brokers' caps) drops the connection over one: known here, a picture
+    # over it is published as missing instead (after images: re-encoding).
+    max_payload_bytes: int | None = option(
+        None,
+        integer(1024, 268_435_455),
+        off=True,
+        doc="the broker's message size limit; a picture over it is published as missing",
+    )
     embedded_port: int = option(0, integer(0, 65535), doc="0: a free port")
     tls: TlsConfig | None = section(TlsConfig, None, doc="only with an mqtts:// url")
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import replace
+from typing import Any
 
 from gateway.config import DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT, ImagesConfig, SceneMode
 from gateway.errors import ImageTransformError
-from gateway.event import Image, PlateEvent
+from gateway.event import AnyEvent, CameraEvent, Image, ImageKind, PlateEvent
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,31 @@ log = logging.getLogger(__name__)
 PILLOW_MAX_PIXELS = MAX_PIXELS_LIMIT
 DEFAULT_QUALITY = 85  # when only max_width is set
 SKIPPED_REASON = "not published: images.scene is skip"
+
+
+def within_payload_limit(event: AnyEvent, limit: int) -> tuple[AnyEvent, list[str]]:
+    """The event with every picture over `limit` bytes (the broker's message
+    size limit) published as missing instead, and the names of those pictures."""
+    reason = f"over the broker's message size limit (mqtt.max_payload_bytes {limit})"
+    if isinstance(event, CameraEvent):
+        over = [n for n, i in event.images.items() if i.data is not None and len(i.data) > limit]
+        if not over:
+            return event, []
+        images = {
+            name: Image.missing(f"{len(image.data or b'')} bytes: {reason}")
+            if name in over
+            else image
+            for name, image in event.images.items()
+        }
+        return replace(event, images=images), over
+    changes: dict[str, Any] = {}  # PlateEvent field → the missing picture
+    for kind in ImageKind:
+        image = event.image(kind)
+        if image is not None and image.data is not None and len(image.data) > limit:
+            changes[f"{kind.value}_image"] = Image.missing(f"{len(image.data)} bytes: {reason}")
+    if not changes:
+        return event, []
+    return replace(event, **changes), [name.removesuffix("_image") for name in changes]
 
 
 def reencode_jpeg(

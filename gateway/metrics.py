@@ -122,6 +122,12 @@ class Metrics:
             ["camera", "match"],
             registry=r,
         )
+        self.images_over_broker_limit = Counter(
+            "lpr_images_over_broker_limit",
+            "Pictures over mqtt.max_payload_bytes, published as missing (the event says why)",
+            ["camera", "image"],
+            registry=r,
+        )
         self.image_transform_failures = Counter(
             "lpr_image_transform_failures",
             "Scene images that could not be re-encoded (published as received)",

@@ -29,7 +29,7 @@ from gateway.event import (
     PlateEvent,
 )
 from gateway.homeassistant import ha_event_payload, ha_event_type
-from gateway.images import apply_image_options
+from gateway.images import apply_image_options, within_payload_limit
 from gateway.known_plates import KnownPlates, edit_distance
 from gateway.log_limit import RateLimitedLog
 from gateway.metrics import Metrics
@@ -295,6 +295,9 @@ class Pipeline:
         return Admission.ACCEPTED
 
     def _draft(self, event: AnyEvent) -> EventDraft:
+        limit = self.config.mqtt.max_payload_bytes
+        if limit is not None:
+            event = self._within_payload_limit(event, limit)
         ha_event = None
         if isinstance(event, PlateEvent) and self.config.homeassistant.enabled:
             ha_event = ha_event_type(event, bool(self._known))
@@ -320,6 +323,22 @@ class Pipeline:
             accepted_at=time.time(),
             dead_letter_reason=reason,
         )
+
+    def _within_payload_limit(self, event: AnyEvent, limit: int) -> AnyEvent:
+        """Pictures the broker would refuse (it drops the connection over one)
+        go out as missing, counted and said, never a read held up."""
+        event, over = within_payload_limit(event, limit)
+        for name in over:
+            self.metrics.images_over_broker_limit.labels(camera=event.camera, image=name).inc()
+            self._complaints.warning(
+                (event.camera, "over_broker_limit"),
+                "camera %s: %s image over mqtt.max_payload_bytes (%d); published as missing"
+                " (images: max_width/quality can make scenes fit)",
+                event.camera,
+                name,
+                limit,
+            )
+        return event
 
     def enrich(self, event: PlateEvent) -> PlateEvent:
         """Known plates and the camera's own lists: sets `known` and `match`."""

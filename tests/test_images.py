@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,10 @@ from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
 from gateway.config import ImagesConfig, SceneMode, parse_config
 from gateway.errors import ConfigError, ImageTransformError
-from gateway.event import Image, PlateEvent, Source, utc_now
+from gateway.event import CameraEvent, Image, PlateEvent, Source, utc_now
 from gateway.images import SKIPPED_REASON, apply_image_options, reencode_jpeg
-from gateway.simulate.common import PlateGenerator
+from gateway.pipeline import Admission
+from gateway.simulate.common import PlateGenerator, plate_jpeg, scene_jpeg
 from tests.helpers import MqttCollector, gateway_config, sample
 
 READ = PlateGenerator(3).read("c")  # a real 1920x1080 scene JPEG (~300 KB) and plate crop
@@ -330,3 +332,95 @@ async def test_huge_scene_is_published_as_received_and_counted(
             assert failures == 1
     assert scene.payload == huge_jpeg  # the read and its picture, as the camera sent them
     assert published.json()["images"]["scene"]["bytes"] == len(huge_jpeg)
+
+
+# -- the broker's message size limit (mqtt.max_payload_bytes) ----------------------
+
+
+@pytest.fixture
+def small_message_broker() -> Iterator[MosquittoProcess]:
+    """Like a NATS server with its 1 MB max_payload, smaller: mosquitto drops a
+    client that sends a packet over 200,000 bytes."""
+    broker = MosquittoProcess(extra_config=("max_packet_size 200000",))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+async def test_a_picture_over_the_brokers_limit_is_published_as_missing(
+    small_message_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    broker = small_message_broker
+    config = gateway_config(broker.url, tmp_path, mqtt={"max_payload_bytes": 190_000})
+    big = scene_jpeg()
+    assert len(big) > 200_000  # over what this broker takes
+    read = PlateEvent(
+        camera="cam",
+        source=Source.INJECT,
+        plate="BIG1",
+        received=utc_now(),
+        plate_image=Image(plate_jpeg()),
+        scene_image=Image(big),
+    )
+    counting = CameraEvent(
+        camera="cam",
+        source=Source.INJECT,
+        kind="vehicle_counting",
+        received=utc_now(),
+        images={"snapshot": Image(big)},
+    )
+    topics = ("lpr/cam/#",)
+    with MqttCollector(broker.host, broker.port, topics=topics) as sub:
+        async with Gateway(config) as gw:
+            assert await gw.submit(read) is Admission.ACCEPTED
+            assert await gw.submit(counting) is Admission.ACCEPTED
+            await sub.until(
+                lambda ms: any(m.topic == "lpr/cam/camera_event/vehicle_counting" for m in ms),
+                timeout=20,
+            )
+            over = "lpr_images_over_broker_limit_total"
+            assert sample(gw.metrics, over, camera="cam", image="scene") == 1
+            assert sample(gw.metrics, over, camera="cam", image="snapshot") == 1
+            assert sample(gw.metrics, "lpr_mqtt_reconnects_total") == 1  # never dropped
+            assert gw.outbox.dead_letter_events == 0
+    event = sub.on("lpr/cam/event")[-1].json()
+    assert event["images"]["scene"]["missing"] is True
+    assert "mqtt.max_payload_bytes 190000" in event["images"]["scene"]["reason"]
+    assert sub.on("lpr/cam/image/plate")[-1].payload == plate_jpeg()  # under it: byte-exact
+    assert not sub.on("lpr/cam/image/scene")
+    snapshot = sub.on("lpr/cam/camera_event/vehicle_counting")[-1].json()["data"]["snapshot"]
+    assert snapshot["missing"] is True
+
+
+async def test_re_encoding_makes_a_scene_fit_the_brokers_limit(
+    small_message_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    broker = small_message_broker
+    config = gateway_config(
+        broker.url,
+        tmp_path,
+        mqtt={"max_payload_bytes": 190_000},
+        images={"max_width": 800, "quality": 70},
+    )
+    read = PlateEvent(
+        camera="cam",
+        source=Source.INJECT,
+        plate="FIT1",
+        received=utc_now(),
+        scene_image=Image(scene_jpeg()),
+    )
+    with MqttCollector(broker.host, broker.port, topics=("lpr/cam/#",)) as sub:
+        async with Gateway(config) as gw:
+            assert await gw.submit(read) is Admission.ACCEPTED
+            await sub.until(lambda ms: any(m.topic == "lpr/cam/event" for m in ms), timeout=20)
+            assert (
+                gw.metrics.registry.get_sample_value(
+                    "lpr_images_over_broker_limit_total", {"camera": "cam", "image": "scene"}
+                )
+                is None
+            )
+    scene = sub.on("lpr/cam/image/scene")[-1].payload
+    assert scene.startswith(b"\xff\xd8") and len(scene) <= 190_000
+    assert sub.on("lpr/cam/event")[-1].json()["images"]["scene"]["bytes"] == len(scene)
