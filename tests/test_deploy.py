@@ -47,7 +47,7 @@ from gateway import __version__
 from gateway.app import ADAPTER_STOP_SECONDS, SHUTDOWN_DRAIN_SECONDS, Gateway
 from gateway.broker import MosquittoProcess, find_mosquitto
 from gateway.cli import EXIT_CONFIG
-from gateway.config import Config, HttpCameraConfig, parse_config
+from gateway.config import Config, HttpCameraConfig, load_config, parse_config
 from tests.helpers import free_port, gateway_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -257,14 +257,16 @@ def compose_command() -> list[str] | None:
     return [legacy] if legacy else None
 
 
-def run_compose(args: list[str], env_file: Path, home: Path) -> subprocess.CompletedProcess[str]:
+def run_compose(
+    args: list[str], env_file: Path, home: Path, file: Path = DEPLOY / "docker-compose.yml"
+) -> subprocess.CompletedProcess[str]:
     command = compose_command()
     if command is None:
         pytest.skip("neither `docker compose` (v2 plugin) nor docker-compose 1.x is installed")
     # A clean environment: values must come from the env file, as on a fresh host.
     env = {"PATH": os.environ["PATH"], "HOME": str(home)}
     return subprocess.run(
-        [*command, "-f", str(DEPLOY / "docker-compose.yml"), "--env-file", str(env_file), *args],
+        [*command, "-f", str(file), "--env-file", str(env_file), *args],
         env=env,
         capture_output=True,
         text=True,
@@ -1120,3 +1122,46 @@ def test_prometheus_and_grafana_provisioning_point_at_the_stack() -> None:
     assert dashboard["uid"] == "lpr-gateway" and dashboard["panels"]
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+# -- the 3-node NATS cluster (deploy/nats-cluster) ------------------------------------
+
+NATS_CLUSTER = DEPLOY / "nats-cluster"
+
+
+def nats_env() -> dict[str, str]:
+    lines = (NATS_CLUSTER / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_the_nats_node_config_is_accepted_by_nats_server() -> None:
+    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    env = {**os.environ, **nats_env(), "SERVER_NAME": "nats-1"}
+    result = subprocess.run(
+        [binary, "-t", "-c", str(NATS_CLUSTER / "nats.conf")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = (NATS_CLUSTER / "nats.conf").read_text()
+    assert "stream_replicas: 3" in text  # every MQTT stream on all three nodes
+
+
+def test_the_nats_cluster_compose_file_validates_and_the_gateway_lists_every_node(
+    tmp_path: Path,
+) -> None:
+    compose = yaml.safe_load((NATS_CLUSTER / "docker-compose.yml").read_text())
+    nodes = sorted(name for name in compose["services"] if name.startswith("nats-"))
+    assert nodes == ["nats-1", "nats-2", "nats-3"]
+    config = load_config(NATS_CLUSTER / "config.yaml", environ=nats_env())
+    assert config.mqtt.urls == tuple(f"mqtt://{node}:1883" for node in nodes)
+    assert config.mqtt.max_payload_bytes == 1024 * 1024  # NATS's max_payload default
+    assert (NATS_CLUSTER / compose["services"]["gateway"]["build"]["context"]).resolve() == ROOT
+    result = run_compose(
+        ["config"], NATS_CLUSTER / ".env.example", tmp_path, NATS_CLUSTER / "docker-compose.yml"
+    )
+    assert result.returncode == 0, result.stderr
+    rendered = yaml.safe_load(result.stdout)
+    assert rendered["services"]["nats-2"]["environment"]["SERVER_NAME"] == "nats-2"
