@@ -93,12 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _check(paths: list[Path]) -> int:
     configs: dict[Path, Config] = {}
     for path in paths:
-        try:
-            config = load_config(path)
-        except ConfigError as exc:
-            print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
-            for problem in exc.problems:
-                print(f"  {problem}", file=sys.stderr)
+        config = _load(path)
+        if config is None:
             continue
         for warning in config_warnings(config):
             print(f"  warning: {warning}", file=sys.stderr)
@@ -161,12 +157,8 @@ def _dead_letters(args: argparse.Namespace) -> int:
 
     from gateway.outbox import Outbox, OutboxOpenError
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"{args.config}: configuration problems:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+    config = _load(args.config)
+    if config is None:
         return EXIT_CONFIG
     if args.action != "list" and not args.event and not args.all:
         print(f"lpr-gateway: {args.action} needs --event ID (repeatable) or --all", file=sys.stderr)
@@ -218,13 +210,20 @@ def _setup_logging(level: str) -> None:
     )
 
 
-def _run(path: Path, level_override: str | None) -> int:
+def _load(path: Path) -> Config | None:
+    """The config, or None once every problem in it is printed (with its key path)."""
     try:
-        config = load_config(path)
+        return load_config(path)
     except ConfigError as exc:
-        print(f"{path}: configuration problems:", file=sys.stderr)
+        print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def _run(path: Path, level_override: str | None) -> int:
+    config = _load(path)
+    if config is None:
         return EXIT_CONFIG
     _setup_logging((level_override or config.log_level).upper())
     # Said at every start, not only by `check`: a risky setting left in place

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
-
-import yaml
 
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
 from gateway.event import Image, PlateEvent, Source, utc_now
 from gateway.pipeline import Admission
-from tests.helpers import MqttCollector, Received, free_port, gateway_config
+from tests.helpers import MqttCollector, Received, gateway_config
 
 
 def plate_event(camera: str = "gate_in", plate: str = "AB 123-CD", n: int = 0) -> PlateEvent:
@@ -92,32 +86,6 @@ async def test_state_topics_online(mqtt_broker: MosquittoProcess, tmp_path: Path
             gw.publisher.set_camera_online("gate_in", True)  # type: ignore[union-attr]
             await sub.until_count("site/lpr/gate_in/availability", 1)
             assert sub.on("site/lpr/gate_in/availability")[-1].payload == b"online"
-
-
-def test_last_will_offline_when_gateway_is_killed(
-    mqtt_broker: MosquittoProcess, tmp_path: Path
-) -> None:
-    config = {
-        "mqtt": {"url": mqtt_broker.url, "keepalive_seconds": 5},
-        "outbox": {"path": str(tmp_path / "outbox.sqlite3")},
-        "metrics": {"listen": f"127.0.0.1:{free_port()}"},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    with MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=("lpr/bridge/state",)) as sub:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "-c", str(path)],
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        try:
-            sub.wait_for(lambda ms: any(m.payload == b"online" for m in ms), timeout=20)
-            process.send_signal(signal.SIGKILL)
-            process.wait(10)
-            # The broker notices the dead socket at once (RST) and sends the will.
-            sub.wait_for(lambda ms: ms[-1].payload == b"offline", timeout=15)
-        finally:
-            if process.poll() is None:
-                process.kill()
 
 
 def states(messages: list[Received]) -> set[str]:
