@@ -29,6 +29,12 @@ def _scenarios() -> dict[str, Scenario]:
         "pipeline-100": lambda b, a: spine.pipeline(
             b.url, b.host, b.port, min(a.events, 1000), rate=100
         ),
+        "pipeline-history": lambda b, a: spine.pipeline(
+            b.url, b.host, b.port, a.events, history=True
+        ),
+        "pipeline-history-100": lambda b, a: spine.pipeline(
+            b.url, b.host, b.port, min(a.events, 1000), rate=100, history=True
+        ),
     }
     for module in (tcp, http, rtsp, mixed, outage):
         table.update(module.SCENARIOS)

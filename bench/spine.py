@@ -31,7 +31,7 @@ from bench.common import (
     wait_published,
 )
 from gateway.app import Gateway
-from gateway.config import Config, MetricsConfig, MqttConfig, OutboxConfig
+from gateway.config import Config, HistoryConfig, MetricsConfig, MqttConfig, OutboxConfig
 from gateway.simulate.common import plate_jpeg, scene_jpeg
 
 WINDOW = 32
@@ -81,21 +81,30 @@ def raw_loop(host: str, port: int, events: int, rate: float | None = None) -> Re
 
 
 def pipeline(
-    broker_url: str, host: str, port: int, events: int, rate: float | None = None
+    broker_url: str,
+    host: str,
+    port: int,
+    events: int,
+    rate: float | None = None,
+    history: bool = False,
 ) -> Result:
-    """Events handed to the pipeline: dedup, durable outbox (SQLite WAL), publisher."""
+    """Events handed to the pipeline: dedup, durable outbox (SQLite WAL), publisher;
+    with `history`, every read also kept in the read history (plate pictures)."""
     subscriber = Subscriber(host, port, events, topic="lpr/#")
     with tempfile.TemporaryDirectory(prefix="lpr-bench-") as tmp:
         config = Config(
             mqtt=MqttConfig(urls=(broker_url,), client_id=f"bench-gw-{uuid.uuid4().hex[:6]}"),
             metrics=MetricsConfig(listen=None),
             outbox=OutboxConfig(path=Path(tmp) / "outbox.sqlite3"),
+            history=HistoryConfig(enabled=history),
         )
         cpu, seconds = asyncio.run(_drive_pipeline(config, events, rate))
     got = subscriber.result()
     elapsed = got["end"] - seconds  # seconds holds the start time here
     return Result(
-        scenario="pipeline + outbox" + (f" @{rate:g}/s" if rate else ""),
+        scenario="pipeline + outbox"
+        + (" + history" if history else "")
+        + (f" @{rate:g}/s" if rate else ""),
         events=got["received"],
         seconds=round(elapsed, 2),
         events_per_s=round(got["received"] / elapsed, 1),

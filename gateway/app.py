@@ -20,6 +20,7 @@ import errno
 import functools
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,7 @@ from gateway.broker import MosquittoProcess
 from gateway.config import Config, HttpCameraConfig, Protocol
 from gateway.errors import StartupError
 from gateway.event import AnyEvent
+from gateway.history import HistoryStore, HistoryWriter
 from gateway.homeassistant import Discovery
 from gateway.metrics import Metrics
 from gateway.outbox import Outbox, OutboxOpenError, OutboxWriter
@@ -109,6 +111,7 @@ class Gateway:
         self.pipeline: Pipeline | None = None
         self._writer: OutboxWriter | None = None
         self.discovery: Discovery | None = None
+        self.history: HistoryWriter | None = None
         self.http_server: http.HttpPushServer | None = None
         # task name → (wall time, what happened) of its last crash
         self.task_crashes: dict[str, tuple[float, str]] = {}
@@ -180,6 +183,8 @@ class Gateway:
         )
         self._writer = OutboxWriter(self.outbox, self._executor, on_stored=self.publisher.offer)
         self.pipeline = Pipeline(self.config, self.metrics, self._writer, self._on_stored)
+        if self.config.history.enabled:
+            await self._start_history(self.pipeline)
         if self.config.homeassistant.enabled:
             self.discovery = Discovery(self.config, self.publisher.state)
             self.discovery.attach()
@@ -299,6 +304,8 @@ class Gateway:
             await self._writer.close()
         if self.discovery is not None:
             self.discovery.close()
+        if self.history is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.history.close)
         if self.publisher is not None:
             await self.publisher.stop(SHUTDOWN_DRAIN_SECONDS)
         for task in self._tasks:
@@ -313,6 +320,26 @@ class Gateway:
         if self.embedded_broker is not None:
             await loop.run_in_executor(None, self.embedded_broker.close)
         log.info("stopped; %d events kept in the outbox for the next start", left)
+
+    async def _start_history(self, pipeline: Pipeline) -> None:
+        settings = self.config.history
+        store = HistoryStore(
+            settings.file(self.config.outbox.path),
+            settings.days,
+            settings.max_bytes,
+            settings.images,
+        )
+        dropped = self.metrics.history_dropped
+        self.history = HistoryWriter(store, on_dropped=dropped.inc)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.history.start)
+        except (OSError, sqlite3.DatabaseError) as exc:
+            self.history = None
+            raise StartupError(
+                f"history {store.path} cannot be used: {exc}. Check the folder, or move a"
+                " damaged file aside (history.path)"
+            ) from exc
+        pipeline.history = self.history.record
 
     # -- /metrics and /healthz -------------------------------------------------
 

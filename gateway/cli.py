@@ -71,6 +71,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     dead.add_argument("--event", action="append", default=[], help="an event id (repeatable)")
     dead.add_argument("--all", action="store_true", help="replay or drop every dead letter")
     dead.add_argument("--json", action="store_true", help="list as JSON lines")
+    history = commands.add_parser("history", help="search the read history: history search --help")
+    history_commands = history.add_subparsers(dest="history_command", required=True)
+    search = history_commands.add_parser("search", help="reads newest first, as text or CSV")
+    search.add_argument("-c", "--config", required=True, type=Path)
+    search.add_argument("--plate", help="a fragment of the plate (spaces and dashes ignored)")
+    search.add_argument("--fuzzy", action="store_true", help="the fragment within one edit")
+    search.add_argument("--camera")
+    search.add_argument("--known", help="a known-plates name")
+    search.add_argument("--since", help="ISO time, e.g. 2026-12-01 or 2026-12-01T08:00Z")
+    search.add_argument("--until", help="ISO time (exclusive)")
+    search.add_argument("--limit", type=int, default=50)
+    search.add_argument("--csv", action="store_true", help="every match as CSV")
     args = parser.parse_args(args_list)
 
     if args.command == "check":
@@ -79,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args.config, args.log_level)
     if args.command == "outbox":
         return _dead_letters(args)
+    if args.command == "history":
+        return _history_search(args)
     if args.command == "demo":
         from gateway.demo import run_demo
 
@@ -147,6 +161,57 @@ def _written_client_id(path: Path) -> str | None:
     if value is None or "${" in str(value):
         return None
     return str(value)
+
+
+def _history_search(args: argparse.Namespace) -> int:
+    """The history of a gateway (running or not: the history is read, never written)."""
+    from datetime import UTC, datetime
+
+    from gateway.history import HistoryQuery, HistoryStore
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    settings = config.history
+    path = settings.file(config.outbox.path)
+    if not path.exists():
+        print(f"lpr-gateway: no history at {path} (history.enabled)", file=sys.stderr)
+        return EXIT_CONFIG
+
+    def moment(text: str | None) -> float | None:
+        if text is None:
+            return None
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+    try:
+        query = HistoryQuery(
+            plate=args.plate,
+            fuzzy=args.fuzzy,
+            camera=args.camera,
+            known=args.known,
+            since=moment(args.since),
+            until=moment(args.until),
+        )
+    except ValueError as exc:
+        print(f"lpr-gateway: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    store = HistoryStore(path, settings.days, settings.max_bytes, settings.images)
+    store.open()
+    try:
+        if args.csv:
+            for chunk in store.export_csv(query):
+                sys.stdout.write(chunk)
+            return EXIT_OK
+        rows = store.search(query, args.limit)
+        for row in rows:
+            when = datetime.fromtimestamp(row.time, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            known = f"  known={row.known}" if row.known else ""
+            print(f"{when}Z  {row.camera:<16} {ascii(row.plate)[1:-1]:<12}{known}  {row.id}")
+        print(f"{len(rows)} of {store.count(query)} reads", file=sys.stderr)
+    finally:
+        store.close()
+    return EXIT_OK
 
 
 def _dead_letters(args: argparse.Namespace) -> int:

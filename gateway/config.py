@@ -667,6 +667,34 @@ class OutboxConfig:
     )
 
 
+class HistoryImages(enum.Enum):
+    """Which pictures the history keeps with each read."""
+
+    NONE = "none"
+    PLATE = "plate"
+    ALL = "all"
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryConfig:
+    """Every published read kept for looking back (`lpr-gateway history`)."""
+
+    enabled: bool = option(False, boolean, doc="keep a searchable history of every read")
+    path: Path | None = option(
+        None, optional_path, doc="its own SQLite file; default: history.sqlite3 beside the outbox"
+    )
+    days: float = option(30.0, number(0.01, 36500), doc="reads older than this are pruned")
+    images: HistoryImages = option(
+        HistoryImages.PLATE, choice(HistoryImages), doc="pictures kept: none | plate | all"
+    )
+    max_bytes: int = option(
+        2_000_000_000, integer(1_000_000, 10**13), doc="the oldest reads go past this size"
+    )
+
+    def file(self, outbox: Path) -> Path:
+        return self.path or outbox.with_name("history.sqlite3")
+
+
 @dataclass(frozen=True, slots=True)
 class DedupConfig:
     window_seconds: float = option(
@@ -843,6 +871,7 @@ class Config:
     metrics: MetricsConfig = section(MetricsConfig, doc="/metrics (Prometheus) and /healthz")
     outbox: OutboxConfig = section(OutboxConfig, doc="durable store between cameras and the broker")
     dedup: DedupConfig = section(DedupConfig, doc="repeated reads of one vehicle")
+    history: HistoryConfig = section(HistoryConfig, doc="a searchable history of every read")
     images: ImagesConfig = section(
         ImagesConfig, doc="scene image on MQTT; a camera may override any key"
     )

@@ -122,6 +122,11 @@ class Metrics:
             ["camera", "match"],
             registry=r,
         )
+        self.history_dropped = Counter(
+            "lpr_history_dropped",
+            "Reads left out of the history because its writer fell behind (published all the same)",
+            registry=r,
+        )
         self.images_over_broker_limit = Counter(
             "lpr_images_over_broker_limit",
             "Pictures over mqtt.max_payload_bytes, published as missing (the event says why)",

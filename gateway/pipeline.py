@@ -28,6 +28,7 @@ from gateway.event import (
     ImageKind,
     PlateEvent,
 )
+from gateway.history import HistoryRecord
 from gateway.homeassistant import ha_event_payload, ha_event_type
 from gateway.images import apply_image_options, within_payload_limit
 from gateway.known_plates import KnownPlates, edit_distance
@@ -226,6 +227,8 @@ class Pipeline:
         # Called with every plate read that was accepted (e.g. HA discovery learns
         # a camera's device id). Must not block.
         self.observers: list[Callable[[PlateEvent], None]] = []
+        # Handed every stored read with its event JSON as published (the history).
+        self.history: Callable[[HistoryRecord], None] | None = None
 
     def close(self) -> None:
         """Stop intake: every later submit is refused as SHUTTING_DOWN."""
@@ -240,6 +243,7 @@ class Pipeline:
         plate = ""
         stored = False
         queued: asyncio.Future[bool] | None = None
+        draft: EventDraft | None = None
         try:
             # Held until the event is queued for the outbox (not until it is stored):
             # reads of one camera reach the outbox in the order they were submitted,
@@ -263,7 +267,8 @@ class Pipeline:
                     # so a failed read never makes its retry a "duplicate".
                     plate = event.plate_normalized
                     event = await self._apply_image_options(self.enrich(event))
-                queued = await self._writer.enqueue(self._draft(event))
+                draft = self._draft(event)
+                queued = await self._writer.enqueue(draft)
                 if plate and self._dedup.enabled:
                     # Without dedup nothing waits on it: a read waiting for the
                     # one before it to be stored made every read of a plate seen
@@ -287,6 +292,8 @@ class Pipeline:
             return Admission.OUTBOX_FULL
         self._on_stored()
         if isinstance(event, PlateEvent):
+            if self.history is not None and draft is not None:
+                self._keep_in_history(event, draft)
             for observer in self.observers:
                 try:
                     observer(event)
@@ -323,6 +330,29 @@ class Pipeline:
             accepted_at=time.time(),
             dead_letter_reason=reason,
         )
+
+    def _keep_in_history(self, event: PlateEvent, draft: EventDraft) -> None:
+        assert self.history is not None
+        event_topic = self.topics.event(event.camera)
+        payload = next((m.payload for m in draft.messages if m.topic == event_topic), None)
+        if payload is None or draft.dead_letter_reason is not None:
+            return
+        when = event.time or event.received
+        try:
+            self.history(
+                HistoryRecord(
+                    id=event.id,
+                    camera=event.camera,
+                    plate=event.plate,
+                    known=event.known,
+                    time=when.timestamp(),
+                    event_json=payload,
+                    plate_image=event.plate_image.data if event.plate_image else None,
+                    scene_image=event.scene_image.data if event.scene_image else None,
+                )
+            )
+        except Exception:  # the read is stored and published all the same
+            log.exception("camera %s: read %s not handed to the history", event.camera, event.id)
 
     def _within_payload_limit(self, event: AnyEvent, limit: int) -> AnyEvent:
         """Pictures the broker would refuse (it drops the connection over one)
