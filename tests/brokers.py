@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -475,3 +476,69 @@ def _wait_unreaped(pid: int, timeout: float) -> None:
         except ChildProcessError:
             return
         time.sleep(0.05)
+
+
+class RetainedJanitor:
+    """Leaves a shared broker as it found it: what was retained during a test
+    is cleared afterwards, and checked gone.
+
+    For the session's one RabbitMQ node (a node per test would cost 10-15 s
+    each): a later test must not pass on a retained value an earlier one left.
+    Entering subscribes to `#` to learn every topic published while the test
+    runs; `clear()` publishes an empty retained message to each (MQTT's way to
+    delete one) and then asks for them again by exact name (RabbitMQ 3.x sends
+    retained messages to exact subscriptions only).
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        from tests.helpers import MqttCollector
+
+        self.host, self.port = host, port
+        self.watcher = MqttCollector(host, port, topics=("#",))
+
+    def __enter__(self) -> RetainedJanitor:
+        self.watcher.__enter__()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.watcher.__exit__()
+
+    def clear(self, also: tuple[str, ...] = ()) -> None:
+        """Delete every retained message on the topics seen (and `also`);
+        AssertionError if the broker still sends one back."""
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        topics = sorted({m.topic for m in self.watcher.messages} | set(also))
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"janitor-{self.port}")
+        left: list[str] = []
+        sentinel = f"lpr-test/janitor/{secrets.token_hex(4)}"
+        done = threading.Event()
+
+        def on_message(_c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+            if message.topic == sentinel:
+                done.set()
+            elif message.retain and message.payload:
+                left.append(message.topic)
+
+        client.on_message = on_message
+        client.connect(self.host, self.port, keepalive=10)
+        client.loop_start()
+        try:
+            for topic in topics:
+                client.publish(topic, b"", qos=1, retain=True).wait_for_publish(10)
+            subscribed = threading.Event()
+            client.on_subscribe = lambda *_: subscribed.set()
+            client.subscribe([(topic, 1) for topic in [*topics, sentinel]])
+            if not subscribed.wait(10):
+                raise AssertionError("janitor: no SUBACK")
+            # A broker sends retained messages right after the SUBACK, before
+            # anything published later: once the sentinel is back, whatever
+            # was still retained has arrived.
+            client.publish(sentinel, b"1", qos=1).wait_for_publish(10)
+            if not done.wait(10):
+                raise AssertionError("janitor: the sentinel did not come back")
+        finally:
+            client.disconnect()  # before loop_stop, which otherwise waits out a 1 s select
+            client.loop_stop()
+        assert not left, f"retained messages the janitor could not clear: {left}"
