@@ -17,12 +17,15 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+import paho.mqtt.client as mqtt
 import pytest
 import yaml
+from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess, free_port
@@ -255,3 +258,34 @@ async def test_home_assistant_discovery_is_retained(broker: Broker, tmp_path: Pa
     plate = next(d for t, d in documents.items() if t.endswith("gate_plate/config"))
     assert plate["state_topic"] == "lpr/gate/last"
     assert all(d["origin"]["name"] == "lpr-gateway" for d in documents.values())
+
+
+def announce_home_assistant(broker: Broker) -> None:
+    """Home Assistant's birth message: `online`, not retained."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ha-{uuid.uuid4().hex[:8]}")
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        client.publish("homeassistant/status", b"online", qos=1).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+async def test_home_assistant_coming_online_gets_every_discovery_config(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """Home Assistant subscribes to its discovery prefix with a wildcard: on
+    RabbitMQ 3.x that brings no retained config, so what it gets is what the
+    gateway sends again when it announces itself. Checked on every broker."""
+    config = gateway_config(broker.url, tmp_path, CAMERA, homeassistant={"enabled": True})
+    names = discovery_topics(config.mqtt.client_id)
+    async with Gateway(config):
+        await asyncio.to_thread(retained, broker, ("homeassistant/+/+/+/config",), 5, names)
+        filters = ("homeassistant/+/+/+/config",)
+        with MqttCollector(broker.host, broker.port, topics=filters) as ha:
+            await asyncio.to_thread(announce_home_assistant, broker)
+            await ha.until(lambda ms: {m.topic for m in ms if not m.retain} >= set(names), 20)
+    sent_again = {m.topic: m.json() for m in ha.messages if not m.retain}
+    plate = f"homeassistant/sensor/{config.mqtt.client_id}/gate_plate/config"
+    assert sent_again[plate]["state_topic"] == "lpr/gate/last"
