@@ -403,6 +403,23 @@ class RabbitMqProcess:
         self.kill()
         raise RuntimeError(f"RabbitMQ MQTT not ready on {self.port} in {timeout}s")
 
+    def eval(self, expression: str, timeout: float = 60.0) -> str:
+        """Evaluate an Erlang expression on the node (`rabbitmqctl eval`), e.g. to
+        change a setting at runtime; its printed result."""
+        result = subprocess.run(
+            [str(RABBITMQ_SCRIPTS / "rabbitmqctl"), "-n", self.nodename, "eval", expression],
+            env=self._environment(),
+            cwd=self.workdir,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl eval failed: {result.stdout}{result.stderr}")
+        return result.stdout.strip()
+
     def log_tail(self, lines: int = 30) -> str:
         parts = []
         for path in [self.workdir / "startup.log", *sorted(self.workdir.glob("log/*.log"))]:

@@ -13,6 +13,7 @@ Assistant discovery. The README's broker table says what was verified where.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -289,3 +290,34 @@ async def test_home_assistant_coming_online_gets_every_discovery_config(
     sent_again = {m.topic: m.json() for m in ha.messages if not m.retain}
     plate = f"homeassistant/sensor/{config.mqtt.client_id}/gate_plate/config"
     assert sent_again[plate]["state_topic"] == "lpr/gate/last"
+
+
+async def test_rabbitmq_message_over_its_size_limit_is_set_aside_not_stalling(
+    rabbitmq_node: RabbitMqProcess, tmp_path: Path
+) -> None:
+    """RabbitMQ 3.10 takes an MQTT message over its `max_message_size` without a
+    word: it closes the connection's AMQP channel and acknowledges nothing more,
+    keeping the connection (and answering pings). The gateway drops a connection
+    that acknowledges nothing, then finds and sets aside the read that caused it;
+    the reads after it go out."""
+    node = rabbitmq_node
+    if not node.running:
+        node.start()
+    # An operator's lower limit (the default, 128 MiB, is far above any image).
+    node.eval("application:set_env(rabbit, max_message_size, 1000000).")
+    big = plate_read("gate", 1)
+    big = dataclasses.replace(big, scene_image=Image(b"\xff\xd8" + b"s" * 1_200_000))
+    try:
+        with RetainedJanitor(node.host, node.port) as janitor:
+            config = gateway_config(node.url, tmp_path, CAMERA)
+            async with Gateway(config, broker_backoff=QUICK) as gw:
+                assert gw.publisher is not None
+                gw.publisher.window.ack_timeout = 1.0
+                with MqttCollector(node.host, node.port, topics=("lpr/gate/event",)) as sub:
+                    assert await gw.submit(big) is Admission.ACCEPTED
+                    assert await gw.submit(plate_read("gate", 2)) is Admission.ACCEPTED
+                    await sub.until(lambda ms: any(m.json()["plate"] == "B0002" for m in ms), 60)
+                assert gw.outbox.dead_letter_events == 1
+            janitor.clear(also=CONTRACT_TOPICS)
+    finally:
+        node.eval("application:set_env(rabbit, max_message_size, 134217728).")
