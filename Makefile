@@ -31,6 +31,13 @@ system-deps:
 		$(SUDO) apt-get install -y -qq nats-server >/dev/null || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nats-server >/dev/null; }; \
 	fi
+	@# rabbitmq-server: the third broker of the contract tests (rabbitmq_mqtt plugin);
+	@# the tests start a private node, so the system service it brings is not used
+	@if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then \
+		echo "installing rabbitmq-server (apt-get)"; \
+		$(SUDO) apt-get install -y -qq rabbitmq-server >/dev/null || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq rabbitmq-server >/dev/null; }; \
+	fi
 	@# docker-compose (v1, Debian) only so the tests can validate deploy/docker-compose.yml
 	@if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then \
 		$(SUDO) apt-get install -y -qq --no-install-recommends docker-compose >/dev/null || true; \

@@ -47,6 +47,12 @@ DEAD_LETTER_AFTER_DROPS = 3
 # Committed messages kept in memory for publishing; past this (the broker is
 # away or slow) they are read back from the outbox when their turn comes.
 FRESH_MAX_BYTES = 8 * 1024 * 1024
+# A broker can keep the connection, and answer pings, yet acknowledge nothing
+# more: RabbitMQ 3.10 does after a message over its `max_message_size` (the
+# MQTT connection's AMQP channel is closed; no PUBACK, no disconnect). No PUBACK
+# for this long with messages in flight: the connection is dropped, a drop like
+# any other (isolation, then a dead letter if one message is the cause).
+ACK_TIMEOUT_SECONDS = 60.0
 
 
 class OutboxWindow:
@@ -60,8 +66,13 @@ class OutboxWindow:
         executor: Executor,
         on_retained_ack: Callable[[str, bytes], None],
         fresh_max_bytes: int = FRESH_MAX_BYTES,
+        ack_timeout: float = ACK_TIMEOUT_SECONDS,
     ) -> None:
         self.size = publish_window
+        self.ack_timeout = ack_timeout
+        # When the messages in flight last made progress (the first went out
+        # or a PUBACK came); None while nothing is in flight.
+        self._waiting_since: float | None = None
         self.fresh_max_bytes = fresh_max_bytes
         self.metrics = metrics
         self.outbox = outbox
@@ -114,6 +125,7 @@ class OutboxWindow:
         message = self.inflight.pop(mid, None)
         if message is None:
             return  # a state message (bridge/availability): not from the outbox
+        self._waiting_since = time.monotonic() if self.inflight else None
         if reason.is_failure:
             # MQTT 5 broker refused this message for good (e.g. too large): resending
             # would fail the same way and block the queue behind it. Its event is
@@ -195,10 +207,26 @@ class OutboxWindow:
                     read_cursor = batch[-1].seq
                     ready.extend(batch)
                     continue
-            if ready:
-                await _wait_any(self._ack_signal, closed)
-            else:
-                await _wait_any(self._wake, closed)
+            try:
+                await asyncio.wait_for(
+                    _wait_any(self._ack_signal if ready else self._wake, closed),
+                    self._ack_time_left(),
+                )
+            except TimeoutError:
+                log.warning(
+                    "no PUBACK from the MQTT broker for %.0fs with %d messages in flight: "
+                    "dropping the connection",
+                    self.ack_timeout,
+                    len(self.inflight),
+                )
+                link.close()
+                return
+
+    def _ack_time_left(self) -> float | None:
+        """How long the messages in flight may still wait for a PUBACK (None: none in flight)."""
+        if self._waiting_since is None or not self.inflight:
+            return None
+        return max(0.0, self._waiting_since + self.ack_timeout - time.monotonic())
 
     def _take_fresh(self, after_seq: int, limit: int) -> list[StoredMessage]:
         """Up to `limit` fresh messages past `after_seq`; older ones (read from the
@@ -233,6 +261,8 @@ class OutboxWindow:
             mid = link.publish(message.topic, message.payload, retain=message.retain)
         except PublishRefusedError as exc:
             return f"the MQTT client refused it: {exc}", "client_refused"
+        if not self.inflight:
+            self._waiting_since = time.monotonic()
         self.inflight[mid] = message
         return None
 
@@ -261,6 +291,7 @@ class OutboxWindow:
         if self.inflight and count_drop and not keepalive_expired:
             self._note_drop()
         self.inflight.clear()
+        self._waiting_since = None
 
     def _note_drop(self) -> None:
         if self._isolate_remaining > 0 and len(self.inflight) == 1:
