@@ -31,17 +31,21 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.adapters import http
-from gateway.adapters.base import AdapterContext, ReconnectPolicy
+from gateway.adapters.base import AdapterContext, CameraSwitches, ReconnectPolicy
+from gateway.bridge_api import BridgeEvents, BridgeRequests
 from gateway.broker import MosquittoProcess
-from gateway.config import Config, HttpCameraConfig, Protocol
+from gateway.config import Config, HttpCameraConfig, Protocol, redacted_document
 from gateway.errors import StartupError
 from gateway.event import AnyEvent
 from gateway.history import HistoryStore, HistoryWriter
 from gateway.homeassistant import Discovery
+from gateway.known_plates import KnownPlatesRegistry
 from gateway.metrics import Metrics
 from gateway.outbox import Outbox, OutboxOpenError, OutboxWriter
 from gateway.pipeline import Admission, Pipeline
 from gateway.publisher import BrokerBackoff, MqttPublisher
+from gateway.runtime import RuntimeControl
+from gateway.runtime_store import RuntimeStore, store_path
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +106,15 @@ class Gateway:
         self.embedded_broker: MosquittoProcess | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self.outbox = Outbox(config.outbox.path, config.outbox.max_bytes, config.outbox.sync)
+        # Known plates added and cameras switched off at runtime, on a thread of
+        # their own: a request waits for its fsync, never the outbox's commits.
+        self.runtime_store = RuntimeStore(store_path(config.outbox.path))
+        self._runtime_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runtime")
+        self.switches = CameraSwitches()
+        self.known_plates = KnownPlatesRegistry(config.known_plates, config.known_plates_tolerance)
+        self.runtime: RuntimeControl | None = None
+        self.bridge_events: BridgeEvents | None = None
+        self.bridge_requests: BridgeRequests | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._adapter_tasks: list[asyncio.Task[None]] = []
         self._metrics_runner: web.AppRunner | None = None
@@ -158,6 +171,7 @@ class Gateway:
         self.metrics.outbox_depth.set(self.outbox.pending_events)
         self.metrics.outbox_bytes.set(self.outbox.pending_bytes)
         self.metrics.outbox_dead_letters.set(self.outbox.dead_letter_events)
+        disabled = await self._load_runtime_state()
         publisher_config = self.config
         if self.embedded_broker is not None:
             publisher_config = dataclasses.replace(
@@ -182,7 +196,10 @@ class Gateway:
             await loop.run_in_executor(self._executor, self.outbox.load_retained_state)
         )
         self._writer = OutboxWriter(self.outbox, self._executor, on_stored=self.publisher.offer)
-        self.pipeline = Pipeline(self.config, self.metrics, self._writer, self._on_stored)
+        self.pipeline = Pipeline(
+            self.config, self.metrics, self._writer, self._on_stored, known_plates=self.known_plates
+        )
+        events = self._wire_runtime_control(disabled)
         if self.config.history.enabled:
             await self._start_history(self.pipeline)
         if self.config.homeassistant.enabled:
@@ -195,11 +212,15 @@ class Gateway:
             submit=self.submit,
             set_camera_online=self.publisher.set_camera_online,
             stopping=self.stopping,
+            switches=self.switches,
+            login_refused=events.login_refused,
         )
         await self._listen_for_http_cameras(context)
         writer, publisher = self._writer, self.publisher
         self._tasks.append(self._supervised("outbox-writer", writer.run))
         self._tasks.append(self._supervised("mqtt-publisher", publisher.run))
+        if self.bridge_requests is not None:
+            self._tasks.append(self._supervised("bridge-requests", self.bridge_requests.run))
         if self.config.metrics.listen:
             try:
                 await self._start_metrics_server()
@@ -226,6 +247,94 @@ class Gateway:
             self.config.outbox.path,
             f"on :{self.metrics_port}" if self.metrics_port else "off",
         )
+
+    async def _load_runtime_state(self) -> set[str]:
+        """Open the runtime store: its known plates go into the table reads are
+        matched with; the cameras it has switched off (returned) stay off."""
+        loop = asyncio.get_running_loop()
+        store, executor = self.runtime_store, self._runtime_executor
+        try:
+            await loop.run_in_executor(executor, store.open)
+            entries, disabled, notes = await loop.run_in_executor(
+                executor, RuntimeControl.load, self.config, store, time.time()
+            )
+        except (sqlite3.Error, OSError) as exc:
+            raise StartupError(
+                f"runtime state {store.path} cannot be used: {exc}. It holds the known plates "
+                "added and the cameras disabled over MQTT; if it is damaged, move it aside "
+                "(they are lost, the outbox is not)"
+            ) from exc
+        for note in notes:
+            log.warning("%s", note)
+        self.known_plates.replace_runtime(entries)
+        for camera in sorted(disabled):
+            self.switches.set_enabled(camera, False)
+            log.info("camera %s: disabled at runtime earlier; stays off until enabled", camera)
+        return disabled
+
+    def _wire_runtime_control(self, disabled: set[str]) -> BridgeEvents:
+        """The bridge event feed, bridge info's extra sections, and (with
+        `bridge.requests`) the request API, around one `RuntimeControl`."""
+        assert self.publisher is not None
+        state, topics = self.publisher.state, self.publisher.topics
+        runtime = RuntimeControl(
+            self.config,
+            self.runtime_store,
+            self._runtime_executor,
+            self.known_plates,
+            self.switches,
+        )
+        self.runtime = runtime
+        events = BridgeEvents(topics, state, quiet=self.stopping.is_set)
+        self.bridge_events = events
+        for camera in disabled:
+            state.set_camera_disabled(camera, True)
+        self.switches.listeners.append(lambda camera, on: state.set_camera_disabled(camera, not on))
+        self.switches.listeners.append(events.camera_switched)
+        state.availability_listeners.append(events.camera_availability)
+        runtime.known_plates_listeners.append(events.known_plates_changed)
+        runtime.known_plates_listeners.append(lambda _change: state.refresh_info())
+        effective = redacted_document(self.config)
+        state.info_sections["config"] = lambda: effective
+        state.info_sections["known_plates"] = lambda: {
+            "names": len(self.known_plates.names),
+            "entries": self.known_plates.entry_count,
+            "runtime_entries": len(self.known_plates.runtime),
+        }
+        state.info_sections["bridge_requests"] = lambda: self.config.bridge.requests
+        runtime.start()
+        if self.config.bridge.requests:
+            self.bridge_requests = BridgeRequests(
+                topics,
+                state,
+                self.metrics,
+                runtime,
+                health=self.health,
+                outbox_stats=self.outbox_stats,
+                republish_discovery=self._republish_discovery
+                if self.config.homeassistant.enabled
+                else None,
+            )
+            self.bridge_requests.attach()
+        return events
+
+    def _republish_discovery(self) -> dict[str, Any]:
+        if self.discovery is None:
+            return {"republished": False}
+        self.discovery.publish_all()
+        return {"republished": True, "cameras": len(self.config.cameras)}
+
+    async def outbox_stats(self) -> dict[str, Any]:
+        """What waits in the outbox, and for how long: the `outbox/stats` request."""
+        loop = asyncio.get_running_loop()
+        oldest = await loop.run_in_executor(self._executor, self.outbox.oldest_pending_accepted_at)
+        return {
+            "events": self.outbox.pending_events,
+            "bytes": self.outbox.pending_bytes,
+            "max_bytes": self.config.outbox.max_bytes,
+            "oldest_age_seconds": None if oldest is None else round(time.time() - oldest, 3),
+            "dead_letters": self.outbox.dead_letter_events,
+        }
 
     async def _listen_for_http_cameras(self, context: AdapterContext) -> None:
         """Bind the HTTP cameras' port now: a busy port is a start-up failure,
@@ -306,6 +415,8 @@ class Gateway:
             self.discovery.close()
         if self.history is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.history.close)
+        if self.runtime is not None:
+            self.runtime.close()
         if self.publisher is not None:
             await self.publisher.stop(SHUTDOWN_DRAIN_SECONDS)
         for task in self._tasks:
@@ -317,6 +428,8 @@ class Gateway:
         left = self.outbox.pending_events
         await loop.run_in_executor(self._executor, self.outbox.close)
         self._executor.shutdown(wait=True)
+        await loop.run_in_executor(self._runtime_executor, self.runtime_store.close)
+        self._runtime_executor.shutdown(wait=True)
         if self.embedded_broker is not None:
             await loop.run_in_executor(None, self.embedded_broker.close)
         log.info("stopped; %d events kept in the outbox for the next start", left)
