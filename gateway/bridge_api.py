@@ -154,7 +154,7 @@ def _bare_text(payload: bytes) -> str | None:
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    if len(text) > 200 or text[0] in "{[\"" or not text.isprintable():
+    if len(text) > 200 or text[0] in '{["' or not text.isprintable():
         return None
     return text
 
