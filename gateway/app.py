@@ -293,6 +293,7 @@ class Gateway:
         self.switches.listeners.append(events.camera_switched)
         state.availability_listeners.append(events.camera_availability)
         runtime.known_plates_listeners.append(events.known_plates_changed)
+        self.publisher.window.dead_letter_listeners.append(events.dead_letter)
         runtime.known_plates_listeners.append(lambda _change: state.refresh_info())
         effective = redacted_document(self.config)
         state.info_sections["config"] = lambda: effective

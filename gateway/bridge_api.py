@@ -11,7 +11,7 @@ publishing.
 
 `<base>/bridge/event` (not retained) says what an operator wants to see:
 cameras going online or offline, switched off or on, a login refused, a
-known-plates change, each with its time.
+known-plates change, an event set aside as a dead letter, each with its time.
 """
 
 from __future__ import annotations
@@ -89,6 +89,9 @@ class BridgeEvents:
             return
         self._login_refused_said[camera] = now
         self.emit("login_refused", camera=camera, detail=detail[:300])
+
+    def dead_letter(self, event_id: str, camera: str, reason: str) -> None:
+        self.emit("dead_letter", event_id=event_id, camera=camera, reason=reason[:300])
 
     def known_plates_changed(self, change: KnownPlatesChange) -> None:
         self.emit(

@@ -22,6 +22,7 @@ from gateway.bridge_api import MAX_REQUEST_BYTES, BadRequestError, parse_request
 from gateway.broker import MosquittoProcess
 from gateway.config import Config
 from gateway.event import PlateEvent, Source, utc_now
+from gateway.outbox import EventDraft, MessageDraft, Outbox
 from gateway.simulate.tcp import TcpCameraSimulator
 from tests.helpers import (
     MqttCollector,
@@ -494,6 +495,20 @@ async def test_a_refused_login_is_announced(mqtt_broker: MosquittoProcess, tmp_p
                 await eventually(lambda: sim.login_failures >= 3, what="retries")
                 # Said once a minute per camera, not at every retry.
                 assert len(events(sub, "login_refused")) == 1
+
+
+async def test_a_dead_letter_is_announced(mqtt_broker: MosquittoProcess, tmp_path: Path) -> None:
+    config = gateway_config(mqtt_broker.url, tmp_path, [http_camera_entry("cam", "c", "pw")])
+    # A row an older version stored with a topic the broker would refuse.
+    outbox = Outbox(config.outbox.path, config.outbox.max_bytes)
+    outbox.open()
+    poisoned = MessageDraft("lpr/cam/camera_event/a\x00b", b"{}", False)
+    outbox.append_batch([EventDraft("poisoned-1", "cam", (poisoned,), time.time())])
+    outbox.close()
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=TOPICS) as sub:
+        async with running(config):
+            letter = await until_event(sub, "dead_letter", event_id="poisoned-1")
+            assert letter["data"]["camera"] == "cam" and "U+0000" in letter["data"]["reason"]
 
 
 @given(st.binary(max_size=300), st.sampled_from(["known_plates/add", "camera/disable", "x"]))
