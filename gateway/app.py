@@ -55,6 +55,8 @@ TASK_RESTART_MIN_SECONDS = 1.0
 TASK_RESTART_MAX_SECONDS = 30.0
 # A task that ran this long before crashing starts again after the shortest delay.
 TASK_STABLE_SECONDS = 60.0
+# The effective config in bridge info: beyond this the cameras' settings are summarised.
+INFO_CONFIG_MAX_BYTES = 64 * 1024
 # /healthz says "degraded" for this long after a task restarted.
 RESTART_REPORT_SECONDS = 600.0
 
@@ -295,7 +297,7 @@ class Gateway:
         runtime.known_plates_listeners.append(events.known_plates_changed)
         self.publisher.window.dead_letter_listeners.append(events.dead_letter)
         runtime.known_plates_listeners.append(lambda _change: state.refresh_info())
-        effective = redacted_document(self.config)
+        effective = bounded_info_config(redacted_document(self.config))
         state.info_sections["config"] = lambda: effective
         state.info_sections["known_plates"] = lambda: {
             "names": len(self.known_plates.names),
@@ -521,6 +523,27 @@ class Gateway:
             text=json.dumps(report),
             content_type="application/json",
         )
+
+
+def bounded_info_config(document: dict[str, Any]) -> dict[str, Any]:
+    """The effective config for bridge info, its cameras summarised past a size.
+
+    Bridge info is one retained message, re-sent on every connect and after
+    every burst of camera changes: with a thousand cameras their settings
+    would make it ~0.5 MB, over some brokers' message limit (NATS: 1 MB by
+    default, and it drops the connection over one).
+    """
+    if len(json.dumps(document)) <= INFO_CONFIG_MAX_BYTES:
+        return document
+    cameras = document.get("cameras", [])
+    return {
+        **document,
+        "cameras": {
+            "omitted": f"{len(cameras)} cameras' settings are over {INFO_CONFIG_MAX_BYTES} "
+            "bytes: see the config file",
+            "count": len(cameras),
+        },
+    }
 
 
 def _adapter_runner(

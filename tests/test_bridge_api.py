@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.adapters.base import ReconnectPolicy
-from gateway.app import Gateway
+from gateway.app import INFO_CONFIG_MAX_BYTES, Gateway, bounded_info_config
 from gateway.bridge_api import MAX_REQUEST_BYTES, BadRequestError, parse_request
 from gateway.broker import MosquittoProcess
-from gateway.config import Config
+from gateway.config import Config, redacted_document
 from gateway.event import PlateEvent, Source, utc_now
 from gateway.outbox import EventDraft, MessageDraft, Outbox
 from gateway.simulate.tcp import TcpCameraSimulator
@@ -545,3 +545,14 @@ async def _post(gw: Gateway, camera: str) -> int:
         session.post(url, data=json.dumps({"plate": "AB123CD"}), headers=headers) as response,
     ):
         return response.status
+
+
+def test_bridge_info_summarises_the_settings_of_many_cameras(tmp_path: Path) -> None:
+    cameras = [http_camera_entry(f"cam{n}", "cam", "pw") for n in range(400)]
+    config = gateway_config("mqtt://127.0.0.1:1", tmp_path, cameras)
+    document = bounded_info_config(redacted_document(config))
+    assert len(json.dumps(document)) <= INFO_CONFIG_MAX_BYTES
+    assert document["cameras"]["count"] == 400
+    assert document["mqtt"]["password"] is None
+    few = redacted_document(gateway_config("mqtt://127.0.0.1:1", tmp_path, cameras[:3]))
+    assert bounded_info_config(few) == few
