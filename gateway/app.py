@@ -287,7 +287,11 @@ class Gateway:
             self.switches,
         )
         self.runtime = runtime
-        events = BridgeEvents(topics, state, quiet=self.stopping.is_set)
+        link = self.publisher.link
+        events = BridgeEvents(
+            topics, state, quiet=self.stopping.is_set, connected=lambda: link.is_open
+        )
+        state.on_connected(events.flush)
         self.bridge_events = events
         for camera in disabled:
             state.set_camera_disabled(camera, True)

@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,6 +41,8 @@ MAX_TRANSACTION_CHARS = 256
 # A camera's refused logins are announced at most this often (an HTTP camera
 # with a wrong password retries every few seconds).
 LOGIN_REFUSED_EVENT_SECONDS = 60.0
+# Events kept while the broker is away (the newest; older ones are dropped).
+HELD_EVENTS = 100
 # The `request` label of a path that is no request: the label set stays bounded.
 UNKNOWN_REQUEST = "unknown"
 
@@ -61,10 +64,18 @@ class BridgeEvents:
     """`<base>/bridge/event`: fire and forget (not retained, lost while the broker is)."""
 
     def __init__(
-        self, topics: Topics, publisher: Publisher, quiet: Callable[[], bool] = lambda: False
+        self,
+        topics: Topics,
+        publisher: Publisher,
+        quiet: Callable[[], bool] = lambda: False,
+        connected: Callable[[], bool] = lambda: True,
     ) -> None:
         self.topic = topics.bridge_event
         self.publisher = publisher
+        # Events while the broker is away (a camera refusing its login at start,
+        # before the first CONNACK) are kept, the newest few, and sent on connect.
+        self.connected = connected
+        self._held: deque[bytes] = deque(maxlen=HELD_EVENTS)
         # True while the gateway is stopping: every camera going offline then is
         # the shutdown, which `bridge/state` already says.
         self.quiet = quiet
@@ -73,7 +84,15 @@ class BridgeEvents:
     def emit(self, kind: str, **data: Any) -> None:
         document = {"type": kind, "time": utc_stamp(), "data": data}
         payload = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+        if not self.connected():
+            self._held.append(payload)
+            return
         self.publisher.publish_state(self.topic, payload, retain=False)
+
+    def flush(self) -> None:
+        """Just connected: the events held meanwhile, oldest first."""
+        while self._held:
+            self.publisher.publish_state(self.topic, self._held.popleft(), retain=False)
 
     def camera_availability(self, camera: str, online: bool) -> None:
         if not self.quiet():

@@ -81,7 +81,7 @@ class MqttCollector:
         self._client.on_message = self._on_message
         self._client.on_connect = self._on_connect
         self._subscribed = threading.Event()
-        self._wants_bridge_events = any("bridge" in t or t.endswith("#") for t in topics)
+        self._wants_bridge_events = any("bridge" in t for t in topics)
 
     def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
         client.subscribe([(topic, self.qos) for topic in self.topics])
