@@ -23,6 +23,7 @@ from gateway.broker import MosquittoProcess
 from gateway.config import Config, redacted_document
 from gateway.event import PlateEvent, Source, utc_now
 from gateway.outbox import EventDraft, MessageDraft, Outbox
+from gateway.simulate.rtsp import RtspCameraSimulator
 from gateway.simulate.tcp import TcpCameraSimulator
 from tests.helpers import (
     MqttCollector,
@@ -483,6 +484,36 @@ async def test_a_disabled_camera_stays_off_across_a_restart(
                 await sub.until(lambda _: _last(sub, "lpr/gate_out/availability") == b"online")
                 assert await _post(gw, "gate_out") == 200
                 await sub.until(lambda _: _camera_state(sub, "gate_in") == "online")
+
+
+async def test_a_disabled_rtsp_camera_is_torn_down_and_comes_back(
+    mqtt_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    sim = RtspCameraSimulator(username="admin", password="secret", rate=0, seed=7, camera="lobby")
+    async with sim:
+        camera = {
+            "id": "lobby",
+            "protocol": "rtsp",
+            "url": sim.url,
+            "username": "admin",
+            "password": "secret",
+            "http_port": sim.http_port,
+        }
+        config = gateway_config(mqtt_broker.url, tmp_path, [camera])
+        with MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=TOPICS) as sub:
+            async with running(config):
+                api = Requester(sub)
+                async with asyncio.timeout(20):
+                    await sim.wait_playing()
+                await api.ok("camera/disable", "lobby")
+                async with asyncio.timeout(20):
+                    await sim.wait_connections(0)
+                assert sim.stats.teardowns == 1
+                await sub.until(lambda _: _last(sub, "lpr/lobby/availability") == b"offline")
+                await api.ok("camera/enable", "lobby")
+                async with asyncio.timeout(20):
+                    await sim.wait_playing()
+                await sub.until(lambda _: _last(sub, "lpr/lobby/availability") == b"online")
 
 
 async def test_a_refused_login_is_announced(mqtt_broker: MosquittoProcess, tmp_path: Path) -> None:
