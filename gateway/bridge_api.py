@@ -271,22 +271,23 @@ class BridgeRequests:
             await self.handle(path, payload)
 
     async def handle(self, path: str, payload: bytes) -> None:
-        transaction: Request | None = None
+        # The parsed request, once it could be parsed: its transaction is echoed.
+        parsed: Request | None = None
         try:
             request = parse_request(path, payload)
-            transaction = request
+            parsed = request
             handler = self.handlers.get(path)
             if handler is None:
                 known = ", ".join(self.handlers)
                 raise BadRequestError(f"unknown request {path[:100]!r} (known: {known})")
             data = await handler(request)
         except (BadRequestError, RequestRefusedError) as exc:
-            self._answer(path, transaction, error=str(exc))
+            self._answer(path, parsed, error=str(exc))
         except Exception as exc:  # a bug: said loudly, answered, and the worker goes on
             log.exception("bridge request %s failed", path[:100])
-            self._answer(path, transaction, error=f"internal error: {type(exc).__name__}")
+            self._answer(path, parsed, error=f"internal error: {type(exc).__name__}")
         else:
-            self._answer(path, transaction, data=data)
+            self._answer(path, parsed, data=data)
 
     def _answer(
         self, path: str, request: Request | None, *, data: Any = None, error: str | None = None
