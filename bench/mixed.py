@@ -239,6 +239,8 @@ def _subscriber_main(host: str, port: int, expected: Any, ready: Any, out: Any) 
     def on_message(_c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         import json
 
+        if message.topic.endswith("/bridge/event"):  # the bridge's own feed, not a read
+            return
         now = time.time()
         document = json.loads(message.payload)
         with lock:

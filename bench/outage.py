@@ -109,6 +109,8 @@ class _Arrivals:
         self.ready.set()
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic.endswith("/bridge/event"):  # the bridge's own feed, not a read
+            return
         now = time.time()
         document = json.loads(message.payload)
         n = int(document["raw"]["n"])

@@ -188,7 +188,7 @@ def _subscriber_main(
 
     def on_message(_c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         now = time.time()
-        if not message.topic.endswith("/event"):
+        if not message.topic.endswith("/event") or message.topic.endswith("/bridge/event"):
             return
         document = json.loads(message.payload)
         if document.get("time"):

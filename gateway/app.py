@@ -31,17 +31,21 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.adapters import http
-from gateway.adapters.base import AdapterContext, ReconnectPolicy
+from gateway.adapters.base import AdapterContext, CameraSwitches, ReconnectPolicy
+from gateway.bridge_api import BridgeEvents, BridgeRequests
 from gateway.broker import MosquittoProcess
-from gateway.config import Config, HttpCameraConfig, Protocol
+from gateway.config import Config, HttpCameraConfig, Protocol, redacted_document
 from gateway.errors import StartupError
 from gateway.event import AnyEvent
 from gateway.history import HistoryStore, HistoryWriter
 from gateway.homeassistant import Discovery
+from gateway.known_plates import KnownPlatesRegistry
 from gateway.metrics import Metrics
 from gateway.outbox import Outbox, OutboxOpenError, OutboxWriter
 from gateway.pipeline import Admission, Pipeline
 from gateway.publisher import BrokerBackoff, MqttPublisher
+from gateway.runtime import RuntimeControl
+from gateway.runtime_store import RuntimeStore, store_path
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,8 @@ TASK_RESTART_MIN_SECONDS = 1.0
 TASK_RESTART_MAX_SECONDS = 30.0
 # A task that ran this long before crashing starts again after the shortest delay.
 TASK_STABLE_SECONDS = 60.0
+# The effective config in bridge info: beyond this the cameras' settings are summarised.
+INFO_CONFIG_MAX_BYTES = 64 * 1024
 # /healthz says "degraded" for this long after a task restarted.
 RESTART_REPORT_SECONDS = 600.0
 
@@ -102,6 +108,15 @@ class Gateway:
         self.embedded_broker: MosquittoProcess | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self.outbox = Outbox(config.outbox.path, config.outbox.max_bytes, config.outbox.sync)
+        # Known plates added and cameras switched off at runtime, on a thread of
+        # their own: a request waits for its fsync, never the outbox's commits.
+        self.runtime_store = RuntimeStore(store_path(config.outbox.path))
+        self._runtime_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runtime")
+        self.switches = CameraSwitches()
+        self.known_plates = KnownPlatesRegistry(config.known_plates, config.known_plates_tolerance)
+        self.runtime: RuntimeControl | None = None
+        self.bridge_events: BridgeEvents | None = None
+        self.bridge_requests: BridgeRequests | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._adapter_tasks: list[asyncio.Task[None]] = []
         self._metrics_runner: web.AppRunner | None = None
@@ -158,6 +173,7 @@ class Gateway:
         self.metrics.outbox_depth.set(self.outbox.pending_events)
         self.metrics.outbox_bytes.set(self.outbox.pending_bytes)
         self.metrics.outbox_dead_letters.set(self.outbox.dead_letter_events)
+        disabled = await self._load_runtime_state()
         publisher_config = self.config
         if self.embedded_broker is not None:
             publisher_config = dataclasses.replace(
@@ -182,7 +198,10 @@ class Gateway:
             await loop.run_in_executor(self._executor, self.outbox.load_retained_state)
         )
         self._writer = OutboxWriter(self.outbox, self._executor, on_stored=self.publisher.offer)
-        self.pipeline = Pipeline(self.config, self.metrics, self._writer, self._on_stored)
+        self.pipeline = Pipeline(
+            self.config, self.metrics, self._writer, self._on_stored, known_plates=self.known_plates
+        )
+        events = self._wire_runtime_control(disabled)
         if self.config.history.enabled:
             await self._start_history(self.pipeline)
         if self.config.homeassistant.enabled:
@@ -195,11 +214,15 @@ class Gateway:
             submit=self.submit,
             set_camera_online=self.publisher.set_camera_online,
             stopping=self.stopping,
+            switches=self.switches,
+            login_refused=events.login_refused,
         )
         await self._listen_for_http_cameras(context)
         writer, publisher = self._writer, self.publisher
         self._tasks.append(self._supervised("outbox-writer", writer.run))
         self._tasks.append(self._supervised("mqtt-publisher", publisher.run))
+        if self.bridge_requests is not None:
+            self._tasks.append(self._supervised("bridge-requests", self.bridge_requests.run))
         if self.config.metrics.listen:
             try:
                 await self._start_metrics_server()
@@ -226,6 +249,99 @@ class Gateway:
             self.config.outbox.path,
             f"on :{self.metrics_port}" if self.metrics_port else "off",
         )
+
+    async def _load_runtime_state(self) -> set[str]:
+        """Open the runtime store: its known plates go into the table reads are
+        matched with; the cameras it has switched off (returned) stay off."""
+        loop = asyncio.get_running_loop()
+        store, executor = self.runtime_store, self._runtime_executor
+        try:
+            await loop.run_in_executor(executor, store.open)
+            entries, disabled, notes = await loop.run_in_executor(
+                executor, RuntimeControl.load, self.config, store, time.time()
+            )
+        except (sqlite3.Error, OSError) as exc:
+            raise StartupError(
+                f"runtime state {store.path} cannot be used: {exc}. It holds the known plates "
+                "added and the cameras disabled over MQTT; if it is damaged, move it aside "
+                "(they are lost, the outbox is not)"
+            ) from exc
+        for note in notes:
+            log.warning("%s", note)
+        self.known_plates.replace_runtime(entries)
+        for camera in sorted(disabled):
+            self.switches.set_enabled(camera, False)
+            log.info("camera %s: disabled at runtime earlier; stays off until enabled", camera)
+        return disabled
+
+    def _wire_runtime_control(self, disabled: set[str]) -> BridgeEvents:
+        """The bridge event feed, bridge info's extra sections, and (with
+        `bridge.requests`) the request API, around one `RuntimeControl`."""
+        assert self.publisher is not None
+        state, topics = self.publisher.state, self.publisher.topics
+        runtime = RuntimeControl(
+            self.config,
+            self.runtime_store,
+            self._runtime_executor,
+            self.known_plates,
+            self.switches,
+        )
+        self.runtime = runtime
+        link = self.publisher.link
+        events = BridgeEvents(
+            topics, state, quiet=self.stopping.is_set, connected=lambda: link.is_open
+        )
+        state.on_connected(events.flush)
+        self.bridge_events = events
+        for camera in disabled:
+            state.set_camera_disabled(camera, True)
+        self.switches.listeners.append(lambda camera, on: state.set_camera_disabled(camera, not on))
+        self.switches.listeners.append(events.camera_switched)
+        state.availability_listeners.append(events.camera_availability)
+        runtime.known_plates_listeners.append(events.known_plates_changed)
+        self.publisher.window.dead_letter_listeners.append(events.dead_letter)
+        runtime.known_plates_listeners.append(lambda _change: state.refresh_info())
+        effective = bounded_info_config(redacted_document(self.config))
+        state.info_sections["config"] = lambda: effective
+        state.info_sections["known_plates"] = lambda: {
+            "names": len(self.known_plates.names),
+            "entries": self.known_plates.entry_count,
+            "runtime_entries": len(self.known_plates.runtime),
+        }
+        state.info_sections["bridge_requests"] = lambda: self.config.bridge.requests
+        runtime.start()
+        if self.config.bridge.requests:
+            self.bridge_requests = BridgeRequests(
+                topics,
+                state,
+                self.metrics,
+                runtime,
+                health=self.health,
+                outbox_stats=self.outbox_stats,
+                republish_discovery=self._republish_discovery
+                if self.config.homeassistant.enabled
+                else None,
+            )
+            self.bridge_requests.attach()
+        return events
+
+    def _republish_discovery(self) -> dict[str, Any]:
+        if self.discovery is None:
+            return {"republished": False}
+        self.discovery.publish_all()
+        return {"republished": True, "cameras": len(self.config.cameras)}
+
+    async def outbox_stats(self) -> dict[str, Any]:
+        """What waits in the outbox, and for how long: the `outbox/stats` request."""
+        loop = asyncio.get_running_loop()
+        oldest = await loop.run_in_executor(self._executor, self.outbox.oldest_pending_accepted_at)
+        return {
+            "events": self.outbox.pending_events,
+            "bytes": self.outbox.pending_bytes,
+            "max_bytes": self.config.outbox.max_bytes,
+            "oldest_age_seconds": None if oldest is None else round(time.time() - oldest, 3),
+            "dead_letters": self.outbox.dead_letter_events,
+        }
 
     async def _listen_for_http_cameras(self, context: AdapterContext) -> None:
         """Bind the HTTP cameras' port now: a busy port is a start-up failure,
@@ -306,6 +422,8 @@ class Gateway:
             self.discovery.close()
         if self.history is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.history.close)
+        if self.runtime is not None:
+            self.runtime.close()
         if self.publisher is not None:
             await self.publisher.stop(SHUTDOWN_DRAIN_SECONDS)
         for task in self._tasks:
@@ -317,6 +435,8 @@ class Gateway:
         left = self.outbox.pending_events
         await loop.run_in_executor(self._executor, self.outbox.close)
         self._executor.shutdown(wait=True)
+        await loop.run_in_executor(self._runtime_executor, self.runtime_store.close)
+        self._runtime_executor.shutdown(wait=True)
         if self.embedded_broker is not None:
             await loop.run_in_executor(None, self.embedded_broker.close)
         log.info("stopped; %d events kept in the outbox for the next start", left)
@@ -407,6 +527,27 @@ class Gateway:
             text=json.dumps(report),
             content_type="application/json",
         )
+
+
+def bounded_info_config(document: dict[str, Any]) -> dict[str, Any]:
+    """The effective config for bridge info, its cameras summarised past a size.
+
+    Bridge info is one retained message, re-sent on every connect and after
+    every burst of camera changes: with a thousand cameras their settings
+    would make it ~0.5 MB, over some brokers' message limit (NATS: 1 MB by
+    default, and it drops the connection over one).
+    """
+    if len(json.dumps(document)) <= INFO_CONFIG_MAX_BYTES:
+        return document
+    cameras = document.get("cameras", [])
+    return {
+        **document,
+        "cameras": {
+            "omitted": f"{len(cameras)} cameras' settings are over {INFO_CONFIG_MAX_BYTES} "
+            "bytes: see the config file",
+            "count": len(cameras),
+        },
+    }
 
 
 def _adapter_runner(

@@ -45,6 +45,8 @@ DEFAULT_MAX_PIXELS = 40_000_000  # images.max_pixels: 40 MP, far above any camer
 # checked with fullmatch (`re.match` with `$` lets a trailing "\n" through).
 CAMERA_ID_RE = re.compile(r"[a-z0-9_-]+")
 CAMERA_ID_MAX = 64
+# Camera ids that are topic levels of the gateway itself.
+RESERVED_CAMERA_IDS = frozenset({"bridge"})
 NODE_ID_RE = re.compile(r"[a-zA-Z0-9_-]+")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _UNSET: Any = object()  # not in the document, or refused: take the default
@@ -295,6 +297,10 @@ def camera_id(r: _Reader, path: str, value: Any) -> str | None:
         r.problem(path, f"expected [a-z0-9_-]+ (used in topics), got {text!r}")
     elif text is not None and len(text) > CAMERA_ID_MAX:
         r.problem(path, f"at most {CAMERA_ID_MAX} characters (used in topics), got {len(text)}")
+    elif text in RESERVED_CAMERA_IDS:
+        # `<base>/bridge/event` is the bridge's event feed; a camera called
+        # `bridge` would publish its reads there.
+        r.problem(path, f"{text!r} is reserved (<base>/{text}/... are the gateway's own topics)")
     return text
 
 
@@ -378,7 +384,7 @@ def plate_table(r: _Reader, path: str, value: Any) -> dict[str, tuple[str, ...]]
             entry = string(r, f"{key_path}[{index}]", r.interpolate(key_path, plate))
             if entry is None:
                 continue
-            if not _plate_entry_usable(entry):
+            if not plate_entry_usable(entry):
                 r.problem(
                     f"{key_path}[{index}]",
                     f"not a usable entry: {_show(plate)} (a plate, a pattern with * "
@@ -696,6 +702,16 @@ class HistoryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BridgeConfig:
+    requests: bool = option(
+        True,
+        boolean,
+        doc="answer requests on <base>/bridge/request/# (known plates, cameras on/off, "
+        "health): whoever may publish there can change the allow list; false: off",
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class DedupConfig:
     window_seconds: float = option(
         10.0,
@@ -872,6 +888,7 @@ class Config:
     outbox: OutboxConfig = section(OutboxConfig, doc="durable store between cameras and the broker")
     dedup: DedupConfig = section(DedupConfig, doc="repeated reads of one vehicle")
     history: HistoryConfig = section(HistoryConfig, doc="a searchable history of every read")
+    bridge: BridgeConfig = section(BridgeConfig, doc="runtime control over MQTT")
     images: ImagesConfig = section(
         ImagesConfig, doc="scene image on MQTT; a camera may override any key"
     )
@@ -1300,6 +1317,48 @@ def redact_url(url: str) -> str:
     return _SECRET_QUERY_RE.sub(lambda m: m.group(1) + REDACTED, url)
 
 
+def redacted_document(config: Any) -> Any:
+    """A config section (or the whole `Config`) as plain JSON values, every
+    secret replaced by `***` and every URL's password redacted: what
+    `bridge/info` shows of the effective configuration.
+
+    Walks the same option declarations the reader does, so a new option shows
+    up here without being named again, and a new `secret` option stays hidden.
+    """
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return _plain(config)
+    document: dict[str, Any] = {}
+    for key, (item, opt) in options(type(config)).items():
+        value = getattr(config, item.name)
+        if opt.convert is secret:
+            document[key] = REDACTED if value else value
+        elif key == "known_plates":
+            # The allow list can be long and is personal data: counted in
+            # bridge/info, listed by the known_plates/list request.
+            continue
+        elif isinstance(value, tuple) and value and all(isinstance(v, str) for v in value):
+            document[key] = [redact_url(v) if "://" in v else v for v in value]
+        elif isinstance(value, str) and "://" in value:
+            document[key] = redact_url(value)
+        elif isinstance(value, tuple):
+            document[key] = [redacted_document(v) for v in value]
+        else:
+            document[key] = redacted_document(value)
+    return document
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     """PyYAML's message without its snippet of the document: that line may hold a password."""
     if isinstance(exc, yaml.MarkedYAMLError):
@@ -1314,7 +1373,7 @@ def _leaf(path: str) -> str:
     return path.rpartition(".")[2]
 
 
-def _plate_entry_usable(entry: str) -> bool:
+def plate_entry_usable(entry: str) -> bool:
     """A known-plates entry needs something to match: characters other than separators."""
     if entry.strip().lower().startswith("list:"):
         return entry.strip().lower() in {"list:white", "list:black", "list:visitor"}

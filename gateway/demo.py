@@ -196,6 +196,8 @@ class EventPrinter:
         if len(parts) < 3:
             return None
         camera, what = parts[-2], parts[-1]
+        if topic == Topics(self.base).bridge_event:
+            return _describe_bridge_event(payload)
         if what == "event" and len(parts) == 3:
             self.count += 1
             e = json.loads(payload)
@@ -298,3 +300,14 @@ async def _show(config: Config, sources: list[DemoSource], seconds: float) -> No
         if printer is not None:
             printer.close()
             print(f"demo: {printer.count} events shown")
+
+
+def _describe_bridge_event(payload: bytes) -> str | None:
+    """One line for a bridge event; camera online/offline are the availability lines."""
+    event = json.loads(payload)
+    kind, data = event.get("type"), event.get("data") or {}
+    if kind in ("camera_online", "camera_offline"):
+        return None
+    subject = data.get("camera") or data.get("name") or ""
+    detail = data.get("action") or data.get("detail") or data.get("reason") or ""
+    return f"{'':24}  bridge     {kind} {subject} {detail}".rstrip()

@@ -220,3 +220,80 @@ def topic_slug(name: str) -> str:
 
 def normalize_name(name: str) -> str:
     return unicodedata.normalize("NFC", name.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeEntry:
+    """A known-plates entry added over MQTT (`known_plates/add`), kept in the runtime store."""
+
+    name: str
+    written: str  # the plate, pattern or list:… as the request gave it
+    cameras: tuple[str, ...] | None  # None: every camera
+    valid_until: float | None  # UTC epoch seconds; None: no end
+    added_at: float
+
+    @property
+    def key(self) -> str:
+        """What makes two entries of one name the same: the entry as matched."""
+        return entry_key(self.written)
+
+
+def entry_key(written: str) -> str:
+    lowered = written.strip().lower()
+    return lowered if lowered.startswith(_LIST_PREFIX) else normalize_plate(written)
+
+
+class KnownPlatesRegistry:
+    """The config's `known_plates` and the runtime entries, compiled for matching.
+
+    Matching stays one `KnownPlates.match` per read: entries scoped to
+    cameras are compiled into a table of their own per camera they name, and
+    every other camera shares the one table (a dict look-up by camera picks
+    it). Entries are compiled again only when they change; expiry is the
+    runtime controller's timer, never a check per read.
+    """
+
+    def __init__(
+        self,
+        config_table: Mapping[str, Sequence[str]],
+        tolerance: int = 1,
+        runtime: Sequence[RuntimeEntry] = (),
+    ) -> None:
+        self.config_table = {name: tuple(v) for name, v in config_table.items()}
+        self.tolerance = tolerance
+        self.runtime: tuple[RuntimeEntry, ...] = ()
+        self._shared = KnownPlates(self.config_table, tolerance)
+        self._by_camera: dict[str, KnownPlates] = {}
+        self.replace_runtime(runtime)
+
+    def replace_runtime(self, entries: Sequence[RuntimeEntry]) -> None:
+        """Compile the config's table with these runtime entries (config first:
+        ties go to the entry written first)."""
+        self.runtime = tuple(entries)
+        scoped_cameras = {c for e in self.runtime if e.cameras is not None for c in e.cameras}
+        self._shared = KnownPlates(self._table_for(None), self.tolerance)
+        self._by_camera = {
+            camera: KnownPlates(self._table_for(camera), self.tolerance)
+            for camera in sorted(scoped_cameras)
+        }
+
+    def _table_for(self, camera: str | None) -> dict[str, list[str]]:
+        table: dict[str, list[str]] = {name: list(v) for name, v in self.config_table.items()}
+        for entry in self.runtime:
+            if entry.cameras is None or (camera is not None and camera in entry.cameras):
+                table.setdefault(entry.name, []).append(entry.written)
+        return table
+
+    def for_camera(self, camera: str) -> KnownPlates:
+        return self._by_camera.get(camera, self._shared)
+
+    def __bool__(self) -> bool:
+        return bool(self._shared) or bool(self.runtime)
+
+    @property
+    def names(self) -> set[str]:
+        return set(self.config_table) | {e.name for e in self.runtime}
+
+    @property
+    def entry_count(self) -> int:
+        return sum(len(v) for v in self.config_table.values()) + len(self.runtime)

@@ -177,6 +177,13 @@ class Metrics:
             "Repeated camera complaints not written to the log (rate limit)",
             registry=r,
         )
+        self.bridge_requests = Counter(
+            "lpr_bridge_requests",
+            "Requests on <base>/bridge/request/<path> by request (unknown for a path that is "
+            "none) and status (ok, error)",
+            ["request", "status"],
+            registry=r,
+        )
         self.retained_republished = Counter(
             "lpr_retained_republished",
             "Retained messages re-sent from the gateway's own copy after a reconnect",

@@ -645,6 +645,13 @@ class Outbox:
         self.dead_letter_events = self._count_dead_letters()
         return int(moved[2])
 
+    def oldest_pending_accepted_at(self) -> float | None:
+        """When the oldest event still waiting for the broker was accepted (None: none)."""
+        row = self.db.execute(
+            f"SELECT accepted_at FROM message WHERE {_PENDING} ORDER BY seq LIMIT 1"
+        ).fetchone()
+        return float(row[0]) if row is not None else None
+
     def _count_dead_letters(self) -> int:
         row = self.db.execute("SELECT COUNT(DISTINCT event_id) FROM dead_letter").fetchone()
         return int(row[0])

@@ -31,7 +31,7 @@ from gateway.event import (
 from gateway.history import HistoryRecord
 from gateway.homeassistant import ha_event_payload, ha_event_type
 from gateway.images import apply_image_options, within_payload_limit
-from gateway.known_plates import KnownPlates, edit_distance
+from gateway.known_plates import KnownPlatesRegistry, edit_distance
 from gateway.log_limit import RateLimitedLog
 from gateway.metrics import Metrics
 from gateway.outbox import EventDraft, MessageDraft, OutboxWriter
@@ -209,6 +209,7 @@ class Pipeline:
         writer: OutboxWriter,
         on_stored: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
+        known_plates: KnownPlatesRegistry | None = None,
     ) -> None:
         self.config = config
         self.topics = Topics(config.mqtt.base_topic)
@@ -216,7 +217,13 @@ class Pipeline:
         self._writer = writer
         self._on_stored = on_stored
         self._dedup = DuplicateFilter(config.dedup.window_seconds, clock, config.dedup.fuzzy)
-        self._known = KnownPlates(config.known_plates, config.known_plates_tolerance)
+        # Shared with the runtime controller, which recompiles it when entries
+        # are added, removed or expire: a read always sees the current table.
+        self.known_plates = (
+            known_plates
+            if known_plates is not None
+            else KnownPlatesRegistry(config.known_plates, config.known_plates_tolerance)
+        )
         self._images = {c.id: c.images for c in config.cameras}
         self._closed = False
         self._camera_order: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -307,7 +314,7 @@ class Pipeline:
             event = self._within_payload_limit(event, limit)
         ha_event = None
         if isinstance(event, PlateEvent) and self.config.homeassistant.enabled:
-            ha_event = ha_event_type(event, bool(self._known))
+            ha_event = ha_event_type(event, bool(self.known_plates))
         messages = render_messages(event, self.topics, ha_event=ha_event)
         # Every topic checked before it is stored: one the broker refuses would
         # be replayed first after every reconnect. Camera data reaches topics
@@ -372,9 +379,10 @@ class Pipeline:
 
     def enrich(self, event: PlateEvent) -> PlateEvent:
         """Known plates and the camera's own lists: sets `known` and `match`."""
-        if not self._known:
+        known = self.known_plates.for_camera(event.camera)
+        if not known:
             return event
-        found = self._known.match(event.plate_normalized, event.list)
+        found = known.match(event.plate_normalized, event.list)
         if found is None:
             return event.with_enrichment(None, None)
         self.metrics.known_plate_matches.labels(camera=event.camera, match=found.kind.value).inc()

@@ -114,6 +114,18 @@ class Topics:
         """Bridge info: version and the cameras with their state (retained JSON)."""
         return f"{self.base}/bridge/info"
 
+    @property
+    def bridge_event(self) -> str:
+        """What happened (cameras, logins, known plates): JSON, not retained."""
+        return f"{self.base}/bridge/event"
+
+    def bridge_request(self, path: str) -> str:
+        """Where clients send requests (`path` empty: the prefix of them all)."""
+        return f"{self.base}/bridge/request/{path}"
+
+    def bridge_response(self, path: str) -> str:
+        return f"{self.base}/bridge/response/{path}"
+
     def availability(self, camera: str) -> str:
         return f"{self.base}/{camera}/availability"
 

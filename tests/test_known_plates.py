@@ -15,7 +15,9 @@ from gateway.errors import ConfigError
 from gateway.event import ListMembership, PlateEvent, Source, utc_now
 from gateway.known_plates import (
     KnownPlates,
+    KnownPlatesRegistry,
     MatchKind,
+    RuntimeEntry,
     edit_distance,
     pattern_distance,
     topic_slug,
@@ -265,3 +267,39 @@ def test_index_finds_what_a_scan_finds(entries: list[str], plate: str, tolerance
     else:
         assert found is not None and found.distance == best
         assert found.kind is (EXACT if best == 0 else FUZZY)
+
+
+def test_registry_scopes_runtime_entries_to_cameras_and_keeps_config_first() -> None:
+    registry = KnownPlatesRegistry({"Staff": ["AB1234"]}, 1)
+    shared = registry.for_camera("any")
+    assert registry.for_camera("other") is shared  # one table for every camera
+    registry.replace_runtime(
+        [
+            # the config's plate again: the config, written first, wins
+            RuntimeEntry("Night shift", "AB1234", None, None, 0.0),
+            RuntimeEntry("Gate only", "GT5555", ("gate",), None, 0.0),
+            RuntimeEntry("Everyone", "EV7777", None, None, 0.0),
+        ]
+    )
+    assert registry.for_camera("other") is registry.for_camera("lobby")
+    assert registry.for_camera("gate") is not registry.for_camera("lobby")
+    found = registry.for_camera("gate").match("AB1234")
+    assert found is not None and found.name == "Staff"
+    gate = registry.for_camera("gate").match("GT5555")
+    assert gate is not None and gate.name == "Gate only"
+    assert registry.for_camera("lobby").match("GT5555") is None
+    for camera in ("gate", "lobby"):
+        everyone = registry.for_camera(camera).match("EV7777")
+        assert everyone is not None and everyone.name == "Everyone"
+    assert registry.names == {"Staff", "Night shift", "Gate only", "Everyone"}
+    assert registry.entry_count == 4
+    registry.replace_runtime([])
+    assert registry.for_camera("gate").match("GT5555") is None
+    assert bool(registry)
+
+
+def test_an_empty_registry_is_false_until_a_runtime_entry_comes() -> None:
+    registry = KnownPlatesRegistry({}, 1)
+    assert not registry
+    registry.replace_runtime([RuntimeEntry("A", "list:white", ("gate",), None, 0.0)])
+    assert registry

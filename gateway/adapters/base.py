@@ -21,8 +21,8 @@ import enum
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import Config
@@ -30,6 +30,63 @@ from gateway.event import AnyEvent
 from gateway.log_limit import RateLimitedLog
 from gateway.metrics import Metrics
 from gateway.pipeline import Admission
+
+
+class CameraSwitches:
+    """Which cameras are switched off at runtime (`camera/disable`), for the adapters.
+
+    A disabled camera's session is closed and not opened again (TCP, RTSP:
+    the supervisor waits here), and its HTTP requests are answered 503. The
+    runtime controller switches; `listeners` hear every change (bridge
+    state, events, and whatever else wants to follow a camera's switch).
+    """
+
+    def __init__(self, disabled: Iterable[str] = ()) -> None:
+        self._disabled: set[str] = set(disabled)
+        # camera → the running session task, cancelled when the camera is disabled
+        self._sessions: dict[str, asyncio.Task[Outcome]] = {}
+        self._enabled_again: dict[str, asyncio.Event] = {}
+        self.listeners: list[Callable[[str, bool], None]] = []
+
+    @property
+    def disabled(self) -> frozenset[str]:
+        return frozenset(self._disabled)
+
+    def is_disabled(self, camera: str) -> bool:
+        return camera in self._disabled
+
+    def set_enabled(self, camera: str, enabled: bool) -> bool:
+        """Switch `camera`; False when it already was so."""
+        if enabled != (camera in self._disabled):
+            return False
+        if enabled:
+            self._disabled.discard(camera)
+            waiter = self._enabled_again.pop(camera, None)
+            if waiter is not None:
+                waiter.set()
+        else:
+            self._disabled.add(camera)
+            session = self._sessions.get(camera)
+            if session is not None and not session.done():
+                session.cancel()
+        for listener in self.listeners:
+            listener(camera, enabled)
+        return True
+
+    async def wait_enabled(self, camera: str) -> None:
+        while camera in self._disabled:
+            await self._enabled_again.setdefault(camera, asyncio.Event()).wait()
+
+    def session_started(self, camera: str, task: asyncio.Task[Outcome]) -> None:
+        self._sessions[camera] = task
+
+    def session_ended(self, camera: str, task: asyncio.Task[Outcome]) -> None:
+        if self._sessions.get(camera) is task:
+            del self._sessions[camera]
+
+
+def _ignore_login_refused(_camera: str, _detail: str) -> None:
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +99,10 @@ class AdapterContext:
     submit: Callable[[AnyEvent], Awaitable[Admission]]
     set_camera_online: Callable[[str, bool], None]
     stopping: asyncio.Event
+    switches: CameraSwitches = field(default_factory=CameraSwitches)
+    # A camera refused our login, or sent wrong credentials (camera, why): said
+    # once per spell by the adapters, announced on the bridge event topic.
+    login_refused: Callable[[str, str], None] = _ignore_login_refused
 
 
 def backoff_delay(
@@ -93,6 +154,7 @@ class Outcome(enum.Enum):
     FAILED = "failed"  # connected, but the login/handshake or the protocol failed
     CLOSED = "closed"  # the camera closed, went silent, or broke the stream
     STOPPED = "stopped"  # the gateway is shutting down
+    DISABLED = "disabled"  # switched off at runtime: no new session until enabled
 
 
 class SessionProgress:
@@ -185,11 +247,17 @@ class _Supervisor:
 
     async def run(self, session: Session) -> None:
         cam, stopping = self.camera_id, self.ctx.stopping
+        switches = self.ctx.switches
         self.ctx.set_camera_online(cam, False)
         failures = 0
         first = True
         try:
             while not stopping.is_set():
+                if switches.is_disabled(cam):
+                    self.log.info("camera %s: disabled; no session until it is enabled", cam)
+                    await _first_of(switches.wait_enabled(cam), stopping.wait())
+                    failures = 0  # enabled again: start at once, with a fresh backoff
+                    continue
                 if not first:
                     self.ctx.metrics.camera_reconnects.labels(camera=cam).inc()
                 first = False
@@ -201,6 +269,8 @@ class _Supervisor:
                     self.set_online(False)
                 if outcome is Outcome.STOPPED or stopping.is_set():
                     break
+                if outcome is Outcome.DISABLED:
+                    continue  # not a failure: wait to be enabled, then start at once
                 lasted = time.monotonic() - started >= self.policy.healthy_after_seconds
                 if progress.is_established and (progress.has_delivered or lasted):
                     failures = 0
@@ -223,6 +293,23 @@ class _Supervisor:
             self.set_online(False)
 
     async def _run_once(self, session: Session, progress: SessionProgress) -> Outcome:
+        """One session in a task of its own, so that disabling the camera can
+        cancel it (closing the connection) without cancelling the supervisor."""
+        cam, switches = self.camera_id, self.ctx.switches
+        task = asyncio.create_task(self._session(session, progress), name=f"{self.source}-{cam}")
+        switches.session_started(cam, task)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if (current is not None and current.cancelling()) or not switches.is_disabled(cam):
+                raise
+            self.log.info("camera %s: disabled at runtime; session closed", cam)
+            return Outcome.DISABLED
+        finally:
+            switches.session_ended(cam, task)
+
+    async def _session(self, session: Session, progress: SessionProgress) -> Outcome:
         cam = self.camera_id
         try:
             return await session(progress)
@@ -264,3 +351,13 @@ class _Supervisor:
             return None
         self._connect_failure_said = False
         return connection
+
+
+async def _first_of(*waits: Awaitable[Any]) -> None:
+    """Wait until one of `waits` is done; the others are cancelled."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

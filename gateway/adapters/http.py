@@ -109,6 +109,8 @@ _UNAVAILABLE_PARTS = (
     (("Retry-After", str(RETRY_AFTER_SECONDS)),),
 )
 _UNAVAILABLE = _Reply(*_UNAVAILABLE_PARTS)
+# A camera switched off at runtime (`camera/disable`): it keeps its reads and retries.
+_DISABLED = _Reply(503, {"error": "camera disabled"}, (("Retry-After", str(RETRY_AFTER_SECONDS)),))
 # A fixed dummy secret compared when the path is unknown, so both cases cost the same.
 _DUMMY_SECRET = b"\x00" * 32
 
@@ -474,6 +476,9 @@ class HttpPushServer:
         assert camera is not None
         if not self._source_allowed(camera, request):
             return _FORBIDDEN
+        if self.ctx.switches.is_disabled(camera.config.id):
+            # Only after the login: who may not post learns nothing of the switch.
+            return _DISABLED
         if request.method == "GET":
             parsed, size = self._parse_query(request, camera), 0
         elif request.method == "POST":
@@ -523,6 +528,8 @@ class HttpPushServer:
                 return self._unauthorized(camera, request)
             if not self._source_allowed(camera, request):
                 return _FORBIDDEN
+            if self.ctx.switches.is_disabled(camera.config.id):
+                return _DISABLED
             self.metrics.camera_bytes.labels(camera=camera.config.id).inc(size)
             parsed = await self._interpret(document, camera, size, get=request.method == "GET")
             if isinstance(parsed, _Reply):
@@ -539,6 +546,8 @@ class HttpPushServer:
             return self._unauthorized(camera, request)
         if not self._source_allowed(camera, request):
             return _FORBIDDEN
+        if self.ctx.switches.is_disabled(camera.config.id):
+            return _DISABLED
         if request.method == "GET":
             parsed, size = self._parse_query(request, camera), 0
         else:
@@ -608,6 +617,9 @@ class HttpPushServer:
                 cid,
                 request.remote,
             )
+            if request.headers.get("Authorization"):
+                # Wrong credentials, not the first request of a challenge.
+                self.ctx.login_refused(cid, f"wrong credentials from {request.remote}")
             return _UNAUTHORIZED
         if self._any_auth:
             message = "refused request for unknown path %r from %s"

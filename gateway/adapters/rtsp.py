@@ -387,6 +387,7 @@ class CameraSession:
             why = f"the camera refused the configured credentials (realm {event.realm!r})"
         if not self._auth_failure_said:
             self._auth_failure_said = True
+            self.ctx.login_refused(camera.id, f"{why} on {event.method}")
             log.error(
                 "camera %s: %s on %s; check username/password; retrying every %.0f s",
                 camera.id,

@@ -311,6 +311,7 @@ class CameraSession:
                 self.policy.auth_retry_seconds,
             )
             self._auth_reported = True
+            self.ctx.login_refused(cam, f"login refused (401) for user {self.camera.username!r}")
         return Outcome.AUTH_FAILED
 
     async def _unreadable_recognition(self, event: UnreadableRecognition) -> None:

@@ -23,6 +23,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from typing import Any
 
 from gateway import __version__
 from gateway.config import AnyCameraConfig
@@ -63,7 +64,16 @@ class BridgeState:
         self.outbox = outbox
         self.executor = executor
         self._cameras: dict[str, AnyCameraConfig] = {c.id: c for c in cameras}
+        # camera → a live session (as the adapters report it)
         self._availability: dict[str, bool] = dict.fromkeys(self._cameras, False)
+        # cameras switched off at runtime: `offline` whatever the session says
+        self._disabled: set[str] = set()
+        # Hear each change of a camera's published availability (camera, online):
+        # bridge events; whatever else follows cameras.
+        self.availability_listeners: list[Callable[[str, bool], None]] = []
+        # Extra sections of bridge info (key → a function giving its JSON value),
+        # e.g. the effective configuration and the known-plates count.
+        self.info_sections: dict[str, Callable[[], Any]] = {}
         self._on_connected_hooks: list[Callable[[], None]] = []
         # topic → last retained state payload we published there (one per topic);
         # images and `last` are kept by the outbox, not here
@@ -78,11 +88,39 @@ class BridgeState:
     # -- what the rest of the gateway calls --------------------------------------
 
     def set_camera_online(self, camera: str, online: bool) -> None:
-        self.metrics.camera_connected.labels(camera=camera).set(1 if online else 0)
-        if self._availability.get(camera) == online:
-            return
+        was = self._published_online(camera)
         self._availability[camera] = online
-        self.publish_state(self.topics.availability(camera), ONLINE if online else OFFLINE)
+        self._availability_changed(camera, was)
+
+    def set_camera_disabled(self, camera: str, disabled: bool) -> None:
+        """A camera switched off (or on) at runtime: `offline` while it is off,
+        `disabled` in bridge info."""
+        was = self._published_online(camera)
+        if disabled:
+            self._disabled.add(camera)
+        else:
+            self._disabled.discard(camera)
+        self._availability_changed(camera, was, info_changed=True)
+
+    def _published_online(self, camera: str) -> bool:
+        return bool(self._availability.get(camera)) and camera not in self._disabled
+
+    def _availability_changed(self, camera: str, was: bool, info_changed: bool = False) -> None:
+        online = self._published_online(camera)
+        self.metrics.camera_connected.labels(camera=camera).set(1 if online else 0)
+        if online != was:
+            self.publish_state(self.topics.availability(camera), ONLINE if online else OFFLINE)
+            for listener in self.availability_listeners:
+                try:
+                    listener(camera, online)
+                except Exception:
+                    log.exception("camera %s: availability listener failed", camera)
+        elif not info_changed:
+            return
+        self.refresh_info()
+
+    def refresh_info(self) -> None:
+        """Bridge info changed: published once a burst of changes is over."""
         # Bridge info lists every camera: one update per burst of changes. One
         # per change made 1,000 cameras logging in build, store and publish
         # the whole list 1,000 times (a login storm of quadratic cost).
@@ -192,7 +230,8 @@ class BridgeState:
         try:
             self.publish_state(self.topics.state, ONLINE)
             self._publish_info()
-            for camera, online in self._availability.items():
+            for camera in self._availability:
+                online = self._published_online(camera)
                 self.publish_state(self.topics.availability(camera), ONLINE if online else OFFLINE)
             for hook in self._on_connected_hooks:
                 try:
@@ -222,7 +261,8 @@ class BridgeState:
         for camera, online in self._availability.items():
             if online:  # adapters normally said so already as their sessions ended
                 self._availability[camera] = False
-                self.publish_state(self.topics.availability(camera), OFFLINE)
+                if camera not in self._disabled:
+                    self.publish_state(self.topics.availability(camera), OFFLINE)
         if self._info_update is not None:
             self._publish_info()  # now: nothing runs after shutdown
         with contextlib.suppress(BrokerError, TimeoutError):
@@ -239,19 +279,30 @@ class BridgeState:
             self._info_update = None
         self._persist()
 
+    def camera_state(self, camera: str) -> str:
+        """`online`, `offline` or `disabled` (switched off at runtime)."""
+        if camera in self._disabled:
+            return "disabled"
+        return "online" if self._availability.get(camera) else "offline"
+
     def info_payload(self) -> bytes:
-        info = {
+        info: dict[str, Any] = {
             "version": __version__,
             "cameras": [
                 {
                     "id": c.id,
                     "name": c.name,
                     "protocol": c.protocol.value,
-                    "state": "online" if self._availability.get(c.id) else "offline",
+                    "state": self.camera_state(c.id),
                 }
                 for c in self._cameras.values()
             ],
         }
+        for key, section in self.info_sections.items():
+            try:
+                info[key] = section()
+            except Exception:  # one bad section must not cost the rest of the info
+                log.exception("bridge info section %s failed", key)
         return json.dumps(info, ensure_ascii=False).encode()
 
 

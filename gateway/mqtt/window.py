@@ -86,6 +86,8 @@ class OutboxWindow:
         self._pending_acks: list[StoredMessage] = []
         # Dead letters: messages whose event must be set aside (reason, metric kind).
         self._condemned: list[tuple[StoredMessage, str, str]] = []
+        # Hear each event set aside (event id, camera, reason): the bridge event feed.
+        self.dead_letter_listeners: list[Callable[[str, str, str], None]] = []
         # seq → connection drops running with that message alone in flight
         self._strikes: dict[int, int] = {}
         # After a drop with messages in flight, this many are published one at a
@@ -336,6 +338,11 @@ class OutboxWindow:
                     reason,
                     message.topic[:200],
                 )
+                for listener in self.dead_letter_listeners:
+                    try:
+                        listener(message.event_id, message.camera, reason)
+                    except Exception:
+                        log.exception("dead-letter listener failed")
 
     # -- acknowledged rows leave the outbox ------------------------------------------
 
