@@ -532,6 +532,12 @@ class MqttConfig:
     # A broker that refuses larger messages (NATS max_payload, 1 MB by default;
     # cloud brokers' caps) drops the connection over one: known here, a picture
     # over it is published as missing instead (after images: re-encoding).
+    # A broker that keeps the connection but acknowledges nothing (RabbitMQ after
+    # a message over its max_message_size) is left after this long; raise it
+    # for very large pictures over a slow link.
+    ack_timeout_seconds: float = option(
+        60.0, number(5, 3600), doc="no PUBACK this long with messages in flight: reconnect"
+    )
     max_payload_bytes: int | None = option(
         None,
         integer(1024, 268_435_455),

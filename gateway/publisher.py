@@ -78,7 +78,12 @@ class MqttPublisher:
         self.state_topic = self.topics.state
         self.info_topic = self.topics.info
         self.window = OutboxWindow(
-            self.mqtt.publish_window, metrics, outbox, executor, self._retained_row_acked
+            self.mqtt.publish_window,
+            metrics,
+            outbox,
+            executor,
+            self._retained_row_acked,
+            ack_timeout=self.mqtt.ack_timeout_seconds,
         )
         self.link = MqttLink(
             self.mqtt, will=(self.topics.state, OFFLINE), on_ack=self.window.on_ack

@@ -210,10 +210,9 @@ class OutboxWindow:
                     ready.extend(batch)
                     continue
             try:
-                await asyncio.wait_for(
-                    _wait_any(self._ack_signal if ready else self._wake, closed),
-                    self._ack_time_left(),
-                )
+                # asyncio.timeout, not wait_for: no extra task per wait on this path.
+                async with asyncio.timeout(self._ack_time_left()):
+                    await _wait_any(self._ack_signal if ready else self._wake, closed)
             except TimeoutError:
                 log.warning(
                     "no PUBACK from the MQTT broker for %.0fs with %d messages in flight: "
