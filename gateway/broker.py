@@ -57,6 +57,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def end_process(process: subprocess.Popen[bytes], sig: signal.Signals, timeout: float) -> None:
+    """Send `sig` unless it has ended, wait up to `timeout`, then SIGKILL."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def mosquitto_password_hash(password: str, salt: bytes | None = None) -> str:
     """A password file entry's hash as mosquitto 2.0 writes it (`$7$`: PBKDF2-SHA512,
     101 iterations, 12-byte salt): no `mosquitto_passwd`, and no password on a
@@ -223,13 +234,7 @@ class MosquittoProcess:
     def _end(self, sig: signal.Signals, timeout: float) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        end_process(self.process, sig, timeout)
         if self.process.stderr:
             self.process.stderr.close()
         self.process = None

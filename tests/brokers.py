@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from gateway.broker import free_port
+from gateway.broker import end_process, free_port
 
 
 def find_nats_server() -> str | None:
@@ -118,15 +118,8 @@ class NatsProcess:
         self._end(signal.SIGKILL, 5.0)
 
     def _end(self, sig: signal.Signals, timeout: float) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            end_process(self.process, sig, timeout)
         self.process = None
 
     def restart(self) -> None:
