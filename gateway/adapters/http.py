@@ -471,20 +471,35 @@ class HttpPushServer:
         if route is not None and route.direct is None:
             return await self._reply_matched(request, route)
         camera = route.direct if route is not None else None
-        if not self._authorized(camera, request.headers.get("Authorization")):
+        refusal = self._refusal(camera, request, request.headers.get("Authorization"))
+        if refusal is not None:
+            return refusal
+        assert camera is not None  # a request for no camera is refused as unauthorized
+        if request.method not in ("GET", "POST"):
+            return _Reply(405, {"error": "method not allowed"}, (("Allow", "GET, POST"),))
+        return await self._take(request, camera)
+
+    def _refusal(
+        self, camera: _Camera | None, request: web.BaseRequest, header: str | None
+    ) -> _Reply | None:
+        """Why this request may not be `camera`'s read (its login, its source, its
+        switch, in that order), or None."""
+        if not self._authorized(camera, header):
             return self._unauthorized(camera, request)
-        assert camera is not None
+        assert camera is not None  # _authorized is False without a camera
         if not self._source_allowed(camera, request):
             return _FORBIDDEN
         if self.ctx.switches.is_disabled(camera.config.id):
             # Only after the login: who may not post learns nothing of the switch.
             return _DISABLED
+        return None
+
+    async def _take(self, request: web.BaseRequest, camera: _Camera) -> _Reply:
+        """Parse the camera's GET or POST and hand the read on."""
         if request.method == "GET":
             parsed, size = self._parse_query(request, camera), 0
-        elif request.method == "POST":
-            parsed, size = await self._read_and_parse(request, camera)
         else:
-            return _Reply(405, {"error": "method not allowed"}, (("Allow", "GET, POST"),))
+            parsed, size = await self._read_and_parse(request, camera)
         if isinstance(parsed, _Reply):
             return parsed
         return await self._submit(parsed, camera, size)
@@ -524,12 +539,9 @@ class HttpPushServer:
             if not matching:
                 return self._unmatched(route, request, f"device {device!r} is no camera's there")
             camera = matching[0]
-            if not self._authorized(camera, header):
-                return self._unauthorized(camera, request)
-            if not self._source_allowed(camera, request):
-                return _FORBIDDEN
-            if self.ctx.switches.is_disabled(camera.config.id):
-                return _DISABLED
+            refusal = self._refusal(camera, request, header)
+            if refusal is not None:
+                return refusal
             self.metrics.camera_bytes.labels(camera=camera.config.id).inc(size)
             parsed = await self._interpret(document, camera, size, get=request.method == "GET")
             if isinstance(parsed, _Reply):
@@ -542,19 +554,10 @@ class HttpPushServer:
         self, request: web.BaseRequest, camera: _Camera, header: str | None
     ) -> _Reply:
         """The request, once it is known to be `camera`'s: as on the camera's own path."""
-        if not self._authorized(camera, header):
-            return self._unauthorized(camera, request)
-        if not self._source_allowed(camera, request):
-            return _FORBIDDEN
-        if self.ctx.switches.is_disabled(camera.config.id):
-            return _DISABLED
-        if request.method == "GET":
-            parsed, size = self._parse_query(request, camera), 0
-        else:
-            parsed, size = await self._read_and_parse(request, camera)
-        if isinstance(parsed, _Reply):
-            return parsed
-        return await self._submit(parsed, camera, size)
+        refusal = self._refusal(camera, request, header)
+        if refusal is not None:
+            return refusal
+        return await self._take(request, camera)
 
     async def _load_document(
         self, request: web.BaseRequest, route: _Route, reserved: list[int]
