@@ -253,16 +253,16 @@ def decode_stream(
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 for a clean capture, 1 when it holds corrupt regions or bad frames, 2 on errors."""
     args = build_parser().parse_args(argv)
-    if args.rtsp:
-        from gateway import decode_metadata
-
-        return decode_metadata.main(args)
-    if args.images is not None:
+    if args.images is not None:  # both forms save pictures there
         try:
             args.images.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             print(f"lpr-gateway decode: cannot create {args.images}: {exc}", file=sys.stderr)
             return 2
+    if args.rtsp:
+        from gateway import decode_metadata
+
+        return decode_metadata.main(args)
     try:
         with args.file.open("rb") as source:
             frames, problems = decode_stream(source, sys.stdout, args.images, args.max_data_size)

@@ -212,18 +212,14 @@ def decode_rtsp_stream(data: bytes, printer: MetadataPrinter) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Exit 0 for a clean capture, 1 when something in it could not be read, 2 on errors."""
+    """Exit 0 for a clean capture, 1 when something in it could not be read, 2 on errors.
+
+    `args.images`, when given, was created by `decode.main`."""
     try:
         data = args.file.read_bytes()
     except OSError as exc:
         print(f"lpr-gateway decode: {exc}", file=sys.stderr)
         return 2
-    if args.images is not None:
-        try:
-            args.images.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            print(f"lpr-gateway decode: cannot create {args.images}: {exc}", file=sys.stderr)
-            return 2
     try:
         tracker = SceneTracker(
             end_seconds=args.track_end_seconds, max_seconds=args.track_max_seconds
