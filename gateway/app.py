@@ -142,14 +142,6 @@ class Gateway:
     ) -> None:
         await self.stop()
 
-    @property
-    def broker_url(self) -> str:
-        """The broker tried first (the embedded one when there is no mqtt.url)."""
-        if self.embedded_broker is not None:
-            return self.embedded_broker.url
-        assert self.config.mqtt.url is not None
-        return self.config.mqtt.url
-
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         if self.config.mqtt.url is None:
