@@ -451,7 +451,7 @@ class Gateway:
                 f"history {store.path} cannot be used: {exc}. Check the folder, or move a"
                 " damaged file aside (history.path)"
             ) from exc
-        pipeline.history = self.history.record
+        pipeline.stored_listeners.append(self.history.on_stored)
 
     # -- /metrics and /healthz -------------------------------------------------
 

@@ -584,6 +584,11 @@ class HomeAssistantConfig:
         ha_node_id,
         doc="namespace of unique ids and discovery topics; None: derived from mqtt.client_id",
     )
+    presence_hold_seconds: float = option(
+        30.0,
+        number(1, 86400),
+        doc="'Known vehicle present' stays on this long after a camera's last known read",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -653,6 +658,31 @@ class HttpServerConfig:
 class MetricsConfig:
     listen: str | None = option(
         "0.0.0.0:9108", listen_address, off=True, doc="null, empty or false: no metrics endpoint"
+    )
+
+    @property
+    def host(self) -> str:
+        return split_listen(self.listen or "")[0]
+
+    @property
+    def port(self) -> int:
+        return split_listen(self.listen or "")[1]
+
+
+@dataclass(frozen=True, slots=True)
+class UiConfig:
+    """The web page: live reads, cameras, known plates, history, health."""
+
+    listen: str | None = option(
+        None, listen_address, off=True, doc="host:port of the web page; empty: no web page"
+    )
+    username: str | None = option(None, string, doc="login for the web page (HTTP Basic)")
+    password: str | None = option(None, secret, doc="with username")
+    allow_anonymous: bool = option(
+        False,
+        boolean,
+        doc="true: listening beyond loopback without a login is meant (anyone reaching "
+        "the port may add known plates and switch cameras off)",
     )
 
     @property
@@ -895,6 +925,7 @@ class Config:
     dedup: DedupConfig = section(DedupConfig, doc="repeated reads of one vehicle")
     history: HistoryConfig = section(HistoryConfig, doc="a searchable history of every read")
     bridge: BridgeConfig = section(BridgeConfig, doc="runtime control over MQTT")
+    ui: UiConfig = section(UiConfig, doc="the web page for installers and operators")
     images: ImagesConfig = section(
         ImagesConfig, doc="scene image on MQTT; a camera may override any key"
     )
@@ -1192,6 +1223,29 @@ def _check_http(r: _Reader, cls: type, read: _Read) -> HttpServerConfig:
     return HttpServerConfig(**read.values)
 
 
+def _check_ui(r: _Reader, cls: type, read: _Read) -> UiConfig:
+    r.require_password(read, "username", "password")
+    ui = UiConfig(**read.values)
+    if ui.password and not ui.username:
+        r.problem(read.key_path("username"), "missing while password is set")
+    if ui.listen and not ui.username and not ui.allow_anonymous and not _is_loopback(ui.host):
+        r.problem(
+            read.key_path("listen"),
+            f"{ui.listen} reaches beyond this machine and there is no login: set "
+            "ui.username/ui.password, listen on 127.0.0.1, or say ui.allow_anonymous: true",
+        )
+    return ui
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
 def _camera(r: _Reader, path: str, value: Any, images: ImagesConfig) -> AnyCameraConfig | None:
     if not isinstance(value, dict):
         r.problem(path, f"expected a mapping, got {_show(value)}")
@@ -1253,6 +1307,7 @@ _CHECKS: dict[type, Callable[[_Reader, type, _Read], Any]] = {
     TlsConfig: _check_tls,
     HttpServerConfig: _check_http,
     HttpMatchConfig: _check_match,
+    UiConfig: _check_ui,
 }
 _CAMERA_CHECKS: dict[Protocol, Callable[[_Reader, _Read], AnyCameraConfig]] = {
     Protocol.TCP: lambda r, read: TcpCameraConfig(**read.values),

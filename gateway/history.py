@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config import HistoryImages
-from gateway.event import normalize_plate
+from gateway.event import AnyEvent, PlateEvent, normalize_plate
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,21 @@ class HistoryRecord:
     event_json: bytes
     plate_image: bytes | None
     scene_image: bytes | None
+
+    @classmethod
+    def of(cls, event: PlateEvent, event_json: bytes) -> HistoryRecord:
+        """A stored read with its event JSON as published."""
+        when = event.time or event.received
+        return cls(
+            id=event.id,
+            camera=event.camera,
+            plate=event.plate,
+            known=event.known,
+            time=when.timestamp(),
+            event_json=event_json,
+            plate_image=event.plate_image.data if event.plate_image else None,
+            scene_image=event.scene_image.data if event.scene_image else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +343,11 @@ class HistoryWriter:
                 return
             self._queued += 1
         self._queue.put(item)
+
+    def on_stored(self, event: AnyEvent, event_json: bytes) -> None:
+        """A pipeline listener: reads go into the history, camera events do not."""
+        if isinstance(event, PlateEvent):
+            self.record(HistoryRecord.of(event, event_json))
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued (bounded), then stop."""

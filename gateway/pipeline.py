@@ -28,7 +28,6 @@ from gateway.event import (
     ImageKind,
     PlateEvent,
 )
-from gateway.history import HistoryRecord
 from gateway.homeassistant import ha_event_payload, ha_event_type
 from gateway.images import apply_image_options, within_payload_limit
 from gateway.known_plates import KnownPlatesRegistry, edit_distance
@@ -234,8 +233,10 @@ class Pipeline:
         # Called with every plate read that was accepted (e.g. HA discovery learns
         # a camera's device id). Must not block.
         self.observers: list[Callable[[PlateEvent], None]] = []
-        # Handed every stored read with its event JSON as published (the history).
-        self.history: Callable[[HistoryRecord], None] | None = None
+        # Told of every stored event (reads and camera events) with its JSON as
+        # it will be published: the history, the web page's live view. Called on
+        # the event loop after the event is durable; must not block.
+        self.stored_listeners: list[Callable[[AnyEvent, bytes], None]] = []
 
     def close(self) -> None:
         """Stop intake: every later submit is refused as SHUTTING_DOWN."""
@@ -298,9 +299,9 @@ class Pipeline:
             )
             return Admission.OUTBOX_FULL
         self._on_stored()
+        if self.stored_listeners and draft is not None and draft.dead_letter_reason is None:
+            self._tell_stored(event, draft)
         if isinstance(event, PlateEvent):
-            if self.history is not None and draft is not None:
-                self._keep_in_history(event, draft)
             for observer in self.observers:
                 try:
                     observer(event)
@@ -338,28 +339,20 @@ class Pipeline:
             dead_letter_reason=reason,
         )
 
-    def _keep_in_history(self, event: PlateEvent, draft: EventDraft) -> None:
-        assert self.history is not None
-        event_topic = self.topics.event(event.camera)
-        payload = next((m.payload for m in draft.messages if m.topic == event_topic), None)
-        if payload is None or draft.dead_letter_reason is not None:
+    def _tell_stored(self, event: AnyEvent, draft: EventDraft) -> None:
+        topic = (
+            self.topics.event(event.camera)
+            if isinstance(event, PlateEvent)
+            else self.topics.camera_event(event.camera, event.kind)
+        )
+        payload = next((m.payload for m in draft.messages if m.topic == topic), None)
+        if payload is None:
             return
-        when = event.time or event.received
-        try:
-            self.history(
-                HistoryRecord(
-                    id=event.id,
-                    camera=event.camera,
-                    plate=event.plate,
-                    known=event.known,
-                    time=when.timestamp(),
-                    event_json=payload,
-                    plate_image=event.plate_image.data if event.plate_image else None,
-                    scene_image=event.scene_image.data if event.scene_image else None,
-                )
-            )
-        except Exception:  # the read is stored and published all the same
-            log.exception("camera %s: read %s not handed to the history", event.camera, event.id)
+        for listener in self.stored_listeners:
+            try:
+                listener(event, payload)
+            except Exception:  # the event is stored and published all the same
+                log.exception("camera %s: event %s not handed on", event.camera, event.id)
 
     def _within_payload_limit(self, event: AnyEvent, limit: int) -> AnyEvent:
         """Pictures the broker would refuse (it drops the connection over one)

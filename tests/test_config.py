@@ -759,3 +759,35 @@ def test_check_of_several_shards_refuses_a_shared_camera_or_client_id(tmp_path: 
     from_env = "mqtt: {client_id: '${SHARD:-x}'}\n"
     assert check_files(tmp_path, from_env, from_env).returncode == 0
     assert check_files(tmp_path, "{}", "{}").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("ui", "expected"),
+    [
+        ("{listen: '0.0.0.0:8099'}", "ui.listen: 0.0.0.0:8099 reaches beyond this machine"),
+        ("{listen: ':8099'}", "ui.listen: :8099 reaches beyond this machine"),
+        ("{listen: 'gate.example:8099'}", "ui.listen: gate.example:8099 reaches beyond"),
+        ("{listen: ':8099', username: admin}", "ui.password: missing while username is set"),
+        ("{listen: ':8099', password: x}", "ui.username: missing while password is set"),
+    ],
+)
+def test_a_web_page_beyond_loopback_needs_a_login_or_a_stated_choice(
+    ui: str, expected: str
+) -> None:
+    found = problems(f"ui: {ui}")
+    assert any(p.startswith(expected) for p in found), found
+
+
+@pytest.mark.parametrize(
+    "ui",
+    [
+        "{listen: '127.0.0.1:8099'}",
+        "{listen: '[::1]:8099'}",
+        "{listen: 'localhost:8099'}",
+        "{listen: ':8099', allow_anonymous: true}",
+        "{listen: ':8099', username: admin, password: secret}",
+        "{listen: ''}",
+    ],
+)
+def test_web_page_settings_that_are_accepted(ui: str) -> None:
+    parse_config(f"ui: {ui}", {})

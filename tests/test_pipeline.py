@@ -160,3 +160,30 @@ async def test_concurrent_submits_keep_per_camera_order(
         sent = [e.id for e in events if e.camera == camera]
         got = [m.json()["id"] for m in received if m.topic == f"lpr/{camera}/event"]
         assert got == sent
+
+
+async def test_stored_listeners_get_reads_and_camera_events_with_the_published_json(
+    mqtt_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    config = gateway_config(mqtt_broker.url, tmp_path)
+    told: list[tuple[str, bytes]] = []
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=("lpr/+/#",)) as sub:
+        async with Gateway(config) as gw:
+            assert gw.pipeline is not None
+
+            def fails(event: object, payload: bytes) -> None:
+                raise RuntimeError("a listener that fails")
+
+            gw.pipeline.stored_listeners.append(
+                lambda event, payload: told.append((event.id, payload))
+            )
+            gw.pipeline.stored_listeners.insert(0, fails)
+            read = PlateEvent(camera="c", source=Source.TCP, plate="LIS 1", received=utc_now())
+            other = CameraEvent(
+                camera="c", source=Source.HTTP, kind="Line Crossing", received=utc_now()
+            )
+            assert await gw.submit(read) is Admission.ACCEPTED
+            assert await gw.submit(other) is Admission.ACCEPTED
+            published = await sub.until_count("lpr/c/event", 1)
+            camera_event = await sub.until_count("lpr/c/camera_event/line_crossing", 1)
+    assert told == [(read.id, published[0].payload), (other.id, camera_event[0].payload)]
