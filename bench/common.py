@@ -6,6 +6,7 @@ scenario is compared with the raw paho loop measured in the same run.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import multiprocessing as mp
 import os
@@ -215,3 +216,31 @@ def inject_read(camera: str, n: int, plate: bytes, scene: bytes) -> PlateEvent:
         plate_image=Image(plate),
         scene_image=Image(scene),
     )
+
+
+class LoopLag:
+    """How late the event loop runs a 5 ms timer: a tail here is the loop being
+    busy (one long callback, a burst of ready sockets), not the spine waiting."""
+
+    def __init__(self, period: float = 0.005) -> None:
+        self.period = period
+        self.lags_ms: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + self.period
+            await asyncio.sleep(self.period)
+            self.lags_ms.append((loop.time() - due) * 1000)
+
+    def stop(self) -> dict[str, float | None]:
+        if self._task is not None:
+            self._task.cancel()
+        return {
+            "loop_lag_p99_ms": round_ms(percentile(self.lags_ms, 99)),
+            "loop_lag_max_ms": round_ms(max(self.lags_ms, default=0.0)),
+        }

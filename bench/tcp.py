@@ -28,7 +28,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.common import Result, cpu_seconds, percentile, round_ms, rss_mb
+from bench.common import LoopLag, Result, cpu_seconds, percentile, round_ms, rss_mb
 from gateway.broker import MosquittoProcess
 from gateway.limits import raise_open_file_limit
 
@@ -129,6 +129,8 @@ async def _gateway(
         )
         async with Gateway(config) as gateway:
             cpu0 = cpu_seconds()
+            lag = LoopLag()
+            lag.start()
             online_rss = None
             if wait_online:
                 registry = gateway.metrics.registry
@@ -150,6 +152,7 @@ async def _gateway(
             cpu = cpu_seconds() - cpu0
             out.put(
                 {
+                    **lag.stop(),
                     "cpu": cpu,
                     "peak_rss": rss_mb(),
                     "online_rss": online_rss,
@@ -307,6 +310,8 @@ def _run(
             "rss_all_online_mb": None if gw["online_rss"] is None else round(gw["online_rss"], 1),
             "p99_ms_from_gateway_intake": round_ms(percentile(got["from_received"], 99)),
             "publish_latency_p99_bucket_s": gw["publish_p99_le_s"],
+            "loop_lag_p99_ms": gw["loop_lag_p99_ms"],
+            "loop_lag_max_ms": gw["loop_lag_max_ms"],
             "max_ms": round_ms(max(got["latencies"], default=None)),
             # in order of arrival: a burst at the start shows in the first third
             "p99_ms_by_thirds": [
