@@ -114,6 +114,12 @@ PRESENCE_ON = "on"
 PRESENCE_OFF = "off"
 # The bridge request the "Enabled" switch sends (payload_on/payload_off carry the camera).
 SWITCH_REQUEST = "camera/switch"
+# Bound on the configs made per known-plates name (a trigger per camera and a
+# "last seen" each): every one is retained, kept in memory and re-sent on each
+# connect, and runtime requests can add names (up to 10,000 entries). Names
+# past it (config names first, then runtime ones, each in sorted order) get
+# none; the log says which.
+MAX_NAME_CONFIGS = 10_000
 # Announced per camera only once it has sent such a picture (`evidence` in the state file).
 EVIDENCE_KINDS: tuple[ImageKind, ...] = (ImageKind.EVIDENCE0, ImageKind.EVIDENCE1)
 EVIDENCE_ENTITIES: tuple[tuple[str, str], ...] = tuple(
@@ -247,6 +253,7 @@ class Discovery:
         # announced last (payloads are empty when read from the state file:
         # only the topics are kept, to remove what is no longer there)
         self._name_configs: dict[str, bytes] = {}
+        self._names_left_out = 0  # names past MAX_NAME_CONFIGS, said once per change
         self._birth_task: asyncio.Task[None] | None = None
         self.published_count = 0  # whole discovery rounds sent (tests, logs)
         self._load_state()
@@ -361,16 +368,51 @@ class Discovery:
         self._name_configs = configs
         self._save_state()
 
-    def names_for(self, camera: str) -> set[str]:
-        """The known-plates names a read at `camera` can be known as: the config's,
-        and the runtime ones not scoped to other cameras."""
+    def name_cameras(self) -> dict[str, tuple[str, ...]]:
+        """Known-plates name → the cameras (in config order) a read at which can be
+        known by it: every camera for the config's names and unscoped runtime
+        entries, the named ones for scoped entries. Within `MAX_NAME_CONFIGS`
+        (one config per camera and one "last seen" per name): config names
+        first, then runtime ones, each in sorted order."""
         if self.known_plates is None:
-            return set()
-        names = set(self.known_plates.config_table)
-        names.update(
-            e.name for e in self.known_plates.runtime if e.cameras is None or camera in e.cameras
-        )
-        return names
+            return {}
+        every = tuple(c.id for c in self.config.cameras)
+        runtime: dict[str, set[str] | None] = {}
+        for entry in self.known_plates.runtime:
+            if entry.name in self.known_plates.config_table:
+                continue
+            scope = runtime.setdefault(entry.name, set())
+            if entry.cameras is None or scope is None:
+                runtime[entry.name] = None
+            else:
+                scope.update(entry.cameras)
+        ordered: list[tuple[str, tuple[str, ...]]] = [
+            (name, every) for name in sorted(self.known_plates.config_table)
+        ]
+        for name in sorted(runtime):
+            scope = runtime[name]
+            ordered.append(
+                (name, every if scope is None else tuple(c for c in every if c in scope))
+            )
+        result: dict[str, tuple[str, ...]] = {}
+        count = 0
+        for index, (name, cameras) in enumerate(ordered):
+            count += 1 + len(cameras)
+            if count > MAX_NAME_CONFIGS:
+                left = len(ordered) - index
+                if self._names_left_out != left:
+                    log.warning(
+                        "Home Assistant: %d known-plates name(s) get no triggers or 'last seen' "
+                        "sensor (more than %d configs in all), from %r on",
+                        left,
+                        MAX_NAME_CONFIGS,
+                        name,
+                    )
+                self._names_left_out = left
+                return result
+            result[name] = cameras
+        self._names_left_out = 0
+        return result
 
     def config_topic(self, component: str, camera: str | None, key: str) -> str:
         object_id = f"{camera}_{key}" if camera else key
@@ -456,16 +498,16 @@ class Discovery:
         applies to, and its "Last seen" sensor on the gateway's device."""
         if self.known_plates is None:
             return {}
-        keys = name_keys(self.known_plates.names)
+        name_cameras = self.name_cameras()
+        keys = name_keys(name_cameras)
+        devices = {c.id: self.camera_device(c) for c in self.config.cameras}
         configs: dict[str, bytes] = {}
-        for camera in self.config.cameras:
-            device = self.camera_device(camera)
-            for name in sorted(self.names_for(camera.id)):
-                key = f"known_{keys[name]}"
-                configs[self.config_topic("device_automation", camera.id, key)] = _dumps(
-                    self._trigger(
-                        device, TRIGGER_KNOWN, name, self.topics.trigger_known(camera.id, name)
-                    )
+        for name, cameras in name_cameras.items():
+            key = f"known_{keys[name]}"
+            for camera in cameras:
+                topic = self.topics.trigger_known(camera, name)
+                configs[self.config_topic("device_automation", camera, key)] = _dumps(
+                    self._trigger(devices[camera], TRIGGER_KNOWN, name, topic)
                 )
         bridge_available = {"availability": [{"topic": self.topics.state}]}
         for name, name_key in sorted(keys.items()):

@@ -354,18 +354,22 @@ class Pipeline:
         except asyncio.CancelledError:
             raise
         except Exception:  # the task's top: said, and tried again like a full outbox
-            log.exception("camera %s: storing 'known vehicle present' off failed", camera)
-            stored = False
-        if stored:
-            self._present.pop(camera, None)
-            return
-        self.metrics.events_refused.labels(camera=camera, reason="outbox_full").inc()
-        log.warning(
-            "camera %s: 'known vehicle present' off not stored (outbox full); "
-            "trying again in %.0fs",
-            camera,
-            PRESENCE_RETRY_SECONDS,
-        )
+            log.exception(
+                "camera %s: storing 'known vehicle present' off failed; trying again in %.0fs",
+                camera,
+                PRESENCE_RETRY_SECONDS,
+            )
+        else:
+            if stored:
+                self._present.pop(camera, None)
+                return
+            self.metrics.events_refused.labels(camera=camera, reason="outbox_full").inc()
+            log.warning(
+                "camera %s: 'known vehicle present' off not stored (outbox full); "
+                "trying again in %.0fs",
+                camera,
+                PRESENCE_RETRY_SECONDS,
+            )
         if not self._closed and self._presence_generation[camera] == generation:
             self._arm_presence_off(camera, generation, PRESENCE_RETRY_SECONDS)
 

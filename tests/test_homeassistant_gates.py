@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 
-from gateway.adapters.base import ReconnectPolicy
+from gateway import homeassistant
+from gateway.adapters.base import CameraSwitches, ReconnectPolicy
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
 from gateway.config import Config
 from gateway.event import ListMembership, PlateEvent, Source, utc_now
 from gateway.homeassistant import TRIGGER_BLACK_LIST, TRIGGER_KNOWN, TRIGGER_UNKNOWN, name_keys
+from gateway.known_plates import KnownPlatesRegistry, RuntimeEntry
 from gateway.pipeline import Admission, render_messages
 from gateway.simulate.tcp import TcpCameraSimulator
 from gateway.topics import Topics
@@ -439,3 +441,56 @@ async def test_names_removed_at_runtime_or_from_the_config_lose_their_entities(
 def _last(sub: MqttCollector, on: str) -> bytes | None:
     found = sub.on(on)
     return found[-1].payload if found else None
+
+
+class RecordingPublisher:
+    """What discovery publishes, kept (a `StatePublisher` without a broker)."""
+
+    def __init__(self) -> None:
+        self.published: dict[str, bytes] = {}
+
+    def publish_state(self, topic: str, payload: bytes, retain: bool = True) -> None:
+        self.published[topic] = payload
+
+    def on_connected(self, hook: Any) -> None:
+        pass
+
+    def subscribe(self, topic: str, handler: Any) -> None:
+        pass
+
+
+def test_configs_per_name_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(homeassistant, "MAX_NAME_CONFIGS", 8)
+    config = gateway_config(
+        "mqtt://127.0.0.1:1",
+        tmp_path,
+        [{"id": "gate", "protocol": "http"}, {"id": "yard", "protocol": "http"}],
+        homeassistant={"enabled": True, "node_id": NODE},
+        known_plates={"B": ["BB 1"], "A": ["AA 1"]},
+    )
+    registry = KnownPlatesRegistry(config.known_plates)
+    # A runtime name scoped to one camera costs two configs, one unscoped three.
+    registry.replace_runtime(
+        [
+            RuntimeEntry("Yard crew", "YC 1", ("yard",), None, 0.0),
+            RuntimeEntry("Zed", "ZZ 1", None, None, 0.0),
+        ]
+    )
+    publisher = RecordingPublisher()
+    discovery = homeassistant.Discovery(config, publisher, registry, CameraSwitches())
+    assert discovery.name_cameras() == {
+        "A": ("gate", "yard"),
+        "B": ("gate", "yard"),
+        "Yard crew": ("yard",),
+    }
+    discovery.publish_all()
+    announced = {
+        t
+        for t, p in publisher.published.items()
+        if p and "/device_automation/" in t and "_known_" in t
+    }
+    assert announced == {
+        topic("device_automation", f"{camera}_known_{key}")
+        for camera, key in [("gate", "a"), ("yard", "a"), ("gate", "b"), ("yard", "b")]
+    } | {topic("device_automation", "yard_known_yard_crew")}
+    assert topic("sensor", "last_seen_zed") not in publisher.published
