@@ -5,6 +5,7 @@ the "Republish discovery" button (see `gateway/homeassistant.py`)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from gateway import homeassistant
+from gateway import homeassistant, pipeline
 from gateway.adapters.base import CameraSwitches, ReconnectPolicy
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
 from gateway.config import Config
-from gateway.event import ListMembership, PlateEvent, Source, utc_now
+from gateway.event import Image, ListMembership, PlateEvent, Source, utc_now
 from gateway.homeassistant import TRIGGER_BLACK_LIST, TRIGGER_KNOWN, TRIGGER_UNKNOWN, name_keys
 from gateway.known_plates import KnownPlatesRegistry, RuntimeEntry
 from gateway.pipeline import Admission, render_messages
@@ -494,3 +495,56 @@ def test_configs_per_name_are_bounded(tmp_path: Path, monkeypatch: pytest.Monkey
         for camera, key in [("gate", "a"), ("yard", "a"), ("gate", "b"), ("yard", "b")]
     } | {topic("device_automation", "yard_known_yard_crew")}
     assert topic("sensor", "last_seen_zed") not in publisher.published
+
+
+async def test_a_presence_off_refused_by_a_full_outbox_is_stored_later(
+    mqtt_broker: MosquittoProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipeline, "PRESENCE_RETRY_SECONDS", 0.2)
+    mqtt_broker.stop()  # nothing drains: the outbox fills
+    config = config_for(
+        mqtt_broker,
+        tmp_path,
+        [{"id": "gate", "protocol": "http"}],
+        hold=1.0,
+        known_plates={"Staff": ["AB1234"]},
+        outbox={"max_bytes": 1_000_000},
+    )
+    async with Gateway(config, reconnect_policy=FAST_RETRIES) as gw:
+        outbox = gw.outbox
+        assert await gw.submit(read("gate", "AB1234")) is Admission.ACCEPTED  # on
+        # Fill it to less room than an "off" needs (~150 bytes): a read with a
+        # picture of known size tells what such a read adds besides its picture.
+        before, picture = outbox.pending_bytes, 1000
+        with_picture = dataclasses.replace(
+            read("gate", "ZZ0001"), plate_image=Image(b"1" * picture)
+        )
+        assert await gw.submit(with_picture) is Admission.ACCEPTED
+        overhead = outbox.pending_bytes - before - picture
+        room = config.outbox.max_bytes - outbox.pending_bytes
+        filler = dataclasses.replace(
+            read("gate", "ZZ0002"), plate_image=Image(b"2" * (room - overhead - 40))
+        )
+        assert await gw.submit(filler) is Admission.ACCEPTED
+        assert config.outbox.max_bytes - outbox.pending_bytes < 120
+        await eventually(
+            lambda: (
+                sample(gw.metrics, "lpr_events_refused_total", camera="gate", reason="outbox_full")
+                >= 2
+            ),
+            timeout=20,
+            what="the off refused, and tried again",
+        )
+        await asyncio.to_thread(mqtt_broker.start)
+        with MqttCollector(
+            mqtt_broker.host, mqtt_broker.port, topics=("lpr/gate/presence",)
+        ) as sub:
+            # Stored once the drain made room; it names the vehicle that left.
+            left = {"state": "off", "plate": "AB1234"}
+            await sub.until(
+                lambda msgs: any(m.json().items() >= left.items() for m in msgs), timeout=30
+            )
+            await eventually(lambda: outbox.pending_events == 0, timeout=30, what="drained")
+            await asyncio.sleep(0.2)
+    # The outbox drained in order: its last word on presence is that off.
+    assert sub.messages[-1].json().items() >= left.items()
