@@ -197,9 +197,14 @@ class Gateway:
         if self.config.history.enabled:
             await self._start_history(self.pipeline)
         if self.config.homeassistant.enabled:
-            self.discovery = Discovery(self.config, self.publisher.state)
+            self.discovery = Discovery(
+                self.config, self.publisher.state, self.known_plates, self.switches
+            )
             self.discovery.attach()
             self.pipeline.observers.append(self.discovery.note_event)
+            assert self.runtime is not None
+            self.runtime.known_plates_listeners.append(self.discovery.known_plates_changed)
+            await self.pipeline.reset_presence()
         context = AdapterContext(
             config=self.config,
             metrics=self.metrics,

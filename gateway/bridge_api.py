@@ -241,6 +241,9 @@ class BridgeRequests:
             "known_plates/remove": self._known_plates_remove,
             "camera/enable": self._camera_enable,
             "camera/disable": self._camera_disable,
+            # {"id": ..., "enabled": true|false}: one topic for both ways, what a
+            # Home Assistant switch (one command topic) can send.
+            "camera/switch": self._camera_switch,
             "health_check": self._health_check,
             "outbox/stats": self._outbox_stats,
             "discovery/republish": self._discovery_republish,
@@ -344,6 +347,13 @@ class BridgeRequests:
     async def _camera_disable(self, request: Request) -> Any:
         _take(request, ("id",))
         return await self.runtime.set_camera_enabled(request.arguments["id"], False)
+
+    async def _camera_switch(self, request: Request) -> Any:
+        _take(request, ("id", "enabled"))
+        enabled = request.arguments["enabled"]
+        if not isinstance(enabled, bool):
+            raise BadRequestError("enabled: expected true or false")
+        return await self.runtime.set_camera_enabled(request.arguments["id"], enabled)
 
     async def _health_check(self, request: Request) -> Any:
         _take(request, ())

@@ -26,9 +26,19 @@ from gateway.event import (
     AnyEvent,
     CameraEvent,
     ImageKind,
+    ListMembership,
     PlateEvent,
+    new_event_id,
+    utc_now,
 )
-from gateway.homeassistant import ha_event_payload, ha_event_type
+from gateway.homeassistant import (
+    PRESENCE_OFF,
+    PRESENCE_ON,
+    ha_event_payload,
+    ha_event_type,
+    last_seen_payload,
+    presence_payload,
+)
 from gateway.images import apply_image_options, within_payload_limit
 from gateway.known_plates import KnownPlatesRegistry, edit_distance
 from gateway.log_limit import RateLimitedLog
@@ -42,6 +52,9 @@ log = logging.getLogger(__name__)
 DEDUP_MAX_ENTRIES = 100_000
 # dedup.fuzzy: plates this close (edit distance) count as the same vehicle.
 FUZZY_DEDUP_DISTANCE = 1
+# A "Known vehicle present" off that could not be stored (outbox full) is tried
+# again after this long: it must not be lost, or the sensor stays on.
+PRESENCE_RETRY_SECONDS = 5.0
 
 
 class Admission(enum.Enum):
@@ -129,8 +142,11 @@ def render_messages(
     Images first, then the event, then `last`: a subscriber reacting to the
     event finds the matching images already on the retained topics. A read of
     a known plate also goes to `<base>/<camera>/known/<name-slug>`. With
-    `ha_event` (an event type) the Home Assistant event entity's small JSON
-    comes last, so an automation it fires sees the images and `last` already.
+    `ha_event` (an event type) the Home Assistant messages follow: the event
+    entity's small JSON; for a known read "Known vehicle present" on and the
+    name's "Last seen" (retained); then the device triggers' messages (the
+    same small JSON), last, so that an automation they fire finds the images,
+    `last` and the presence sensor already up to date.
     """
     camera = event.camera
     if isinstance(event, CameraEvent):
@@ -159,13 +175,23 @@ def render_messages(
     if event.known is not None:
         messages.append(MessageDraft(topics.known(camera, event.known), payload, retain=False))
     if ha_event is not None:
-        messages.append(
-            MessageDraft(
-                topics.ha_event(camera),
-                _json_bytes(ha_event_payload(event, ha_event)),
-                retain=False,
+        small = _json_bytes(ha_event_payload(event, ha_event))
+        messages.append(MessageDraft(topics.ha_event(camera), small, retain=False))
+        if event.known is not None:
+            on = presence_payload(camera, PRESENCE_ON, event, event.received)
+            messages.append(MessageDraft(topics.presence(camera), _json_bytes(on), retain=True))
+            messages.append(
+                MessageDraft(
+                    topics.last_seen(event.known),
+                    _json_bytes(last_seen_payload(event)),
+                    retain=True,
+                )
             )
-        )
+            messages.append(MessageDraft(topics.trigger_known(camera, event.known), small, False))
+        else:
+            messages.append(MessageDraft(topics.trigger_unknown(camera), small, retain=False))
+        if event.list is ListMembership.BLACK:
+            messages.append(MessageDraft(topics.trigger_black_list(camera), small, retain=False))
     return tuple(messages)
 
 
@@ -237,10 +263,115 @@ class Pipeline:
         # it will be published: the history, the web page's live view. Called on
         # the event loop after the event is durable; must not block.
         self.stored_listeners: list[Callable[[AnyEvent, bytes], None]] = []
+        # "Known vehicle present" is timed here, not by Home Assistant's
+        # `off_delay`: the state goes out retained, on and off, so every
+        # subscriber sees it, and one that (re)connects gets the current
+        # state. With `off_delay` only Home Assistant would ever see "off"; a
+        # retained "on" would switch the sensor on again at each Home Assistant
+        # restart (a gate opening for a car long gone), and an unretained one
+        # leaves it unknown after a restart. The off goes through the outbox
+        # like the read's on, after it: an off sent straight to the broker
+        # could overtake an on still waiting in the outbox (broker away) and
+        # leave the sensor on for good.
+        self._presence_hold = (
+            config.homeassistant.presence_hold_seconds if config.homeassistant.enabled else None
+        )
+        # camera → the "off" timer, the generation (below) it was set for, and
+        # the known read that set the sensor on
+        self._presence_timers: dict[str, tuple[asyncio.TimerHandle, int]] = {}
+        self._present: dict[str, PlateEvent] = {}
+        # camera → known reads drafted: an "off" is stored only if none came
+        # since its timer was set (checked under the camera's order lock)
+        self._presence_generation: defaultdict[str, int] = defaultdict(int)
+        self._presence_tasks: set[asyncio.Task[None]] = set()
 
     def close(self) -> None:
-        """Stop intake: every later submit is refused as SHUTTING_DOWN."""
+        """Stop intake: every later submit is refused as SHUTTING_DOWN.
+
+        A pending "Known vehicle present" off is dropped with it: the next
+        start says off for every camera (`reset_presence`)."""
         self._closed = True
+        for timer, _generation in self._presence_timers.values():
+            timer.cancel()
+        self._presence_timers.clear()
+        for task in self._presence_tasks:
+            task.cancel()
+
+    async def reset_presence(self) -> None:
+        """At start: "Known vehicle present" off at every camera, queued behind
+        what the outbox holds. An on left retained by a gateway that stopped
+        (or crashed) within the hold, or still waiting in the outbox, would
+        otherwise stay on. Queued, not awaited: the writer is not running yet."""
+        if self._presence_hold is None:
+            return
+        for camera in self.config.cameras:
+            await self._writer.enqueue(self._presence_off_draft(camera.id, None))
+
+    def _presence_off_draft(self, camera: str, present: PlateEvent | None) -> EventDraft:
+        payload = presence_payload(camera, PRESENCE_OFF, present, utc_now())
+        return EventDraft(
+            event_id=f"presence-{new_event_id()}",
+            camera=camera,
+            messages=(MessageDraft(self.topics.presence(camera), _json_bytes(payload), True),),
+            accepted_at=time.time(),
+        )
+
+    def _hold_presence(self, event: PlateEvent, generation: int) -> None:
+        """A known read (the `generation`-th drafted at its camera): the camera's
+        "off" is due a hold after it, and no earlier."""
+        assert self._presence_hold is not None
+        camera = event.camera
+        armed = self._presence_timers.get(camera)
+        if armed is not None:
+            if armed[1] > generation:
+                return  # a later read of the camera got here first
+            armed[0].cancel()
+        self._present[camera] = event
+        self._arm_presence_off(camera, generation, self._presence_hold)
+
+    def _arm_presence_off(self, camera: str, generation: int, delay: float) -> None:
+        timer = asyncio.get_running_loop().call_later(
+            delay, self._presence_expired, camera, generation
+        )
+        self._presence_timers[camera] = (timer, generation)
+
+    def _presence_expired(self, camera: str, generation: int) -> None:
+        self._presence_timers.pop(camera, None)
+        task = asyncio.get_running_loop().create_task(
+            self._store_presence_off(camera, generation), name=f"presence-off-{camera}"
+        )
+        self._presence_tasks.add(task)
+        task.add_done_callback(self._presence_tasks.discard)
+
+    async def _store_presence_off(self, camera: str, generation: int) -> None:
+        try:
+            async with self._camera_order[camera]:
+                if self._closed or self._presence_generation[camera] != generation:
+                    return  # a newer known read holds it on (and has its own timer)
+                draft = self._presence_off_draft(camera, self._present.get(camera))
+                queued = await self._writer.enqueue(draft)
+            stored = await asyncio.shield(queued)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the task's top: said, and tried again like a full outbox
+            log.exception(
+                "camera %s: storing 'known vehicle present' off failed; trying again in %.0fs",
+                camera,
+                PRESENCE_RETRY_SECONDS,
+            )
+        else:
+            if stored:
+                self._present.pop(camera, None)
+                return
+            self.metrics.events_refused.labels(camera=camera, reason="outbox_full").inc()
+            log.warning(
+                "camera %s: 'known vehicle present' off not stored (outbox full); "
+                "trying again in %.0fs",
+                camera,
+                PRESENCE_RETRY_SECONDS,
+            )
+        if not self._closed and self._presence_generation[camera] == generation:
+            self._arm_presence_off(camera, generation, PRESENCE_RETRY_SECONDS)
 
     async def submit(self, event: AnyEvent) -> Admission:
         camera = event.camera
@@ -252,6 +383,7 @@ class Pipeline:
         stored = False
         queued: asyncio.Future[bool] | None = None
         draft: EventDraft | None = None
+        generation = 0
         try:
             # Held until the event is queued for the outbox (not until it is stored):
             # reads of one camera reach the outbox in the order they were submitted,
@@ -276,6 +408,7 @@ class Pipeline:
                     plate = event.plate_normalized
                     event = await self._apply_image_options(self.enrich(event))
                 draft = self._draft(event)
+                generation = self._presence_generation[camera]
                 queued = await self._writer.enqueue(draft)
                 if plate and self._dedup.enabled:
                     # Without dedup nothing waits on it: a read waiting for the
@@ -289,6 +422,16 @@ class Pipeline:
                 self._dedup.forget(camera, plate)
             if plate and queued is not None and self._unstored.get((camera, plate)) is queued:
                 del self._unstored[(camera, plate)]
+        if (
+            self._presence_hold is not None
+            and isinstance(event, PlateEvent)
+            and event.known is not None
+            and draft is not None
+            and not self._closed
+        ):
+            # Also when it was not stored: its draft stopped an earlier "off"
+            # (the generation), so this read times the next one.
+            self._hold_presence(event, generation)
         if not stored:
             self.metrics.events_refused.labels(camera=camera, reason="outbox_full").inc()
             log.warning(
@@ -316,6 +459,8 @@ class Pipeline:
         ha_event = None
         if isinstance(event, PlateEvent) and self.config.homeassistant.enabled:
             ha_event = ha_event_type(event, bool(self.known_plates))
+            if event.known is not None:
+                self._presence_generation[event.camera] += 1
         messages = render_messages(event, self.topics, ha_event=ha_event)
         # Every topic checked before it is stored: one the broker refuses would
         # be replayed first after every reconnect. Camera data reaches topics

@@ -6,7 +6,7 @@ once it is durable), then applies it at once: the known-plates registry the
 pipeline matches with is recompiled, a camera switch closes or reopens the
 camera's intake. Entries with `valid_until` are dropped by a timer when they
 expire (never a check per read). Listeners hear every change: the bridge
-event feed and bridge info today, Home Assistant entities later.
+event feed, bridge info and Home Assistant discovery (triggers and "last seen" per name).
 """
 
 from __future__ import annotations

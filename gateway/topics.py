@@ -165,6 +165,39 @@ class Topics:
         """Home Assistant's event entity state topic (one small JSON per read)."""
         return f"{self.base}/{camera}/ha_event"
 
+    # Home Assistant's gate entities (with `homeassistant.enabled`). A device
+    # trigger fires on any message on its topic (its `payload` filter is a
+    # template in Home Assistant, no place for a name), so each trigger has a
+    # topic of its own.
+
+    def trigger_known(self, camera: str, name: str) -> str:
+        """Device trigger "known plate read" of one known-plates name (slugged)."""
+        return f"{self.base}/{camera}/trigger/known/{known_name_slug(name)}"
+
+    def trigger_unknown(self, camera: str) -> str:
+        """Device trigger "unknown plate read": a read that no known-plates entry matched."""
+        return f"{self.base}/{camera}/trigger/unknown"
+
+    def trigger_black_list(self, camera: str) -> str:
+        """Device trigger "black list plate read": the camera put the plate on its black list."""
+        return f"{self.base}/{camera}/trigger/black_list"
+
+    def presence(self, camera: str) -> str:
+        """ "Known vehicle present" (retained JSON, `state` on/off)."""
+        return f"{self.base}/{camera}/presence"
+
+    def enabled(self, camera: str) -> str:
+        """The camera's runtime switch (retained `ON`/`OFF`), for the "Enabled" switch."""
+        return f"{self.base}/{camera}/enabled"
+
+    def last_seen(self, name: str) -> str:
+        """A known-plates name's last read (retained JSON), for its "Last seen" sensor.
+
+        Under `bridge/`: a camera cannot be called `bridge`, so no camera's
+        topics can meet these whatever the name.
+        """
+        return f"{self.base}/bridge/last_seen/{known_name_slug(name)}"
+
 
 def known_name_slug(name: str) -> str:
     """A known-plates name as one topic level (`safe_slug`; NFC, trimmed first).

@@ -17,7 +17,7 @@ VENV="${LPR_HA_VENV:-$HOME/.cache/lpr-gateway/ha-venv}"
 VERSION="${LPR_HA_VERSION:-2024.3.3}"
 PY="${LPR_HA_PYTHON:-$(command -v python3.11 || command -v python3)}"
 # Bump when this script installs something new, so cached venvs are completed.
-REVISION=2
+REVISION=3
 STAMP="$VENV/.lpr-gateway-ready-$VERSION-r$REVISION"
 
 if [[ -f "$STAMP" ]]; then
@@ -41,7 +41,8 @@ from homeassistant import bootstrap
 root = Path(homeassistant.__file__).parent / "components"
 wanted = set(bootstrap.DEFAULT_INTEGRATIONS) | set(bootstrap.CORE_INTEGRATIONS)
 wanted |= set(bootstrap.LOGGING_INTEGRATIONS) | {"api", "http", "mqtt", "event", "image",
-                                                 "sensor", "binary_sensor"}
+                                                 "sensor", "binary_sensor", "switch", "button",
+                                                 "automation", "device_automation"}
 seen, requirements, todo = set(), set(), list(wanted)
 while todo:
     domain = todo.pop()

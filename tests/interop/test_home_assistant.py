@@ -8,9 +8,17 @@ test broker through the config-flow REST API, then runs the gateway with a
 simulated TCP camera and checks through Home Assistant's REST API that:
 
 - the camera's and the gateway's entities exist (event, plate sensor, two
-  images, connectivity sensors);
+  images, connectivity sensors, known vehicle present, enabled switch,
+  republish button, last seen);
 - the event entity fires on each of two identical consecutive reads;
 - the plate image entity serves the JPEG that was published;
+- the camera's device lists its device triggers (websocket
+  `device_automation/trigger/list`), and an automation on "known plate read"
+  of a name (a YAML automation, reloaded) fires on a read and again on the
+  same plate's repeat;
+- "Known vehicle present" goes on at a known read and off after the hold;
+- a camera disabled through the bridge API shows its switch off and its
+  entities unavailable, and `switch.turn_on` in Home Assistant enables it;
 - the camera's entities go unavailable when the camera goes away.
 
 Skipped with the reason when Home Assistant cannot be installed here
@@ -21,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -30,8 +40,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
+from gateway.adapters.base import ReconnectPolicy
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
 from gateway.event import Image, PlateEvent, Source, utc_now
@@ -47,6 +60,33 @@ INSTALL_SECONDS = 1500
 HA_START_SECONDS = 90.0
 NODE = "lprtest"
 CAMERA = "gate"
+KNOWN_NAME = "Staff"
+KNOWN_PLATE = "ST 4711"
+# Short, so the test waits little for "off"; the bound on the wait is generous.
+PRESENCE_HOLD_SECONDS = 2.0
+# A device trigger's topic is subscribed once the automation is set up, a moment
+# after the reload answers: a read sent before that is not seen (as the README
+# says). Reads are sent until the first fires, each waited for this long.
+FIRST_FIRE_WAIT_SECONDS = 3.0
+FIRST_FIRE_TRIES = 10
+FAST_RETRIES = ReconnectPolicy(initial_seconds=0.05, max_seconds=0.5, auth_retry_seconds=0.5)
+AUTOMATION_EVENT = "lpr_test_gate_opened"
+AUTOMATION_YAML = """\
+- id: lpr_test_open_gate_for_staff
+  alias: Open the gate for staff
+  mode: queued
+  trigger:
+    - platform: device
+      domain: mqtt
+      device_id: {device_id}
+      type: known plate read
+      subtype: {name}
+  action:
+    - event: {event}
+      event_data:
+        plate: "{{{{ trigger.payload_json.plate }}}}"
+        id: "{{{{ trigger.payload_json.id }}}}"
+"""
 
 CONFIGURATION_YAML = """\
 homeassistant:
@@ -62,6 +102,8 @@ http:
   server_host: 127.0.0.1
   server_port: {port}
 api:
+device_automation:
+automation: !include automations.yaml
 logger:
   default: warning
   logs:
@@ -127,6 +169,7 @@ class HomeAssistant:
         (self.config_dir / "configuration.yaml").write_text(
             CONFIGURATION_YAML.format(port=self.port), encoding="utf-8"
         )
+        (self.config_dir / "automations.yaml").write_text("[]\n", encoding="utf-8")
         self.process = self._spawn()
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         deadline = time.monotonic() + HA_START_SECONDS
@@ -230,6 +273,21 @@ class HomeAssistant:
                 )
             await asyncio.sleep(0.2)
 
+    async def call_service(self, domain: str, service: str, **data: Any) -> None:
+        assert self.session is not None
+        async with self.session.post(
+            f"{self.url}/api/services/{domain}/{service}", json=data, headers=self.headers
+        ) as response:
+            assert response.status == 200, await response.text()
+
+    async def render(self, template: str) -> str:
+        assert self.session is not None
+        async with self.session.post(
+            f"{self.url}/api/template", json={"template": template}, headers=self.headers
+        ) as response:
+            assert response.status == 200, await response.text()
+            return await response.text()
+
     async def get_bytes(self, path: str) -> tuple[int, bytes, str]:
         assert self.session is not None
         async with self.session.get(f"{self.url}{path}", headers=self.headers) as response:
@@ -254,6 +312,72 @@ async def home_assistant(hass: Path, config_dir: Path) -> AsyncIterator[HomeAssi
         yield ha
     finally:
         await ha.stop()
+
+
+class HomeAssistantSocket:
+    """Home Assistant's websocket API: commands answered by id, and the events
+    of a subscription collected as they come."""
+
+    def __init__(self, ha: HomeAssistant) -> None:
+        self.ha = ha
+        self.ids = itertools.count(1)
+        self.socket: aiohttp.ClientWebSocketResponse | None = None
+        self.results: dict[int, asyncio.Future[Any]] = {}
+        self.events: list[dict[str, Any]] = []
+        self.reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> HomeAssistantSocket:
+        assert self.ha.session is not None
+        self.socket = await self.ha.session.ws_connect(
+            f"ws://127.0.0.1:{self.ha.port}/api/websocket"
+        )
+        assert (await self.socket.receive_json())["type"] == "auth_required"
+        await self.socket.send_json({"type": "auth", "access_token": self.ha.token})
+        assert (await self.socket.receive_json())["type"] == "auth_ok"
+        self.reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+        if self.socket is not None:
+            await self.socket.close()
+
+    async def _read(self) -> None:
+        assert self.socket is not None
+        async for message in self.socket:
+            document = json.loads(message.data)
+            if document.get("type") == "event":
+                self.events.append(document["event"])
+            elif document.get("type") == "result":
+                future = self.results.pop(document["id"], None)
+                if future is not None and not future.done():
+                    future.set_result(document)
+
+    async def call(self, kind: str, **data: Any) -> Any:
+        assert self.socket is not None
+        number = next(self.ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.results[number] = future
+        await self.socket.send_json({"id": number, "type": kind, **data})
+        document = await asyncio.wait_for(future, 20)
+        assert document["success"], document
+        return document["result"]
+
+    def fired(self, event_type: str) -> list[dict[str, Any]]:
+        return [e["data"] for e in self.events if e["event_type"] == event_type]
+
+
+def mqtt_publish(broker: MosquittoProcess, topic: str, payload: str) -> None:
+    """Publish as another MQTT client would (a bridge request, say), QoS 1."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=1).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 def entity(component: str, key: str, camera: str | None = CAMERA) -> str:
@@ -288,9 +412,14 @@ async def test_discovery_in_real_home_assistant(
                     "password": "1234",
                 }
             ],
-            homeassistant={"enabled": True, "node_id": NODE},
+            homeassistant={
+                "enabled": True,
+                "node_id": NODE,
+                "presence_hold_seconds": PRESENCE_HOLD_SECONDS,
+            },
+            known_plates={KNOWN_NAME: [KNOWN_PLATE]},
         )
-        async with Gateway(config) as gw:
+        async with Gateway(config, reconnect_policy=FAST_RETRIES) as gw:
             with timed("gateway start → entities in Home Assistant"):
                 await sim.wait_logged_in()
                 for component, key in [
@@ -299,9 +428,16 @@ async def test_discovery_in_real_home_assistant(
                     ("image", "plate_image"),
                     ("image", "scene_image"),
                     ("binary_sensor", "connection"),
+                    ("binary_sensor", "known_vehicle"),
+                    ("switch", "enabled"),
                 ]:
                     await ha.wait_state(entity(component, key), lambda s: True)
-                await ha.wait_state(entity("binary_sensor", "bridge", None), lambda s: True)
+                for component, key in [
+                    ("binary_sensor", "bridge"),
+                    ("button", "republish_discovery"),
+                    ("sensor", "last_seen_staff"),
+                ]:
+                    await ha.wait_state(entity(component, key, None), lambda s: True)
             bridge = await ha.wait_state(
                 entity("binary_sensor", "bridge", None), lambda s: s["state"] == "on"
             )
@@ -335,7 +471,7 @@ async def test_discovery_in_real_home_assistant(
                     state = await ha.wait_state(
                         entity("event", "read"), lambda s, p=previous: s["state"] != p
                     )
-                    assert state["attributes"]["event_type"] == "plate_read"
+                    assert state["attributes"]["event_type"] == "unknown_plate"
                     assert state["attributes"]["plate"] == "B-AB 1234"
                     fired.append(state["state"])
                     previous = state["state"]
@@ -365,6 +501,8 @@ async def test_discovery_in_real_home_assistant(
                 entity("sensor", "plate"), lambda s: s["state"] == sim.sent_reads[-1][0]
             )
 
+            await gate_automations(ha, gw, mqtt_broker, sim)
+
             # The camera goes away: its entities become unavailable.
             with timed("camera stops → entities unavailable"):
                 await sim.stop()
@@ -385,3 +523,97 @@ async def test_discovery_in_real_home_assistant(
     print("\nHome Assistant interop timings:")
     for name, seconds in TIMINGS:
         print(f"  {name}: {seconds:.1f}s")
+
+
+def known_read() -> PlateEvent:
+    return PlateEvent(camera=CAMERA, source=Source.INJECT, plate=KNOWN_PLATE, received=utc_now())
+
+
+async def gate_automations(
+    ha: HomeAssistant, gw: Gateway, broker: MosquittoProcess, sim: TcpCameraSimulator
+) -> None:
+    """Device triggers, an automation on one, presence, and the Enabled switch."""
+    device_id = await ha.render(f"{{{{ device_id('{entity('binary_sensor', 'connection')}') }}}}")
+    assert device_id and device_id != "None", device_id
+    async with HomeAssistantSocket(ha) as socket:
+        with timed("device triggers listed"):
+            triggers = await socket.call("device_automation/trigger/list", device_id=device_id)
+        offered = {(t["type"], t["subtype"]) for t in triggers if t["domain"] == "mqtt"}
+        assert offered == {
+            ("known plate read", KNOWN_NAME),
+            ("unknown plate read", "any unknown plate"),
+            ("black list plate read", "camera black list"),
+        }
+
+        # An automation on "known plate read" of Staff, as a user would write it.
+        await socket.call("subscribe_events", event_type=AUTOMATION_EVENT)
+        (ha.config_dir / "automations.yaml").write_text(
+            AUTOMATION_YAML.format(device_id=device_id, name=KNOWN_NAME, event=AUTOMATION_EVENT),
+            encoding="utf-8",
+        )
+        with timed("automation loaded, first read fires it"):
+            await ha.call_service("automation", "reload")
+            await ha.wait_state("automation.open_the_gate_for_staff", lambda s: s["state"] == "on")
+            # Reads before Home Assistant's subscription is in place are not seen.
+            sent: list[str] = []
+            for _ in range(FIRST_FIRE_TRIES):
+                event = known_read()
+                assert (await gw.submit(event)).taken
+                sent.append(event.id)
+                with contextlib.suppress(AssertionError):
+                    await eventually_true(
+                        lambda: bool(socket.fired(AUTOMATION_EVENT)), FIRST_FIRE_WAIT_SECONDS
+                    )
+                    break
+            fired = socket.fired(AUTOMATION_EVENT)
+            assert fired, f"the automation never fired in {FIRST_FIRE_TRIES} reads"
+            assert fired[0]["id"] in sent and fired[0]["plate"] == KNOWN_PLATE
+        with timed("the same plate again fires it again"):
+            count = len(socket.fired(AUTOMATION_EVENT))
+            repeat = known_read()
+            assert (await gw.submit(repeat)).taken
+            await eventually_true(lambda: len(socket.fired(AUTOMATION_EVENT)) > count, 20)
+            assert socket.fired(AUTOMATION_EVENT)[-1]["id"] == repeat.id
+
+    with timed("known vehicle present: on, then off after the hold"):
+        present = await ha.wait_state(
+            entity("binary_sensor", "known_vehicle"), lambda s: s["state"] == "on"
+        )
+        assert present["attributes"]["plate"] == KNOWN_PLATE
+        assert present["attributes"]["known"] == KNOWN_NAME
+        await ha.wait_state(
+            entity("binary_sensor", "known_vehicle"),
+            lambda s: s["state"] == "off",
+            timeout=PRESENCE_HOLD_SECONDS + 30,
+        )
+    last_seen = await ha.wait_state(
+        entity("sensor", "last_seen_staff", None), lambda s: s["state"] not in ("unknown", "")
+    )
+    assert last_seen["attributes"]["camera"] == CAMERA
+    assert last_seen["attributes"]["plate"] == KNOWN_PLATE
+
+    with timed("disabled through the API, enabled from Home Assistant"):
+        switch = entity("switch", "enabled")
+        await ha.wait_state(switch, lambda s: s["state"] == "on")
+        await asyncio.to_thread(
+            mqtt_publish, broker, "lpr/bridge/request/camera/disable", json.dumps({"id": CAMERA})
+        )
+        await ha.wait_state(switch, lambda s: s["state"] == "off")
+        await ha.wait_state(entity("event", "read"), lambda s: s["state"] == "unavailable")
+        await ha.wait_state(
+            entity("binary_sensor", "known_vehicle"), lambda s: s["state"] == "unavailable"
+        )
+        assert gw.switches.is_disabled(CAMERA)
+        # Still available while its camera is off: Home Assistant can turn it on.
+        await ha.call_service("switch", "turn_on", entity_id=switch)
+        await ha.wait_state(switch, lambda s: s["state"] == "on")
+        assert not gw.switches.is_disabled(CAMERA)
+        await sim.wait_logged_in(wait_seconds=30)
+        await ha.wait_state(entity("event", "read"), lambda s: s["state"] != "unavailable")
+
+
+async def eventually_true(predicate: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not met in {timeout}s"
+        await asyncio.sleep(0.1)
