@@ -26,6 +26,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+from paho.mqtt.reasoncodes import ReasonCode
+
 from gateway.config import Config
 from gateway.errors import BrokerError
 from gateway.metrics import Metrics
@@ -85,14 +87,16 @@ class MqttPublisher:
             self._retained_row_acked,
             ack_timeout=self.mqtt.ack_timeout_seconds,
         )
-        self.link = MqttLink(
-            self.mqtt, will=(self.topics.state, OFFLINE), on_ack=self.window.on_ack
-        )
+        self.link = MqttLink(self.mqtt, will=(self.topics.state, OFFLINE), on_ack=self._on_ack)
         self.state = BridgeState(self.topics, config.cameras, self.link, metrics, outbox, executor)
         self._stopping = False
         self.connected_since: float | None = None
         self.disconnected_since: float | None = time.time()
         self.last_error: str | None = None
+
+    def _on_ack(self, mid: int, reason: ReasonCode) -> None:
+        if not self.state.state_acknowledged(mid):
+            self.window.on_ack(mid, reason)
 
     # -- what the rest of the gateway calls ------------------------------------
 
@@ -197,6 +201,7 @@ class MqttPublisher:
         was_connected = self.connected_since is not None
         self.connected_since = None
         self.disconnected_since = self.disconnected_since or time.time()
+        self.state.link_down()
         self.window.connection_lost(
             keepalive_expired=self.link.keepalive_expired,
             count_drop=was_connected and not self._stopping,

@@ -8,6 +8,7 @@ from pathlib import Path
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
 from gateway.event import Image, PlateEvent, Source, utc_now
+from gateway.mqtt.state import STATE_WINDOW
 from gateway.pipeline import Admission
 from tests.helpers import MqttCollector, Received, gateway_config
 
@@ -110,3 +111,38 @@ async def test_a_login_storm_makes_one_bridge_info_update(
                 gw.publisher.set_camera_online(f"cam{n:03d}", False)
             await sub.until(lambda ms: states(ms) == {"offline"})
             assert len(sub.messages) == updates + 1
+
+
+async def test_a_burst_of_state_messages_does_not_hold_up_what_follows(
+    mqtt_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    """A burst of state messages (1,000 cameras logging in: availability and a
+    bridge event each; discovery re-sent when Home Assistant restarts) goes out
+    STATE_WINDOW at a time: a message handed to the link right after it (as the
+    outbox window hands a read) is among the first the broker delivers, not
+    behind the whole burst. None is lost: those still waiting at shutdown go
+    out before the bridge says offline."""
+    burst = 600
+    config = gateway_config(mqtt_broker.url, tmp_path, cameras=[])
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=("lpr/#",)) as sub:
+        async with Gateway(config) as gw:
+            assert gw.publisher is not None
+            link = gw.publisher.link
+            await sub.until(lambda ms: any(m.topic == "lpr/bridge/info" for m in ms))
+            link.publish("lpr/test/start", b"", retain=False)
+            await sub.until(lambda ms: any(m.topic == "lpr/test/start" for m in ms))
+            for n in range(burst):
+                gw.publisher.publish_state(f"lpr/test/state/{n}", b"%d" % n)
+            link.publish("lpr/test/marker", b"read", retain=False)
+            await sub.until(lambda ms: any(m.topic == "lpr/test/marker" for m in ms))
+            for n in range(burst):  # still waiting when the gateway stops
+                gw.publisher.publish_state(f"lpr/test/late/{n}", b"%d" % n)
+        topics = [m.topic for m in sub.messages]
+        start = topics.index("lpr/test/start")
+        assert topics.index("lpr/test/marker") - start <= STATE_WINDOW + 1
+        assert [t for t in topics if t.startswith("lpr/test/state/")] == [
+            f"lpr/test/state/{n}" for n in range(burst)
+        ]
+        late = [t for t in topics if t.startswith("lpr/test/late/")]
+        assert late == [f"lpr/test/late/{n}" for n in range(burst)]
+        assert topics.index("lpr/bridge/state", start) > topics.index(late[-1])

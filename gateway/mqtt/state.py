@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
@@ -44,6 +45,12 @@ INFO_COALESCE_SECONDS = 0.2
 # Kept rows (images, `last`) re-sent at a time, each batch acknowledged
 # before the next is read: bounds the memory a reconnect takes.
 REPUBLISH_BATCH = 16
+# State messages in flight at once between connects. They share the link with
+# the outbox's reads, and paho sends in the order it is handed messages: a
+# burst of them (1,000 cameras logging in: availability and a bridge event
+# each; discovery re-sent when Home Assistant restarts: ~10 per camera) ahead
+# of the reads held every read up behind them. Paced, reads go in between.
+STATE_WINDOW = 8
 
 
 class BridgeState:
@@ -84,6 +91,12 @@ class BridgeState:
         self._info_update: asyncio.TimerHandle | None = None
         # state messages to keep in the outbox, written together (see remember_retained)
         self._to_persist: dict[str, bytes] = {}
+        # state messages waiting for one of the STATE_WINDOW places: [topic,
+        # payload, retain]; a retained one not sent yet takes a newer payload
+        # of its topic in its place (`_queued_retained`)
+        self._state_queue: deque[list[Any]] = deque()
+        self._queued_retained: dict[str, list[Any]] = {}
+        self._state_in_flight: set[int] = set()
 
     # -- what the rest of the gateway calls --------------------------------------
 
@@ -142,15 +155,61 @@ class BridgeState:
         self.link.subscribe(topic, handler)
 
     def publish_state(self, topic: str, payload: bytes, retain: bool = True) -> None:
-        """Fire-and-forget state; a retained one is re-sent from our copy on reconnect."""
+        """Fire-and-forget state; a retained one is re-sent from our copy on reconnect.
+
+        On connect it goes out at once (before any outbox row); otherwise it
+        waits for a place among STATE_WINDOW in flight."""
         if retain:
             self.remember_retained(topic, payload, persist=True)
         if not self.link.is_open:
             return  # re-sent from our copy (or by its owner) on the next connect
+        if self._sent_on_connect is not None:
+            self._send_state(topic, payload, retain)
+            self._sent_on_connect.add(topic)
+            return
+        queued = self._queued_retained.get(topic) if retain else None
+        if queued is not None:
+            queued[1] = payload  # not sent yet: only the newest matters
+        else:
+            entry = [topic, payload, retain]
+            self._state_queue.append(entry)
+            if retain:
+                self._queued_retained[topic] = entry
+        self._send_queued_states()
+
+    def state_acknowledged(self, mid: int) -> bool:
+        """A PUBACK on the link: True when it was for a state message (its place
+        goes to the next waiting one)."""
+        if mid not in self._state_in_flight:
+            return False
+        self._state_in_flight.discard(mid)
+        self._send_queued_states()
+        return True
+
+    def _send_queued_states(self, limit: int = STATE_WINDOW) -> None:
+        while self._state_queue and len(self._state_in_flight) < limit:
+            topic, payload, retain = self._state_queue.popleft()
+            if retain:
+                self._queued_retained.pop(topic, None)
+            try:
+                mid = self.link.publish(topic, payload, retain=retain)
+            except LinkClosedError:
+                return  # the link is gone: link_down clears what is left
+            except BrokerError as exc:  # refused by the client library: the rest go on
+                log.warning("state %s not published: %s", topic[:200], exc)
+                continue
+            self._state_in_flight.add(mid)
+
+    def _send_state(self, topic: str, payload: bytes, retain: bool) -> None:
         with contextlib.suppress(LinkClosedError):
             self.link.publish(topic, payload, retain=retain)
-        if self._sent_on_connect is not None:
-            self._sent_on_connect.add(topic)
+
+    def link_down(self) -> None:
+        """The connection is gone, and what paho held with it: retained states
+        are re-sent from our copy on the next connect, like before."""
+        self._state_queue.clear()
+        self._queued_retained.clear()
+        self._state_in_flight.clear()
 
     # -- the own copy of the retained state ------------------------------------------
 
@@ -226,6 +285,7 @@ class BridgeState:
     def link_up(self) -> None:
         """Just connected: say online, bridge info and availability, run the hooks,
         then re-send the rest of our copy, all before any outbox row."""
+        self.link_down()  # nothing of an earlier connection is in flight now
         self._sent_on_connect = set()
         try:
             self.publish_state(self.topics.state, ONLINE)
@@ -265,6 +325,8 @@ class BridgeState:
                     self.publish_state(self.topics.availability(camera), OFFLINE)
         if self._info_update is not None:
             self._publish_info()  # now: nothing runs after shutdown
+        # Everything still waiting goes now, ahead of the bridge's offline.
+        self._send_queued_states(limit=len(self._state_in_flight) + len(self._state_queue))
         with contextlib.suppress(BrokerError, TimeoutError):
             await asyncio.wait_for(
                 self.link.publish_acked(self.topics.state, OFFLINE, retain=True),
