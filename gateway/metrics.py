@@ -189,6 +189,32 @@ class Metrics:
             "Retained messages re-sent from the gateway's own copy after a reconnect",
             registry=r,
         )
+        # The web page (ui.listen)
+        self.ui_watchers = Gauge(
+            "lpr_ui_live_watchers",
+            "Live pages connected to the web page's event stream",
+            registry=r,
+        )
+        self.ui_live_dropped = Counter(
+            "lpr_ui_live_dropped",
+            "Live items a slow live page did not get (its queue was full; the oldest went)",
+            registry=r,
+        )
+        self.ui_watchers_dropped = Counter(
+            "lpr_ui_live_watchers_dropped",
+            "Live pages disconnected because their connection did not take a write in time",
+            registry=r,
+        )
+        self.ui_watchers_refused = Counter(
+            "lpr_ui_live_watchers_refused",
+            "Live pages refused because too many were connected",
+            registry=r,
+        )
+        self.ui_csrf_refused = Counter(
+            "lpr_ui_csrf_refused",
+            "Web page form posts refused: missing or wrong token, another site's origin",
+            registry=r,
+        )
 
         # ONVIF scene description (Profile M): one read per tracked object.
         self.scene_tracks = Counter(
