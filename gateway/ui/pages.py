@@ -274,6 +274,7 @@ def known_page(
         + notice(error, "error")
         + "<h2>Added at runtime</h2>"
         + runtime_table
+        + "<h2>Add plates</h2>"
         + add_form
         + "<h2>From the config file <small>(read-only)</small></h2>"
         + config_table
@@ -360,7 +361,8 @@ def history_page(
         lines.append(
             f'<tr><td class="crop-cell">{crop}</td>'
             f'<td><span class="plate">{esc(row.plate)}</span>{scene}</td>'
-            f"<td>{esc(row.camera)}</td><td>{esc(format_time_text(event.get('time')))}</td>"
+            f"<td>{esc(row.camera)}</td>"
+            f"<td>{esc(format_time_text(event.get('time') or event.get('received')))}</td>"
             f"<td>{esc(event.get('direction'))}</td>"
             f"<td>{esc(format_confidence(event.get('confidence')))}</td>"
             f"<td>{esc(row.known or '')} <small>{esc(event.get('match') or '')}</small></td></tr>"
