@@ -142,12 +142,13 @@ def live_row(summary: Mapping[str, Any]) -> str:
     )
 
 
-def live_page(items: Iterable[LiveItem], image_budget_note: str) -> str:
+def live_page(items: Iterable[LiveItem], image_budget_note: str, newest_seq: int) -> str:
+    """`newest_seq`: the stream starts after it (what happens while the page loads is sent)."""
     rows = "".join(live_row(item.summary) for item in items)
     body = (
         '<p class="lead"><span id="live-state" class="dot">connecting…</span> '
         "Reads as they are published, newest first. Tap a picture for full size.</p>"
-        f'<ul id="live" class="items">{rows}</ul>'
+        f'<ul id="live" class="items" data-after="{newest_seq}">{rows}</ul>'
         f'<p class="fine">{esc(image_budget_note)}</p>'
     )
     return layout("Live", "/", body, scripts=("ui.js",))

@@ -45,6 +45,8 @@ HISTORY_PAGE_SIZE = 50
 STOP_SECONDS = 2.0
 # Form fields are short; a bigger body is refused before it is read.
 MAX_FORM_BYTES = 64 * 1024
+# What was done, shown after a change (it comes back in the redirect's query).
+MAX_NOTICE_CHARS = 200
 
 STATIC_TYPES = {
     "ui.css": "text/css; charset=utf-8",
@@ -180,7 +182,8 @@ class WebUi:
             f"{LIVE_IMAGE_BYTES // (1024 * 1024)} MB of pictures"
             + ("; older pictures come from the history." if self._history else ".")
         )
-        return _html(pages.live_page(self.live.newest_first(), note))
+        items = self.live.newest_first()
+        return _html(pages.live_page(items, note, items[0].seq if items else 0))
 
     async def live_events(self, request: web.Request) -> web.StreamResponse:
         if len(self.live.watchers) >= MAX_WATCHERS:
@@ -199,7 +202,9 @@ class WebUi:
         try:
             await response.prepare(request)
             # A reconnecting page says what it saw last: send what it missed.
-            last_seen = _int(request.headers.get("Last-Event-ID"))
+            # (The first connection says it with `after`: the newest item the
+            # page was rendered with; EventSource cannot set the header then.)
+            last_seen = _int(request.headers.get("Last-Event-ID") or request.query.get("after"))
             missed = self.live.since(last_seen) if last_seen is not None else []
             await self._send(response, [b"retry: 2000\n\n", *(i.sse_message() for i in missed)])
             await self._pump(request, response, watcher)
@@ -294,7 +299,7 @@ class WebUi:
         return rows
 
     async def cameras_page(self, request: web.Request) -> web.Response:
-        message = request.query.get("done")
+        message = request.query.get("done", "")[:MAX_NOTICE_CHARS] or None
         page = pages.cameras_page(
             self.camera_rows(), request[CSRF_TOKEN], message, self.gateway.runtime is not None
         )
@@ -317,7 +322,8 @@ class WebUi:
     # -- Known plates ----------------------------------------------------------------------
 
     async def known_page(self, request: web.Request) -> web.Response:
-        return _html(self._known_page(request, request.query.get("done"), None))
+        message = request.query.get("done", "")[:MAX_NOTICE_CHARS] or None
+        return _html(self._known_page(request, message, None))
 
     def _known_page(self, request: web.Request, message: str | None, error: str | None) -> str:
         runtime = self.gateway.runtime

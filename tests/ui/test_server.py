@@ -462,6 +462,11 @@ async def test_live_stream_delivers_a_read_and_replays_what_was_missed(
     # A page that reconnects says the last id it saw and gets what came since.
     async with client.get(url(gw, "/live/events"), headers={"Last-Event-ID": str(seq)}) as reply:
         assert json.loads(await next_sse_data(reply))["id"] == later.id
+    # A page's first connection starts after the newest item it was rendered with.
+    async with client.get(url(gw, "/")) as reply:
+        assert f'data-after="{seq + 1}"' in await reply.text()
+    async with client.get(url(gw, f"/live/events?after={seq}")) as reply:
+        assert json.loads(await next_sse_data(reply))["id"] == later.id
     await eventually(lambda: gw.ui is not None and not gw.ui.live.watchers)
     assert sample(gw.metrics, "lpr_ui_live_watchers") == 0
 

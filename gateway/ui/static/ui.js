@@ -72,7 +72,10 @@ function liveRow(item) {
 
 function startLive(list) {
   const state = document.getElementById("live-state");
-  const source = new EventSource("/live/events");
+  // The stream starts after the newest item the server rendered: nothing published
+  // while the page loaded is missed (reconnects say Last-Event-ID themselves).
+  const after = encodeURIComponent(list.dataset.after || "0");
+  const source = new EventSource("/live/events?after=" + after);
   source.onopen = () => { state.textContent = "live"; state.className = "dot on"; };
   source.onerror = () => { state.textContent = "reconnecting…"; state.className = "dot off"; };
   source.addEventListener("read", (message) => {
