@@ -283,6 +283,10 @@ def check_pages(
     driver.set_window_size(390, 844)  # a phone
     driver.save_screenshot(str(shots / "live-phone.png"))
     driver.set_window_size(1200, 900)
+    dark = [{"name": "prefers-color-scheme", "value": "dark"}]
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": dark})
+    driver.save_screenshot(str(shots / "live-dark.png"))
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
 
     # History: the search finds the read; the CSV export holds it.
     driver.get(page + "/history")
