@@ -237,6 +237,13 @@ class Metrics:
         self.parse_errors.labels(source=source, kind=kind).inc()
         self.camera_parse_errors.labels(camera=camera, kind=kind).inc()
 
+    def auth_failures_of(self, camera: str) -> float:
+        """How many logins of `camera` were refused so far, in O(1) (the web
+        page takes it on every availability change, a login storm included;
+        a registry lookup would scan every series). prometheus_client has no
+        public getter for one child's value."""
+        return float(self.camera_auth_failures.labels(camera=camera)._value.get())
+
     def camera_known(self, camera: str, source: str) -> None:
         """Create a camera's series at zero so dashboards show it before its first read."""
         self.events_received.labels(camera=camera, source=source)

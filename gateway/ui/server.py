@@ -157,22 +157,21 @@ class WebUi:
 
     def _camera_availability(self, camera: str, online: bool) -> None:
         if online:
-            self._login_worked[camera] = (self._auth_failures(camera), time.time())
+            self._login_worked[camera] = (
+                self.gateway.metrics.auth_failures_of(camera),
+                time.time(),
+            )
 
-    def _login_refused(self, camera: str, last_read: float | None) -> bool:
-        """Whether the camera's logins have been refused since it last showed it
-        could log in (it came online, or a read of it arrived)."""
-        failures = self._auth_failures(camera)
+    def _login_refused(self, camera: str, failures: float, last_read: float | None) -> bool:
+        """Whether logins of the camera were refused since it last showed that
+        its login works (it came online, or a read of it arrived): `failures`
+        (its refused logins so far) grew since then."""
         count, when = self._login_worked.get(camera, (0.0, 0.0))
         if last_read is not None and last_read > when:
+            # A read is proof too (an HTTP camera is "online" whenever we listen).
             self._login_worked[camera] = (failures, time.time())
             return False
         return failures > count
-
-    def _auth_failures(self, camera: str) -> float:
-        registry = self.gateway.metrics.registry
-        value = registry.get_sample_value("lpr_camera_auth_failures_total", {"camera": camera})
-        return value or 0.0
 
     # -- Live ------------------------------------------------------------------------------
 
@@ -263,24 +262,20 @@ class WebUi:
         gateway = self.gateway
         assert gateway.publisher is not None
         state = gateway.publisher.state
-        parse_errors: dict[str, float] = {}
-        for metric in gateway.metrics.camera_parse_errors.collect():
-            for sample in metric.samples:
-                if sample.name.endswith("_total"):
-                    errors_of = sample.labels["camera"]
-                    parse_errors[errors_of] = parse_errors.get(errors_of, 0) + sample.value
-        registry = gateway.metrics.registry
+        # One pass over each counter for all cameras (a lookup per camera
+        # would scan the whole registry each time: slow with many cameras).
+        parse_errors = _per_camera(gateway.metrics.camera_parse_errors)
+        reconnects = _per_camera(gateway.metrics.camera_reconnects)
+        auth_failures = _per_camera(gateway.metrics.camera_auth_failures)
         now_wall, now = time.time(), time.monotonic()
         rows = []
         for camera in gateway.config.cameras:
             shown = state.camera_state(camera.id)
             activity = self.live.cameras.get(camera.id)
             last = activity.last_read if activity else None
-            if shown != "disabled" and self._login_refused(camera.id, last):
+            failures = auth_failures.get(camera.id, 0.0)
+            if self._login_refused(camera.id, failures, last) and shown != "disabled":
                 shown = "login refused"
-            reconnects = registry.get_sample_value(
-                "lpr_camera_reconnects_total", {"camera": camera.id}
-            )
             rows.append(
                 pages.CameraRow(
                     id=camera.id,
@@ -292,7 +287,7 @@ class WebUi:
                     last_read_age=None if last is None else max(0.0, now_wall - last),
                     reads_per_minute=activity.reads_per_minute(now) if activity else 0,
                     parse_errors=int(parse_errors.get(camera.id, 0)),
-                    reconnects=int(reconnects or 0),
+                    reconnects=int(reconnects.get(camera.id, 0)),
                     enabled=not gateway.switches.is_disabled(camera.id),
                 )
             )
@@ -481,6 +476,17 @@ class WebUi:
             body=data,
             headers={"Content-Type": content_type, "Cache-Control": "public, max-age=3600"},
         )
+
+
+def _per_camera(counter: Any) -> dict[str, float]:
+    """A counter labelled by camera (and maybe more): its total per camera."""
+    totals: dict[str, float] = {}
+    for metric in counter.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                camera = sample.labels["camera"]
+                totals[camera] = totals.get(camera, 0.0) + sample.value
+    return totals
 
 
 def _html(text: str, status: int = 200) -> web.Response:

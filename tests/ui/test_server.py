@@ -23,7 +23,14 @@ from gateway.broker import MosquittoProcess
 from gateway.event import CameraEvent, Image, PlateEvent, Source, utc_now
 from gateway.simulate.common import plate_jpeg, scene_jpeg
 from gateway.ui.security import CONTENT_SECURITY_POLICY
-from tests.helpers import eventually, free_port, gateway_config, http_camera_entry, sample
+from tests.helpers import (
+    eventually,
+    free_port,
+    gateway_config,
+    http_camera_entry,
+    sample,
+    tcp_simulator_entry,
+)
 
 USER, PASSWORD = "installer", "s3cret-pass"
 
@@ -539,3 +546,28 @@ async def test_too_many_live_pages_are_refused(
         async with client.get(url(gw, "/live/events")) as second:
             assert second.status == 503
     assert sample(gw.metrics, "lpr_ui_live_watchers_refused_total") == 1
+
+
+async def test_a_tcp_camera_that_refuses_the_login_shows_so(
+    mqtt_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    """The simulated camera refuses the gateway's password: offline, and the
+    page says why ("login refused"), not just "offline"."""
+    from gateway.simulate.tcp import TcpCameraSimulator
+
+    async with TcpCameraSimulator(camera="door", password="right") as camera:
+        entry = {**tcp_simulator_entry("door", camera.port), "password": "wrong"}
+        config = gateway_config(
+            mqtt_broker.url,
+            tmp_path,
+            cameras=[entry],
+            ui={"listen": f"127.0.0.1:{free_port()}"},
+        )
+        async with Gateway(config) as gw, aiohttp.ClientSession() as client:
+            await eventually(lambda: camera.login_failures > 0, 20, "a refused login")
+            await eventually(
+                lambda: sample(gw.metrics, "lpr_camera_auth_failures_total", camera="door") > 0
+            )
+            async with client.get(url(gw, "/cameras")) as reply:
+                page = await reply.text()
+            assert 'class="state login-refused">login refused<' in page
