@@ -122,7 +122,7 @@ def live_row(summary: Mapping[str, Any]) -> str:
     )
     scene = (
         f'<a class="scene" href="{image_url(read_id, "scene")}"><img class="zoom" loading="lazy"'
-        f' src="{image_url(read_id, "scene")}" alt="scene"></a>'
+        f' src="{image_url(read_id, "thumb")}" alt="scene"></a>'
         if summary.get("scene_image")
         else ""
     )

@@ -9,9 +9,12 @@ connection and thread of the page's own, never the history writer's.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime
+import functools
 import importlib.resources
+import importlib.util
 import logging
 import time
 import urllib.parse
@@ -23,7 +26,9 @@ import yarl
 from aiohttp import web
 
 from gateway.config import AnyCameraConfig, HttpCameraConfig, RtspCameraConfig, TcpCameraConfig
+from gateway.errors import ImageTransformError
 from gateway.history import HistoryQuery, HistoryStore
+from gateway.images import reencode_jpeg
 from gateway.runtime import RequestRefusedError
 from gateway.ui import pages
 from gateway.ui.live import LIVE_IMAGE_BYTES, LIVE_ITEMS, LiveFeed, Watcher
@@ -47,6 +52,12 @@ STOP_SECONDS = 2.0
 MAX_FORM_BYTES = 64 * 1024
 # What was done, shown after a change (it comes back in the redirect's query).
 MAX_NOTICE_CHARS = 200
+
+# Scene thumbnails of the live list: this wide, this quality, this many kept
+# (~15 KB each: ~1 MB).
+THUMBNAIL_WIDTH = 320
+THUMBNAIL_QUALITY = 70
+THUMBNAILS_KEPT = 64
 
 STATIC_TYPES = {
     "ui.css": "text/css; charset=utf-8",
@@ -87,6 +98,11 @@ class WebUi:
         self._history: HistoryStore | None = None
         self._history_executor: ThreadPoolExecutor | None = None
         self._closing = False
+        # read id → its scene thumbnail, the oldest made dropped past THUMBNAILS_KEPT
+        self._thumbnails: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._thumbnail_maker: ThreadPoolExecutor | None = None
+        if importlib.util.find_spec("PIL") is not None:
+            self._thumbnail_maker = ThreadPoolExecutor(1, thread_name_prefix="ui-thumbnails")
         # camera → (its count of refused logins, wall time) when it last showed
         # that its login works: more refusals since then is "login refused"
         self._login_worked: dict[str, tuple[float, float]] = {}
@@ -149,6 +165,8 @@ class WebUi:
         if self._history is not None and self._history_executor is not None:
             await self._in_history_thread(self._history.close)
             self._history_executor.shutdown(wait=True)
+        if self._thumbnail_maker is not None:
+            self._thumbnail_maker.shutdown(wait=True)
 
     async def _in_history_thread(self, fn: Any, *args: Any) -> Any:
         assert self._history_executor is not None
@@ -242,11 +260,13 @@ class WebUi:
 
     async def image(self, request: web.Request) -> web.Response:
         read_id, kind = request.match_info["read_id"], request.match_info["kind"]
-        if kind not in ("plate", "scene"):
+        if kind not in ("plate", "scene", "thumb"):
             raise web.HTTPNotFound()
-        data = self.live.image(read_id, kind)
-        if data is None and self._history is not None:
-            data = await self._in_history_thread(self._history.image, read_id, kind)
+        data = self._thumbnails.get(read_id) if kind == "thumb" else None
+        if data is None:
+            data = await self._picture(read_id, "scene" if kind == "thumb" else kind)
+            if data is not None and kind == "thumb":
+                data = await self._thumbnail(read_id, data)
         if data is None:
             return web.Response(status=404, text="no such picture (any more)\n")
         content_type = picture_type(data)
@@ -255,6 +275,30 @@ class WebUi:
             content_type = "application/octet-stream"
             headers["Content-Disposition"] = "attachment"
         return web.Response(body=data, content_type=content_type, headers=headers)
+
+    async def _picture(self, read_id: str, kind: str) -> bytes | None:
+        data = self.live.image(read_id, kind)
+        if data is None and self._history is not None:
+            data = await self._in_history_thread(self._history.image, read_id, kind)
+        return data
+
+    async def _thumbnail(self, read_id: str, scene: bytes) -> bytes:
+        """The scene scaled down for the live list (a phone loads ~15 KB a row, not
+        ~300 KB), made once on a thread of its own and kept in a small cache.
+        Without Pillow (the `images` extra), or for a picture it cannot read
+        (only JPEG, pixel count checked before decoding): the scene itself."""
+        if self._thumbnail_maker is None:
+            return scene
+        loop = asyncio.get_running_loop()
+        make = functools.partial(reencode_jpeg, scene, THUMBNAIL_QUALITY, THUMBNAIL_WIDTH)
+        try:
+            thumbnail = await loop.run_in_executor(self._thumbnail_maker, make)
+        except ImageTransformError:
+            return scene
+        self._thumbnails[read_id] = thumbnail
+        while len(self._thumbnails) > THUMBNAILS_KEPT:
+            self._thumbnails.popitem(last=False)
+        return thumbnail
 
     # -- Cameras ---------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import PIL.Image
 import pytest
 
 import gateway.ui.live
@@ -339,6 +340,13 @@ async def test_pictures_have_their_type_and_no_sniffing(
     async with client.get(url(gw, f"/image/{sent.id}/scene")) as reply:
         assert reply.content_type == "image/jpeg"
         assert await reply.read() == scene_jpeg()
+    # The live list's scene thumbnail: the scene scaled down (Pillow, the test extra).
+    async with client.get(url(gw, f"/image/{sent.id}/thumb")) as reply:
+        assert reply.content_type == "image/jpeg"
+        thumbnail = await reply.read()
+    with PIL.Image.open(io.BytesIO(thumbnail)) as picture:
+        assert picture.width == gateway.ui.server.THUMBNAIL_WIDTH
+    assert len(thumbnail) < len(scene_jpeg()) / 5
     async with client.get(url(gw, f"/image/{not_a_picture.id}/plate")) as reply:
         assert reply.content_type == "application/octet-stream"
         assert reply.headers["Content-Disposition"] == "attachment"

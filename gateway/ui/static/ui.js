@@ -24,11 +24,12 @@ function imageUrl(id, kind) {
   return "/image/" + encodeURIComponent(id) + "/" + kind;
 }
 
-function picture(id, kind, className, alt) {
+// A link to the full picture around an image of it (`shown`: the scene's thumbnail).
+function picture(id, kind, shown, className, alt) {
   const link = el("a", className);
   link.href = imageUrl(id, kind);
   const img = el("img", "zoom");
-  img.src = link.href;
+  img.src = imageUrl(id, shown);
   img.alt = alt;
   link.append(img);
   return link;
@@ -55,7 +56,7 @@ function liveRow(item) {
     li.append(what);
     return li;
   }
-  li.append(item.plate_image ? picture(item.id, "plate", "crop", "plate crop")
+  li.append(item.plate_image ? picture(item.id, "plate", "plate", "crop", "plate crop")
                              : el("div", "crop none", "no crop"));
   what.append(el("span", "plate", item.plate));
   if (item.known) {
@@ -66,7 +67,7 @@ function liveRow(item) {
   what.append(meta([["camera", item.camera], ["", timeText(item.time)],
                     ["direction", item.direction], ["", confidenceText(item.confidence)]]));
   li.append(what);
-  if (item.scene_image) li.append(picture(item.id, "scene", "scene", "scene"));
+  if (item.scene_image) li.append(picture(item.id, "scene", "thumb", "scene", "scene"));
   return li;
 }
 
