@@ -33,6 +33,7 @@ pytestmark = pytest.mark.slow
 try:
     from selenium import webdriver
     from selenium.common.exceptions import (
+        ElementClickInterceptedException,
         NoAlertPresentException,
         NoSuchElementException,
         StaleElementReferenceException,
@@ -128,6 +129,21 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float = PAGE_SEC
             return result
         assert time.monotonic() < deadline, f"{what}: not seen in {timeout} s"
         time.sleep(0.05)
+
+
+def click(driver: WebDriver, find: Callable[[], WebElement]) -> None:
+    """Click what `find` finds, as a user does (at its place on screen), again
+    if the page moved under the pointer: the live list grows while the test
+    runs (the TCP camera keeps reading), the cameras page reloads itself."""
+
+    def attempt() -> bool:
+        try:
+            find().click()
+        except ElementClickInterceptedException:
+            return False
+        return True
+
+    wait_for("a click on its target", attempt)
 
 
 def live_row(driver: WebDriver, plate: str) -> WebElement | None:
@@ -254,12 +270,12 @@ def check_pages(
     print(f"browser test: read on screen {shown_after * 1000:.0f} ms after the camera's reply")
 
     # Its picture full size: the viewer opens on a click.
-    crop.click()
+    click(driver, lambda: crop)
     viewer = driver.find_element(By.ID, "viewer-image")
     wait_for("the full-size picture", lambda: picture_loaded(driver, viewer))
     assert viewer.get_attribute("src", ) == crop.get_attribute("src")  # fmt: skip
     driver.save_screenshot(str(shots / "live-picture.png"))
-    driver.find_element(By.ID, "viewer").click()
+    click(driver, lambda: driver.find_element(By.ID, "viewer"))
 
     # A hostile plate is text, in the live stream's rendering and the server's.
     sent = cameras.run(lambda: camera.post_body(read_body(HOSTILE_PLATE), kind="plate"))
@@ -291,11 +307,15 @@ def check_pages(
     # History: the search finds the read; the CSV export holds it.
     driver.get(page + "/history")
     driver.find_element(By.NAME, "plate").send_keys("ui424")
-    driver.find_element(By.CSS_SELECTOR, "form.search button").click()
-    wait_for(
-        "the read in the history",
-        lambda: "UI 4242" in driver.find_element(By.CSS_SELECTOR, "main").text,
-    )
+    click(driver, lambda: driver.find_element(By.CSS_SELECTOR, "form.search button"))
+
+    def found_in_history() -> bool:
+        if "UI 4242" in driver.find_element(By.CSS_SELECTOR, "main").text:
+            return True
+        driver.refresh()  # the history writer gathers reads for up to half a second
+        return False
+
+    wait_for("the read in the history", found_in_history)
     assert "1 reads" in driver.find_element(By.CSS_SELECTOR, ".pager").text
     driver.save_screenshot(str(shots / "history.png"))
     csv_link = driver.find_element(By.LINK_TEXT, "CSV").get_attribute("href")
@@ -307,7 +327,13 @@ def check_pages(
     lines = csv_text.splitlines()
     assert lines[0].startswith("time,camera,plate")
     assert len(lines) == 2 and ",gate_out,UI 4242," in lines[1], csv_text
-    driver.get(page + f"/history?plate={HOSTILE_PLATE}")
+
+    def hostile_in_history() -> bool:
+        # The history writer gathers reads for up to half a second: ask again.
+        driver.get(page + f"/history?plate={HOSTILE_PLATE}")
+        return HOSTILE_PLATE in driver.find_element(By.CSS_SELECTOR, "main").text
+
+    wait_for("the hostile read in the history", hostile_in_history)
     assert HOSTILE_PLATE in driver.find_element(By.CSS_SELECTOR, "table").text
     assert driver.execute_script("return document.querySelectorAll('img[src=\"x\"]').length") == 0
 
@@ -316,12 +342,12 @@ def check_pages(
     card = driver.find_element(By.ID, "camera-gate_out")
     assert card.find_element(By.CSS_SELECTOR, ".state").text in ("online", "offline")
     driver.save_screenshot(str(shots / "cameras.png"))
-    card.find_element(By.TAG_NAME, "button").click()
+    click(driver, lambda: driver.find_element(By.CSS_SELECTOR, "#camera-gate_out button"))
     wait_for(
         "the camera disabled",
         lambda: driver.find_element(By.CSS_SELECTOR, "#camera-gate_out .state").text == "disabled",
     )
-    driver.find_element(By.CSS_SELECTOR, "#camera-gate_out button").click()
+    click(driver, lambda: driver.find_element(By.CSS_SELECTOR, "#camera-gate_out button"))
     wait_for(
         "the camera enabled",
         lambda: driver.find_element(By.CSS_SELECTOR, "#camera-gate_out .state").text != "disabled",
@@ -331,10 +357,11 @@ def check_pages(
     driver.get(page + "/known")
     driver.find_element(By.NAME, "name").send_keys("Visitor")
     driver.find_element(By.NAME, "plates").send_keys("VIS 1, VIS 2")
-    driver.find_element(By.CSS_SELECTOR, "form[action='/known/add'] button").click()
+    click(driver, lambda: driver.find_element(By.CSS_SELECTOR, "form[action='/known/add'] button"))
     wait_for("the added plates", lambda: "VIS 2" in driver.find_element(By.TAG_NAME, "main").text)
     driver.save_screenshot(str(shots / "known.png"))
-    driver.find_element(By.CSS_SELECTOR, "button[aria-label='remove VIS 1']").click()
+    remove = "button[aria-label='remove VIS 1']"
+    click(driver, lambda: driver.find_element(By.CSS_SELECTOR, remove))
     wait_for(
         "one plate removed",
         lambda: "removed VIS 1 of Visitor" in driver.find_element(By.TAG_NAME, "main").text,
