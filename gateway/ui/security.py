@@ -92,7 +92,7 @@ class Access:
         if fetch_site is not None and fetch_site != "same-origin":
             return f"request from another site (Sec-Fetch-Site: {fetch_site})"
         origin = request.headers.get("Origin")
-        if origin is not None and origin != f"{request.scheme}://{request.host}":
+        if origin is not None and not _same_host(origin, request.host):
             return "request from another origin"
         cookie = request.cookies.get(CSRF_COOKIE)
         if not cookie or not token:
@@ -132,6 +132,17 @@ class Access:
         """Headers every response carries, streams (SSE) and errors included."""
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
+
+
+def _same_host(origin: str, host: str) -> bool:
+    """Whether an Origin names the host (and port) the request was sent to. The
+    scheme is not compared: behind a TLS proxy the page is https to the
+    browser and http here (the proxy must pass the Host header on)."""
+    try:
+        url = yarl.URL(origin)
+    except ValueError:
+        return False
+    return url.is_absolute() and url.authority.lower() == host.lower()
 
 
 def _basic_credentials(authorization: str | None) -> tuple[str, str]:
