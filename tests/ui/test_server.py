@@ -22,6 +22,7 @@ import gateway.ui.live
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
 from gateway.event import CameraEvent, Image, PlateEvent, Source, utc_now
+from gateway.history import HistoryQuery
 from gateway.simulate.common import plate_jpeg, scene_jpeg
 from gateway.ui.security import CONTENT_SECURITY_POLICY
 from tests.helpers import (
@@ -101,13 +102,9 @@ async def csrf_token(client: aiohttp.ClientSession, gw: Gateway, page: str = "/c
 async def in_history(gw: Gateway, count: int) -> None:
     assert gw.history is not None
     store = gw.history.store
-    await eventually(lambda: store.count(_any()) >= count, 20, f"{count} reads in the history")
-
-
-def _any() -> Any:
-    from gateway.history import HistoryQuery
-
-    return HistoryQuery()
+    await eventually(
+        lambda: store.count(HistoryQuery()) >= count, 20, f"{count} reads in the history"
+    )
 
 
 # -- access ------------------------------------------------------------------------------
