@@ -38,6 +38,16 @@ system-deps:
 		$(SUDO) apt-get install -y -qq rabbitmq-server >/dev/null || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq rabbitmq-server >/dev/null; }; \
 	fi
+	@# chromium + chromedriver: the web page's browser tests (headless, driven by selenium)
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+		echo "installing chromium and chromium-driver (apt-get)"; \
+		$(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }; \
+	fi
+	@# fonts-nanum: Hangul in the browser tests' screenshots (the simulators send Korean plates)
+	@if [ ! -d /usr/share/fonts/truetype/nanum ]; then \
+		$(SUDO) apt-get install -y -qq fonts-nanum >/dev/null || true; \
+	fi
 	@# docker-compose (v1, Debian) only so the tests can validate deploy/docker-compose.yml
 	@if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then \
 		$(SUDO) apt-get install -y -qq --no-install-recommends docker-compose >/dev/null || true; \

@@ -35,6 +35,9 @@ def _scenarios() -> dict[str, Scenario]:
         "pipeline-history-100": lambda b, a: spine.pipeline(
             b.url, b.host, b.port, min(a.events, 1000), rate=100, history=True
         ),
+        "pipeline-ui-100": lambda b, a: spine.pipeline(
+            b.url, b.host, b.port, min(a.events, 1000), rate=100, ui=True
+        ),
     }
     for module in (tcp, http, rtsp, mixed, outage):
         table.update(module.SCENARIOS)

@@ -31,7 +31,15 @@ from bench.common import (
     wait_published,
 )
 from gateway.app import Gateway
-from gateway.config import Config, HistoryConfig, MetricsConfig, MqttConfig, OutboxConfig
+from gateway.broker import free_port
+from gateway.config import (
+    Config,
+    HistoryConfig,
+    MetricsConfig,
+    MqttConfig,
+    OutboxConfig,
+    UiConfig,
+)
 from gateway.simulate.common import plate_jpeg, scene_jpeg
 
 WINDOW = 32
@@ -87,9 +95,11 @@ def pipeline(
     events: int,
     rate: float | None = None,
     history: bool = False,
+    ui: bool = False,
 ) -> Result:
     """Events handed to the pipeline: dedup, durable outbox (SQLite WAL), publisher;
-    with `history`, every read also kept in the read history (plate pictures)."""
+    with `history`, every read also kept in the read history (plate pictures);
+    with `ui`, the web page listening (nobody watching: its live view's cost)."""
     subscriber = Subscriber(host, port, events, topic="lpr/#")
     with tempfile.TemporaryDirectory(prefix="lpr-bench-") as tmp:
         config = Config(
@@ -97,6 +107,7 @@ def pipeline(
             metrics=MetricsConfig(listen=None),
             outbox=OutboxConfig(path=Path(tmp) / "outbox.sqlite3"),
             history=HistoryConfig(enabled=history),
+            ui=UiConfig(listen=f"127.0.0.1:{free_port()}" if ui else None),
         )
         cpu, seconds = asyncio.run(_drive_pipeline(config, events, rate))
     got = subscriber.result()
@@ -104,6 +115,7 @@ def pipeline(
     return Result(
         scenario="pipeline + outbox"
         + (" + history" if history else "")
+        + (" + web page" if ui else "")
         + (f" @{rate:g}/s" if rate else ""),
         events=got["received"],
         seconds=round(elapsed, 2),

@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -46,6 +46,9 @@ from gateway.pipeline import Admission, Pipeline
 from gateway.publisher import BrokerBackoff, MqttPublisher
 from gateway.runtime import RuntimeControl
 from gateway.runtime_store import RuntimeStore, store_path
+
+if TYPE_CHECKING:
+    from gateway.ui import WebUi
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +131,7 @@ class Gateway:
         self.discovery: Discovery | None = None
         self.history: HistoryWriter | None = None
         self.http_server: http.HttpPushServer | None = None
+        self.ui: WebUi | None = None
         # task name → (wall time, what happened) of its last crash
         self.task_crashes: dict[str, tuple[float, str]] = {}
         # tasks waiting to be restarted after a crash
@@ -229,6 +233,8 @@ class Gateway:
                     f"{exc.strerror or exc}. Another process may hold the port; choose "
                     "another port or stop it"
                 ) from exc
+        if self.config.ui.listen:
+            await self._start_ui()
         for camera in self.config.cameras:
             self.metrics.camera_known(camera.id, camera.protocol.value)
         if self.http_server is not None:
@@ -407,6 +413,7 @@ class Gateway:
             return
         self.stopping.set()
         log.info("stopping: intake closed, draining in-flight publishes")
+        await self._stop_ui()
         if self.pipeline is not None:
             self.pipeline.close()
         for task in self._adapter_tasks:
@@ -457,6 +464,29 @@ class Gateway:
                 " damaged file aside (history.path)"
             ) from exc
         pipeline.stored_listeners.append(self.history.on_stored)
+
+    # -- the web page (ui.listen) ---------------------------------------------------
+
+    async def _start_ui(self) -> None:
+        """The web page, imported only when asked for (its templates and the
+        live view's memory cost nothing otherwise)."""
+        from gateway.ui import WebUi
+
+        ui = WebUi(self)
+        try:
+            await ui.start()
+        except OSError as exc:
+            await ui.stop()
+            raise StartupError(
+                f"ui.listen {self.config.ui.listen}: cannot listen: {exc.strerror or exc}. "
+                "Another process may hold the port; choose another port or stop it"
+            ) from exc
+        self.ui = ui
+
+    async def _stop_ui(self) -> None:
+        if self.ui is not None:
+            await self.ui.stop()
+            self.ui = None
 
     # -- /metrics and /healthz -------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 An embedded mosquitto, the gateway, and simulated cameras speaking the real
 protocols (one per protocol whose simulator is present), plus a subscriber
-that prints each event as the broker delivers it. Until Ctrl-C or --seconds.
+that prints each event as the broker delivers it, and the web page on a free
+loopback port (its address in the banner). Until Ctrl-C or --seconds.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from gateway.config import (
     AnyCameraConfig,
     Config,
     DedupConfig,
+    HistoryConfig,
     HttpCameraConfig,
     HttpServerConfig,
     MetricsConfig,
@@ -37,6 +39,7 @@ from gateway.config import (
     Protocol,
     RtspCameraConfig,
     TcpCameraConfig,
+    UiConfig,
 )
 from gateway.topics import Topics
 
@@ -255,6 +258,10 @@ async def run_demo(rate: float, seconds: float, data_dir: Path | None) -> int:
                 metrics=MetricsConfig(listen=f"127.0.0.1:{free_port()}"),
                 outbox=OutboxConfig(path=workdir / "outbox.sqlite3"),
                 dedup=DedupConfig(window_seconds=0),
+                # The web page on loopback (no login needed there), with the
+                # history behind its search.
+                ui=UiConfig(listen=f"127.0.0.1:{free_port()}"),
+                history=HistoryConfig(enabled=True),
                 cameras=tuple(s.camera for s in sources if s.camera is not None),
             )
             await _show(config, sources, seconds)
@@ -280,6 +287,8 @@ async def _show(config: Config, sources: list[DemoSource], seconds: float) -> No
                 f"(watch: mosquitto_sub -p {broker.port}{login} -t 'lpr/#' -v)"
             )
             print(f"demo: metrics on http://127.0.0.1:{gateway.metrics_port}/metrics")
+            if gateway.ui is not None:
+                print(f"demo: web page on http://127.0.0.1:{gateway.ui.port}/ (open it)")
             for source in sources:
                 print(f"demo: {source.description}")
             print("demo: events as the broker delivers them (Ctrl-C to stop):")

@@ -189,6 +189,32 @@ class Metrics:
             "Retained messages re-sent from the gateway's own copy after a reconnect",
             registry=r,
         )
+        # The web page (ui.listen)
+        self.ui_watchers = Gauge(
+            "lpr_ui_live_watchers",
+            "Live pages connected to the web page's event stream",
+            registry=r,
+        )
+        self.ui_live_dropped = Counter(
+            "lpr_ui_live_dropped",
+            "Live items a slow live page did not get (its queue was full; the oldest went)",
+            registry=r,
+        )
+        self.ui_watchers_dropped = Counter(
+            "lpr_ui_live_watchers_dropped",
+            "Live pages disconnected because their connection did not take a write in time",
+            registry=r,
+        )
+        self.ui_watchers_refused = Counter(
+            "lpr_ui_live_watchers_refused",
+            "Live pages refused because too many were connected",
+            registry=r,
+        )
+        self.ui_csrf_refused = Counter(
+            "lpr_ui_csrf_refused",
+            "Web page form posts refused: missing or wrong token, another site's origin",
+            registry=r,
+        )
 
         # ONVIF scene description (Profile M): one read per tracked object.
         self.scene_tracks = Counter(
@@ -210,6 +236,13 @@ class Metrics:
         """One parse error of a camera session: by source and by camera."""
         self.parse_errors.labels(source=source, kind=kind).inc()
         self.camera_parse_errors.labels(camera=camera, kind=kind).inc()
+
+    def auth_failures_of(self, camera: str) -> float:
+        """How many logins of `camera` were refused so far, in O(1) (the web
+        page takes it on every availability change, a login storm included;
+        a registry lookup would scan every series). prometheus_client has no
+        public getter for one child's value."""
+        return float(self.camera_auth_failures.labels(camera=camera)._value.get())
 
     def camera_known(self, camera: str, source: str) -> None:
         """Create a camera's series at zero so dashboards show it before its first read."""

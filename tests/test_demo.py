@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ def test_demo_shows_reads_from_all_three_protocols() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert "embedded MQTT broker on mqtt://127.0.0.1:" in out
+    assert re.search(r"demo: web page on http://127\.0\.0\.1:\d+/", out), out[:2000]
     lines = out.splitlines()
     for camera, source in (("gate_in", "tcp"), ("gate_out", "http"), ("lobby", "rtsp")):
         reads = [line for line in lines if f" {camera} " in line and f" {source} " in line]
