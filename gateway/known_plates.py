@@ -125,6 +125,10 @@ class KnownPlates:
         self._neighbours: dict[str, list[_Entry]] | None = (
             {} if tolerance <= INDEXED_TOLERANCE else None
         )
+        # The longest plain entry: a plate longer than it by more than the
+        # tolerance can match none of them, and is not looked up at all (a
+        # plate of thousands of characters has millions of deletion strings).
+        self._longest_plain = 0
         order = 0
         for name, entries in table.items():
             for written in entries:
@@ -142,6 +146,7 @@ class KnownPlates:
                 if not wildcard:
                     self._exact.setdefault(pattern, entry)
                     self._plain.append(entry)
+                    self._longest_plain = max(self._longest_plain, len(pattern))
                     if self._neighbours is not None and literal >= FUZZY_MIN_LENGTH:
                         for key in _deletions(pattern, tolerance):
                             self._neighbours.setdefault(key, []).append(entry)
@@ -154,8 +159,10 @@ class KnownPlates:
 
     def _candidates(self, plate: str, tolerance: int) -> list[_Entry]:
         """Entries that may be within `tolerance` of `plate` (a superset)."""
-        if tolerance == 0 or self._neighbours is None:
-            return self._wildcards if tolerance == 0 else self._patterns
+        if tolerance == 0 or len(plate) > self._longest_plain + tolerance:
+            return self._wildcards
+        if self._neighbours is None:
+            return self._patterns
         found: dict[int, _Entry] = {}
         for key in _deletions(plate, tolerance):
             for entry in self._neighbours.get(key, ()):

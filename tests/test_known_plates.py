@@ -303,3 +303,17 @@ def test_an_empty_registry_is_false_until_a_runtime_entry_comes() -> None:
     assert not registry
     registry.replace_runtime([RuntimeEntry("A", "list:white", ("gate",), None, 0.0)])
     assert registry
+
+
+def test_a_plate_longer_than_every_entry_is_not_looked_up_fuzzily() -> None:
+    """A plate of thousands of characters (a broken or hostile camera) has
+    millions of deletion strings: no plain entry can be within the tolerance of
+    it, so none are made; wildcard entries still apply."""
+    table = KnownPlates({"Staff": ["AB1234", "CD5678"], "Fleet": ["FL*"]}, tolerance=2)
+    huge = "X" * 16_000
+    assert table._candidates(huge, 2) == table._wildcards
+    assert table.match(huge) is None
+    fleet = table.match("FL" + "9" * 200)
+    assert fleet is not None and fleet.name == "Fleet"
+    near = table.match("AB12345")  # one longer than the longest entry: still fuzzy
+    assert near is not None and (near.name, near.kind) == ("Staff", MatchKind.FUZZY)
