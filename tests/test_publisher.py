@@ -137,6 +137,11 @@ async def test_a_burst_of_state_messages_does_not_hold_up_what_follows(
             await sub.until(lambda ms: any(m.topic == "lpr/test/marker" for m in ms))
             for n in range(burst):  # still waiting when the gateway stops
                 gw.publisher.publish_state(f"lpr/test/late/{n}", b"%d" % n)
+        # The broker has them all once the bridge's offline is acknowledged;
+        # this subscriber may still be reading them.
+        await sub.until(
+            lambda ms: any(m.payload == b"offline" for m in ms if m.topic == "lpr/bridge/state")
+        )
         topics = [m.topic for m in sub.messages]
         start = topics.index("lpr/test/start")
         assert topics.index("lpr/test/marker") - start <= STATE_WINDOW + 1
