@@ -654,11 +654,11 @@ class HttpServerConfig:
         return split_listen(self.listen)[1]
 
 
-@dataclass(frozen=True, slots=True)
-class MetricsConfig:
-    listen: str | None = option(
-        "0.0.0.0:9108", listen_address, off=True, doc="null, empty or false: no metrics endpoint"
-    )
+class _OptionalListen:
+    """host and port of a section whose `listen` may be off (None)."""
+
+    __slots__ = ()
+    listen: str | None
 
     @property
     def host(self) -> str:
@@ -670,7 +670,14 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class UiConfig:
+class MetricsConfig(_OptionalListen):
+    listen: str | None = option(
+        "0.0.0.0:9108", listen_address, off=True, doc="null, empty or false: no metrics endpoint"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class UiConfig(_OptionalListen):
     """The web page: live reads, cameras, known plates, history, health."""
 
     listen: str | None = option(
@@ -684,14 +691,6 @@ class UiConfig:
         doc="true: listening beyond loopback without a login is meant (anyone reaching "
         "the port may add known plates and switch cameras off)",
     )
-
-    @property
-    def host(self) -> str:
-        return split_listen(self.listen or "")[0]
-
-    @property
-    def port(self) -> int:
-        return split_listen(self.listen or "")[1]
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from gateway.config import AnyCameraConfig, HttpCameraConfig, RtspCameraConfig, 
 from gateway.errors import ImageTransformError
 from gateway.history import HistoryQuery, HistoryStore
 from gateway.images import reencode_jpeg
-from gateway.runtime import RequestRefusedError
+from gateway.runtime import RequestRefusedError, RuntimeControl
 from gateway.ui import pages
 from gateway.ui.live import LIVE_IMAGE_BYTES, LIVE_ITEMS, LiveFeed, Watcher
 from gateway.ui.security import CSRF_FIELD, CSRF_TOKEN, Access
@@ -371,12 +371,10 @@ class WebUi:
         return pages.known_page(items, camera_ids, request[CSRF_TOKEN], message, error)
 
     async def add_known(self, request: web.Request) -> web.Response:
-        form = await self._checked_form(request)
-        if isinstance(form, web.Response):
-            return form
-        runtime = self.gateway.runtime
-        if runtime is None:
-            raise web.HTTPNotFound()
+        checked = await self._runtime_form(request)
+        if isinstance(checked, web.Response):
+            return checked
+        form, runtime = checked
         name = str(form.get("name", "")).strip()
         plates = [p.strip() for p in str(form.get("plates", "")).split(",") if p.strip()]
         cameras = [str(c) for c in form.getall("cameras", [])] or None
@@ -393,12 +391,10 @@ class WebUi:
         return _see_other("/known", done=f"added {len(plates)} plate(s) to {name}")
 
     async def remove_known(self, request: web.Request) -> web.Response:
-        form = await self._checked_form(request)
-        if isinstance(form, web.Response):
-            return form
-        runtime = self.gateway.runtime
-        if runtime is None:
-            raise web.HTTPNotFound()
+        checked = await self._runtime_form(request)
+        if isinstance(checked, web.Response):
+            return checked
+        form, runtime = checked
         name = str(form.get("name", ""))
         plate = form.get("plate")
         try:
@@ -406,6 +402,17 @@ class WebUi:
         except RequestRefusedError as exc:
             return _html(self._known_page(request, None, str(exc)), status=400)
         return _see_other("/known", done=f"removed {plate or 'all plates'} of {name}")
+
+    async def _runtime_form(
+        self, request: web.Request
+    ) -> tuple[Any, RuntimeControl] | web.Response:
+        """A known-plates form and the runtime control it goes to, or the refusal."""
+        form = await self._checked_form(request)
+        if isinstance(form, web.Response):
+            return form
+        if self.gateway.runtime is None:
+            raise web.HTTPNotFound()
+        return form, self.gateway.runtime
 
     async def _checked_form(self, request: web.Request) -> Any:
         """The POSTed form, or the refusal to send back (CSRF)."""
