@@ -136,7 +136,7 @@ class MqttPublisher:
         """Start from the durable copy of an earlier run (newer state wins)."""
         self.state.restore_retained(copy)
 
-    def _retained_row_acked(self, topic: str, _payload: bytes) -> None:
+    def _retained_row_acked(self, topic: str) -> None:
         # The outbox keeps the row as the topic's retained state.
         self.state.row_acknowledged(topic)
 

@@ -64,15 +64,15 @@ async def test_an_acknowledged_row_leaves_the_outbox_and_a_retained_one_reaches_
     outbox: Outbox, executor: ThreadPoolExecutor
 ) -> None:
     metrics = Metrics()
-    retained: list[tuple[str, bytes]] = []
-    window = OutboxWindow(4, metrics, outbox, executor, lambda t, p: retained.append((t, p)))
+    retained: list[str] = []
+    window = OutboxWindow(4, metrics, outbox, executor, retained.append)
     event, last = rows(outbox)[:2]
     window.inflight.update({1: event, 2: last})
     window.on_ack(2, SUCCESS)
     window.on_ack(1, SUCCESS)
     window.on_ack(3, SUCCESS)  # not an outbox row (a state message): ignored
     await window.flush_acks()
-    assert retained == [("lpr/cam/last", b"0")]
+    assert retained == ["lpr/cam/last"]
     assert [m.event_id for m in rows(outbox)] == ["ev-1", "ev-1"]
     assert sample(metrics, "lpr_mqtt_messages_published_total") == 2
     assert not window.inflight
@@ -82,7 +82,7 @@ async def test_a_message_the_broker_refuses_sets_its_event_aside(
     outbox: Outbox, executor: ThreadPoolExecutor
 ) -> None:
     metrics = Metrics()
-    window = OutboxWindow(4, metrics, outbox, executor, lambda t, p: None)
+    window = OutboxWindow(4, metrics, outbox, executor, lambda t: None)
     window.inflight[1] = rows(outbox)[0]
     window.on_ack(1, PAYLOAD_FORMAT_INVALID)
     await window.bury_condemned()
@@ -96,7 +96,7 @@ async def test_a_message_the_broker_refuses_sets_its_event_aside(
 async def test_only_drops_with_one_message_alone_in_flight_count_and_never_a_keepalive(
     outbox: Outbox, executor: ThreadPoolExecutor
 ) -> None:
-    window = OutboxWindow(4, Metrics(), outbox, executor, lambda t, p: None)
+    window = OutboxWindow(4, Metrics(), outbox, executor, lambda t: None)
     suspect, other = rows(outbox)[:2]
 
     def drop(*in_flight: StoredMessage, keepalive: bool = False) -> None:
@@ -198,7 +198,7 @@ async def publishing(window: OutboxWindow, link: InstantAckLink, count: int) -> 
 async def test_fresh_messages_are_sent_from_memory_after_the_backlog_is_read(
     outbox: Outbox, executor: ThreadPoolExecutor
 ) -> None:
-    window = OutboxWindow(4, Metrics(), outbox, executor, lambda t, p: None)
+    window = OutboxWindow(4, Metrics(), outbox, executor, lambda t: None)
     counting = CountingReads(outbox)
     writer = OutboxWriter(outbox, executor, on_stored=window.offer)
     writer_task = asyncio.create_task(writer.run())
@@ -220,7 +220,7 @@ async def test_fresh_messages_are_sent_from_memory_after_the_backlog_is_read(
 async def test_messages_past_the_memory_bound_are_read_from_the_outbox_in_order(
     outbox: Outbox, executor: ThreadPoolExecutor
 ) -> None:
-    window = OutboxWindow(4, Metrics(), outbox, executor, lambda t, p: None, fresh_max_bytes=5_000)
+    window = OutboxWindow(4, Metrics(), outbox, executor, lambda t: None, fresh_max_bytes=5_000)
     writer = OutboxWriter(outbox, executor, on_stored=window.offer)
     writer_task = asyncio.create_task(writer.run())
     # The broker is away: 30 events of 1 KB pile up, past the 5 KB kept in memory.

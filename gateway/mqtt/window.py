@@ -64,7 +64,7 @@ class OutboxWindow:
         metrics: Metrics,
         outbox: Outbox,
         executor: Executor,
-        on_retained_ack: Callable[[str, bytes], None],
+        on_retained_ack: Callable[[str], None],
         fresh_max_bytes: int = FRESH_MAX_BYTES,
         ack_timeout: float = ACK_TIMEOUT_SECONDS,
     ) -> None:
@@ -77,7 +77,8 @@ class OutboxWindow:
         self.metrics = metrics
         self.outbox = outbox
         self.executor = executor
-        # A retained row the broker acknowledged: the bridge state keeps a copy.
+        # A retained row the broker acknowledged: the outbox keeps it as the
+        # topic's retained state, and the bridge state forgets its own copy.
         self.on_retained_ack = on_retained_ack
         # mid → outbox row in flight on the current connection
         self.inflight: dict[int, StoredMessage] = {}
@@ -140,7 +141,7 @@ class OutboxWindow:
     def _acknowledged(self, message: StoredMessage) -> None:
         self._pending_acks.append(message)
         if message.retain:
-            self.on_retained_ack(message.topic, message.payload)
+            self.on_retained_ack(message.topic)
         if self._strikes:
             self._strikes.pop(message.seq, None)
         if self._isolate_remaining > 0:
