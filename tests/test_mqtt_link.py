@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import uuid
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.broker import MosquittoProcess
 from gateway.config import MqttConfig
 from gateway.errors import BrokerError
-from gateway.mqtt.link import LinkClosedError, MqttLink
+from gateway.mqtt.link import LinkClosedError, MqttLink, _Connection
 from tests.helpers import eventually
 
 
@@ -89,3 +92,30 @@ async def test_a_broker_that_is_not_there_is_a_broker_error() -> None:
     with pytest.raises(BrokerError):
         await link.connect()
     assert not link.is_open
+
+
+def test_socket_hooks_after_the_loop_closed_do_nothing() -> None:
+    """paho closes a collected client's socket in `__del__`, from whatever thread
+    collects it, possibly after the gateway's loop has ended: the hook must not
+    raise there ("Event loop is closed" printed as an ignored exception)."""
+
+    async def make() -> _Connection:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="closed-loop")
+        return _Connection(client, lambda *_: None, lambda *_: None)
+
+    connection = asyncio.run(make())
+    assert connection.loop.is_closed()
+    with socket.socket() as sock:
+        errors: list[BaseException] = []
+
+        def close_from_another_thread() -> None:
+            try:
+                connection._on_socket_close(connection.client, None, sock)
+            except BaseException as exc:  # what the hook must not do
+                errors.append(exc)
+
+        thread = threading.Thread(target=close_from_another_thread)
+        thread.start()
+        thread.join(10)
+        connection._on_socket_close(connection.client, None, sock)  # and from this one
+    assert errors == []

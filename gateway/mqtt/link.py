@@ -80,6 +80,11 @@ class _Connection:
 
     def _in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         # connect() runs in an executor thread and fires socket hooks there.
+        if self.loop.is_closed():
+            # A client collected after its loop ended (paho closes its socket
+            # in __del__, from whatever thread collects it): nothing is watched
+            # any more, and raising there only prints "exception ignored".
+            return
         if threading.get_ident() == self.loop_thread:
             fn(*args)
         else:
