@@ -210,6 +210,11 @@ class Metrics:
             "Live pages refused because too many were connected",
             registry=r,
         )
+        self.ui_logins_refused = Counter(
+            "lpr_ui_logins_refused",
+            "Web page requests with a wrong login (past 10 a minute from one address: 429)",
+            registry=r,
+        )
         self.ui_csrf_refused = Counter(
             "lpr_ui_csrf_refused",
             "Web page form posts refused: missing or wrong token, another site's origin",

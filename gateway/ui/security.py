@@ -19,6 +19,8 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
+import time
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 
 import yarl
@@ -49,6 +51,48 @@ SECURITY_HEADERS = {
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# Wrong logins a source may make in LOGIN_FAILURE_WINDOW_SECONDS; past them its
+# requests get 429 without a look at the password, until the window has
+# moved on: guessing the password over the network is slowed to this pace.
+MAX_LOGIN_FAILURES = 10
+LOGIN_FAILURE_WINDOW_SECONDS = 60.0
+# Sources remembered at once (the oldest forgotten first): bounded memory
+# whatever a scan of many addresses sends.
+MAX_SOURCES_REMEMBERED = 10_000
+
+
+class LoginFailures:
+    """Recent wrong logins per source address."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def _recent(self, source: str) -> deque[float] | None:
+        times = self._failures.get(source)
+        if times is None:
+            return None
+        horizon = self._clock() - LOGIN_FAILURE_WINDOW_SECONDS
+        while times and times[0] <= horizon:
+            times.popleft()
+        if not times:
+            del self._failures[source]
+            return None
+        return times
+
+    def blocked(self, source: str) -> bool:
+        times = self._recent(source)
+        return times is not None and len(times) >= MAX_LOGIN_FAILURES
+
+    def failed(self, source: str) -> None:
+        times = self._recent(source)
+        if times is None:
+            times = self._failures[source] = deque()
+        self._failures.move_to_end(source)
+        times.append(self._clock())
+        while len(self._failures) > MAX_SOURCES_REMEMBERED:
+            self._failures.popitem(last=False)
+
 
 class Access:
     """The checks of one web page instance (its CSRF key lives as long as the process)."""
@@ -58,6 +102,9 @@ class Access:
         self.password = config.password or ""
         self.loopback_only = not config.username and _is_loopback(config.host)
         self._csrf_key = secrets.token_bytes(32)
+        self.login_failures = LoginFailures()
+        # Told of each refused login attempt (a metric).
+        self.on_login_refused: Callable[[], None] = lambda: None
 
     # -- login -------------------------------------------------------------------------
 
@@ -106,9 +153,20 @@ class Access:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        source = request.remote or ""
+        authorization = request.headers.get("Authorization")
         if not self.host_accepted(request.headers.get("Host")):
             response: web.StreamResponse = web.Response(status=421, text="wrong host name\n")
-        elif not self.credentials_accepted(request.headers.get("Authorization")):
+        elif self.username is not None and self.login_failures.blocked(source):
+            response = web.Response(
+                status=429,
+                text="too many wrong logins from this address: try again in a minute\n",
+                headers={"Retry-After": str(int(LOGIN_FAILURE_WINDOW_SECONDS))},
+            )
+        elif not self.credentials_accepted(authorization):
+            if authorization is not None:  # a guess; no header is the browser asking
+                self.login_failures.failed(source)
+                self.on_login_refused()
             response = web.Response(
                 status=401,
                 text="login required\n",

@@ -92,6 +92,7 @@ class WebUi:
         self.config = gateway.config.ui
         self.access = Access(self.config)
         metrics = gateway.metrics
+        self.access.on_login_refused = metrics.ui_logins_refused.inc
         self.live = LiveFeed(on_dropped=metrics.ui_live_dropped.inc)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None

@@ -24,7 +24,12 @@ from gateway.broker import MosquittoProcess
 from gateway.event import CameraEvent, Image, PlateEvent, Source, utc_now
 from gateway.history import HistoryQuery
 from gateway.simulate.common import plate_jpeg, scene_jpeg
-from gateway.ui.security import CONTENT_SECURITY_POLICY
+from gateway.ui.security import (
+    CONTENT_SECURITY_POLICY,
+    LOGIN_FAILURE_WINDOW_SECONDS,
+    MAX_LOGIN_FAILURES,
+    LoginFailures,
+)
 from tests.helpers import (
     eventually,
     free_port,
@@ -108,6 +113,52 @@ async def in_history(gw: Gateway, count: int) -> None:
 
 
 # -- access ------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_wrong_logins_from_one_address_are_slowed_to_ten_a_minute(gw: Gateway) -> None:
+    assert gw.ui is not None
+    clock = FakeClock()
+    gw.ui.access.login_failures = LoginFailures(clock)
+    wrong = basic(USER, PASSWORD + "x")
+    async with aiohttp.ClientSession() as session:
+        for _ in range(MAX_LOGIN_FAILURES):
+            async with session.get(url(gw, "/"), headers=wrong) as reply:
+                assert reply.status == 401
+        # past the limit: refused without a look at the password, the right one too
+        for auth in (wrong, AUTH):
+            async with session.get(url(gw, "/"), headers=auth) as reply:
+                assert reply.status == 429
+                assert reply.headers["Retry-After"] == str(int(LOGIN_FAILURE_WINDOW_SECONDS))
+        async with session.get(url(gw, "/")) as reply:  # no header: not a guess, still 429
+            assert reply.status == 429
+        clock.now += LOGIN_FAILURE_WINDOW_SECONDS + 1
+        async with session.get(url(gw, "/"), headers=AUTH) as reply:
+            assert reply.status == 200
+    assert sample(gw.metrics, "lpr_ui_logins_refused_total") == MAX_LOGIN_FAILURES
+
+
+def test_login_failures_are_per_address_and_bounded() -> None:
+    clock = FakeClock()
+    failures = LoginFailures(clock)
+    for _ in range(MAX_LOGIN_FAILURES):
+        failures.failed("10.0.0.1")
+    assert failures.blocked("10.0.0.1")
+    assert not failures.blocked("10.0.0.2")
+    clock.now += LOGIN_FAILURE_WINDOW_SECONDS / 2
+    failures.failed("10.0.0.2")
+    clock.now += LOGIN_FAILURE_WINDOW_SECONDS / 2 + 0.1
+    assert not failures.blocked("10.0.0.1")  # its failures aged out
+    for n in range(20_000):  # a scan of many addresses: memory stays bounded
+        failures.failed(f"10.1.{n // 256}.{n % 256}")
+    assert len(failures._failures) <= 10_000
 
 
 async def test_login_is_required_and_checked(gw: Gateway) -> None:
