@@ -446,13 +446,7 @@ class Gateway:
         log.info("stopped; %d events kept in the outbox for the next start", left)
 
     async def _start_history(self, pipeline: Pipeline) -> None:
-        settings = self.config.history
-        store = HistoryStore(
-            settings.file(self.config.outbox.path),
-            settings.days,
-            settings.max_bytes,
-            settings.images,
-        )
+        store = HistoryStore.configured(self.config.history, self.config.outbox.path)
         dropped = self.metrics.history_dropped
         self.history = HistoryWriter(store, on_dropped=dropped.inc)
         try:

@@ -172,10 +172,9 @@ def _history_search(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
-    settings = config.history
-    path = settings.file(config.outbox.path)
-    if not path.exists():
-        print(f"lpr-gateway: no history at {path} (history.enabled)", file=sys.stderr)
+    store = HistoryStore.configured(config.history, config.outbox.path)
+    if not store.path.exists():
+        print(f"lpr-gateway: no history at {store.path} (history.enabled)", file=sys.stderr)
         return EXIT_CONFIG
 
     def moment(text: str | None) -> float | None:
@@ -196,7 +195,6 @@ def _history_search(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"lpr-gateway: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    store = HistoryStore(path, settings.days, settings.max_bytes, settings.images)
     store.open()
     try:
         if args.csv:

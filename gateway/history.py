@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.config import HistoryImages
+from gateway.config import HistoryConfig, HistoryImages
 from gateway.event import AnyEvent, PlateEvent, normalize_plate
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,26 @@ class HistoryStore:
         self.max_bytes = max_bytes
         self.images = images
         self._db: sqlite3.Connection | None = None
-        self.total_bytes = 0
+        # What the reads hold, for `max_bytes`: counted when first needed (by
+        # the writer), not at every open: a reader (the web page, `history
+        # search`) never needs it, and it is a scan of the whole table.
+        self._total_bytes: int | None = None
+
+    @classmethod
+    def configured(cls, settings: HistoryConfig, outbox: Path) -> HistoryStore:
+        """The history a config describes (`history.path`, or beside the outbox)."""
+        return cls(settings.file(outbox), settings.days, settings.max_bytes, settings.images)
+
+    @property
+    def total_bytes(self) -> int:
+        if self._total_bytes is None:
+            self._recount()
+        assert self._total_bytes is not None
+        return self._total_bytes
+
+    @total_bytes.setter
+    def total_bytes(self, value: int) -> None:
+        self._total_bytes = value
 
     def open(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -138,7 +157,7 @@ class HistoryStore:
         db.execute("PRAGMA synchronous=NORMAL")  # a history may lose its last second
         db.executescript(_SCHEMA)
         self._db = db
-        self.total_bytes = int(db.execute("SELECT COALESCE(SUM(bytes), 0) FROM read").fetchone()[0])
+        self._total_bytes = None
 
     def close(self) -> None:
         if self._db is not None:

@@ -116,12 +116,8 @@ class WebUi:
         gateway.pipeline.stored_listeners.append(self.live.on_stored)
         gateway.publisher.state.availability_listeners.append(self._camera_availability)
         if gateway.config.history.enabled:
-            settings = gateway.config.history
-            self._history = HistoryStore(
-                settings.file(gateway.config.outbox.path),
-                settings.days,
-                settings.max_bytes,
-                settings.images,
+            self._history = HistoryStore.configured(
+                gateway.config.history, gateway.config.outbox.path
             )
             self._history_executor = ThreadPoolExecutor(1, thread_name_prefix="ui-history")
             await self._in_history_thread(self._history.open)
