@@ -1227,7 +1227,7 @@ def _check_ui(r: _Reader, cls: type, read: _Read) -> UiConfig:
     ui = UiConfig(**read.values)
     if ui.password and not ui.username:
         r.problem(read.key_path("username"), "missing while password is set")
-    if ui.listen and not ui.username and not ui.allow_anonymous and not _is_loopback(ui.host):
+    if ui.listen and not ui.username and not ui.allow_anonymous and not is_loopback_host(ui.host):
         r.problem(
             read.key_path("listen"),
             f"{ui.listen} reaches beyond this machine and there is no login: set "
@@ -1236,7 +1236,9 @@ def _check_ui(r: _Reader, cls: type, read: _Read) -> UiConfig:
     return ui
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """A listen host (or a Host header's name) that only this machine reaches:
+    `localhost` or a loopback address, bracketed IPv6 included."""
     if host == "localhost":
         return True
     try:

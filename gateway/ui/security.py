@@ -17,7 +17,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import ipaddress
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -26,7 +25,7 @@ from collections.abc import Awaitable, Callable
 import yarl
 from aiohttp import web
 
-from gateway.config import UiConfig
+from gateway.config import UiConfig, is_loopback_host
 
 CSRF_COOKIE = "lpr_ui_csrf"
 CSRF_FIELD = "csrf"
@@ -100,7 +99,7 @@ class Access:
     def __init__(self, config: UiConfig) -> None:
         self.username = config.username
         self.password = config.password or ""
-        self.loopback_only = not config.username and _is_loopback(config.host)
+        self.loopback_only = not config.username and is_loopback_host(config.host)
         self._csrf_key = secrets.token_bytes(32)
         self.login_failures = LoginFailures()
         # Told of each refused login attempt (a metric).
@@ -125,7 +124,7 @@ class Access:
             name = yarl.URL.build(scheme="http", authority=host or "").host
         except ValueError:
             return False
-        return name is not None and _is_loopback(name.strip("[]"))
+        return name is not None and is_loopback_host(name)
 
     # -- CSRF ----------------------------------------------------------------------------
 
@@ -213,12 +212,3 @@ def _basic_credentials(authorization: str | None) -> tuple[str, str]:
         return "", ""
     user, sep, password = decoded.partition(":")
     return (user, password) if sep else ("", "")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
