@@ -285,7 +285,6 @@ class BridgeState:
     def link_up(self) -> None:
         """Just connected: say online, bridge info and availability, run the hooks,
         then re-send the rest of our copy, all before any outbox row."""
-        self.link_down()  # nothing of an earlier connection is in flight now
         self._sent_on_connect = set()
         try:
             self.publish_state(self.topics.state, ONLINE)
