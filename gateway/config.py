@@ -616,8 +616,23 @@ class ImagesConfig:
         )
 
 
+class _ListenAddress:
+    """host and port of a section's `listen` (where it may be off: None)."""
+
+    __slots__ = ()
+    listen: str | None
+
+    @property
+    def host(self) -> str:
+        return split_listen(self.listen or "")[0]
+
+    @property
+    def port(self) -> int:
+        return split_listen(self.listen or "")[1]
+
+
 @dataclass(frozen=True, slots=True)
-class HttpServerConfig:
+class HttpServerConfig(_ListenAddress):
     listen: str = option("0.0.0.0:8080", listen_address, doc="host:port")
     max_body_bytes: int = option(
         20_000_000, integer(1024, 1 << 31), doc="larger bodies get 413 while streaming"
@@ -645,39 +660,16 @@ class HttpServerConfig:
     tls_cert_file: Path | None = option(None, readable_file, doc="serve HTTPS (with tls_key_file)")
     tls_key_file: Path | None = option(None, readable_file, doc="with tls_cert_file")
 
-    @property
-    def host(self) -> str:
-        return split_listen(self.listen)[0]
-
-    @property
-    def port(self) -> int:
-        return split_listen(self.listen)[1]
-
-
-class _OptionalListen:
-    """host and port of a section whose `listen` may be off (None)."""
-
-    __slots__ = ()
-    listen: str | None
-
-    @property
-    def host(self) -> str:
-        return split_listen(self.listen or "")[0]
-
-    @property
-    def port(self) -> int:
-        return split_listen(self.listen or "")[1]
-
 
 @dataclass(frozen=True, slots=True)
-class MetricsConfig(_OptionalListen):
+class MetricsConfig(_ListenAddress):
     listen: str | None = option(
         "0.0.0.0:9108", listen_address, off=True, doc="null, empty or false: no metrics endpoint"
     )
 
 
 @dataclass(frozen=True, slots=True)
-class UiConfig(_OptionalListen):
+class UiConfig(_ListenAddress):
     """The web page: live reads, cameras, known plates, history, health."""
 
     listen: str | None = option(
