@@ -306,8 +306,7 @@ class BridgeState:
         for topic, payload in list(self._retained.items()):
             if topic in already_sent:
                 continue
-            with contextlib.suppress(LinkClosedError):
-                self.link.publish(topic, payload, retain=True)
+            self._send_state(topic, payload, retain=True)
             count += 1
         if count:
             self.metrics.retained_republished.inc(count)
