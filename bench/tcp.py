@@ -33,7 +33,15 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.common import LoopLag, Result, cpu_seconds, percentile, round_ms, rss_mb
+from bench.common import (
+    LoopLag,
+    Result,
+    cpu_seconds,
+    keep_freed_memory,
+    percentile,
+    round_ms,
+    rss_mb,
+)
 from gateway.broker import MosquittoProcess
 from gateway.limits import raise_open_file_limit
 
@@ -55,6 +63,7 @@ def _cameras_main(
     n: int, rate: float | None, count: int | None, ports_q: Any, stop: Any, out: Any
 ) -> None:
     raise_open_file_limit()  # a listening socket and a session per camera
+    keep_freed_memory()
     asyncio.run(_cameras(n, rate, count, ports_q, stop, out))
 
 
