@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -90,13 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+_ALL_CORES = 100 * (os.cpu_count() or 1)
+
+
 def print_table(results: list[Result]) -> None:
     header = (
         "| scenario | events | events/s | p50 ms | p99 ms | gateway CPU % | CPU ms/event "
-        "| peak RSS MB | raw loop events/s | ratio |"
+        f"| peak RSS MB | raw loop events/s | ratio | machine CPU % (of {_ALL_CORES}) |"
     )
     print(header)
-    print("|---" * 10 + "|")
+    print("|---" * 11 + "|")
     for r in results:
         cells = [
             r.scenario,
@@ -109,6 +113,7 @@ def print_table(results: list[Result]) -> None:
             r.peak_rss_mb,
             r.baseline_events_per_s,
             r.ratio,
+            r.machine_cpu_pct,
         ]
         print("| " + " | ".join("–" if c is None else str(c) for c in cells) + " |")
 

@@ -57,6 +57,32 @@ def rss_mb(pid: int | None = None) -> float:
     return 0.0
 
 
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine, all cores, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
+class MachineCpu:
+    """How busy the whole machine was (every process, every core) since it was made.
+
+    The benches run the gateway, the broker, the subscriber and the load on the
+    same cores: a scenario whose machine figure is near 100 x cores was limited
+    by the machine, not by the gateway alone.
+    """
+
+    def __init__(self) -> None:
+        self._busy, self._total = _machine_ticks()
+
+    def pct(self) -> float:
+        """Percent of one core (so up to 100 x cores), since construction."""
+        busy, total = _machine_ticks()
+        share = (busy - self._busy) / max(total - self._total, 1)
+        return round(100 * (os.cpu_count() or 1) * share, 1)
+
+
 @dataclass
 class Result:
     scenario: str
@@ -70,6 +96,7 @@ class Result:
     peak_rss_mb: float | None
     baseline_events_per_s: float | None = None
     ratio: float | None = None
+    machine_cpu_pct: float | None = None
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -198,7 +225,13 @@ def wait_published(outstanding: deque[mqtt.MQTTMessageInfo]) -> None:
 
 
 def loop_result(
-    scenario: str, got: dict[str, Any], start: float, cpu: float, events: int, notes: str
+    scenario: str,
+    got: dict[str, Any],
+    start: float,
+    cpu: float,
+    events: int,
+    notes: str,
+    machine_cpu_pct: float | None = None,
 ) -> Result:
     """The row of a raw loop (no gateway): rate and latency as its subscriber saw
     them, CPU of the loop itself."""
@@ -213,6 +246,7 @@ def loop_result(
         gateway_cpu_pct=round(100 * cpu / seconds, 1),
         cpu_ms_per_event=round(1000 * cpu / max(events, 1), 3),
         peak_rss_mb=None,
+        machine_cpu_pct=machine_cpu_pct,
         notes=notes,
     )
 

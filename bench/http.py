@@ -41,6 +41,7 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import (
+    MachineCpu,
     Result,
     Subscriber,
     cpu_seconds,
@@ -250,13 +251,14 @@ def gateway_http(
             )
             if flood:
                 flooder.start()
-            cpu0 = cpu_seconds(gateway.pid)
+            cpu0, machine = cpu_seconds(gateway.pid), MachineCpu()
             load.start()
             sent = out.get(timeout=600)
             flood_stop.set()
             flooded = flood_out.get(timeout=60) if flood else None
             got = subscriber.result()
             cpu = cpu_seconds(gateway.pid) - cpu0
+            machine_pct = machine.pct()
             peak = rss_mb(gateway.pid)
             load.join(10)
             if flood:
@@ -283,6 +285,7 @@ def gateway_http(
         gateway_cpu_pct=round(100 * cpu / seconds, 1),
         cpu_ms_per_event=round(1000 * cpu / max(received, 1), 3),
         peak_rss_mb=round(peak, 1),
+        machine_cpu_pct=machine_pct,
         notes="separate processes; latency = body's send time → subscriber",
         extra={
             "statuses": sent["statuses"],

@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import (
+    MachineCpu,
     Result,
     Subscriber,
     cpu_seconds,
@@ -66,7 +67,7 @@ def raw_loop(host: str, port: int, events: int, rate: float | None = None) -> Re
     client.loop_start()
     plate, scene = plate_jpeg(), scene_jpeg()
     outstanding: deque[mqtt.MQTTMessageInfo] = deque()
-    cpu0, start = cpu_seconds(), time.time()
+    cpu0, start, machine = cpu_seconds(), time.time(), MachineCpu()
     for n in range(events):
         if rate:
             delay = start + n / rate - time.time()
@@ -76,6 +77,7 @@ def raw_loop(host: str, port: int, events: int, rate: float | None = None) -> Re
     wait_published(outstanding)
     cpu = cpu_seconds() - cpu0
     got = subscriber.result()
+    machine_pct = machine.pct()
     client.loop_stop()
     client.disconnect()
     return loop_result(
@@ -85,6 +87,7 @@ def raw_loop(host: str, port: int, events: int, rate: float | None = None) -> Re
         cpu,
         events,
         "publisher CPU (the loop itself)",
+        machine_pct,
     )
 
 
@@ -109,8 +112,10 @@ def pipeline(
             history=HistoryConfig(enabled=history),
             ui=UiConfig(listen=f"127.0.0.1:{free_port()}" if ui else None),
         )
+        machine = MachineCpu()  # the gateway's start-up is a small share of a run
         cpu, seconds = asyncio.run(_drive_pipeline(config, events, rate))
     got = subscriber.result()
+    machine_pct = machine.pct()
     elapsed = got["end"] - seconds  # seconds holds the start time here
     return Result(
         scenario="pipeline + outbox"
@@ -125,6 +130,7 @@ def pipeline(
         gateway_cpu_pct=round(100 * cpu / elapsed, 1),
         cpu_ms_per_event=round(1000 * cpu / max(events, 1), 3),
         peak_rss_mb=round(rss_mb(), 1),
+        machine_cpu_pct=machine_pct,
         notes="in-process load generator (pipeline entry)",
     )
 

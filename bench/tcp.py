@@ -35,6 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import (
     LoopLag,
+    MachineCpu,
     Result,
     cpu_seconds,
     keep_freed_memory,
@@ -139,7 +140,7 @@ async def _gateway(broker_url: str, ports: list[int], ready: Any, stop: Any, out
         )
         async with Gateway(config) as gateway:
             gc.freeze()  # as `lpr-gateway run` does once started (gateway/cli.py serve)
-            cpu0 = cpu_seconds()
+            cpu0, machine = cpu_seconds(), MachineCpu()
             lag = LoopLag()
             lag.start()
             # CPU and reads once every camera is online: the reads after it
@@ -169,6 +170,7 @@ async def _gateway(broker_url: str, ports: list[int], ready: Any, stop: Any, out
                 {
                     **lag.stop(),
                     "cpu": cpu,
+                    "machine_cpu_pct": machine.pct(),
                     "steady_cpu_ms_per_read": None if steady is None else round(steady, 3),
                     "peak_rss": rss_mb(),
                     "online_rss": online_rss,
@@ -333,6 +335,7 @@ def _run(
         gateway_cpu_pct=round(100 * gw["cpu"] / seconds, 1) if seconds > 0 else None,
         cpu_ms_per_event=round(1000 * gw["cpu"] / received, 3) if received else None,
         peak_rss_mb=round(gw["peak_rss"], 1),
+        machine_cpu_pct=gw["machine_cpu_pct"],
         notes=notes,
         extra={
             "cameras": cameras,
