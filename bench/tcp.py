@@ -218,6 +218,7 @@ def _histogram_p99(registry: Any) -> float | None:
 def _subscriber_main(
     host: str, port: int, expected: int, ready: Any, out: Any, timeout: float
 ) -> None:
+    keep_freed_memory()  # as the common subscriber: no page-fault storm on the same cores
     latencies: list[float] = []
     from_received: list[float] = []  # gateway intake → subscriber (excludes the camera side)
     ids: set[str] = set()
