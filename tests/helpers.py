@@ -49,6 +49,32 @@ class Received:
         return json.loads(self.payload)
 
 
+def publish_once(
+    host: str,
+    port: int,
+    topic: str,
+    payload: bytes | str,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    client_prefix: str = "test",
+) -> None:
+    """Publish one QoS 1 message as another client of the broker would (Home
+    Assistant's birth message, an operator's request), waiting for the PUBACK."""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"{client_prefix}-{uuid.uuid4().hex[:8]}"
+    )
+    if user is not None:
+        client.username_pw_set(user, password)
+    client.connect(host, port)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=1).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 class MqttCollector:
     """A real subscriber on its own paho thread, recording every message in order.
 

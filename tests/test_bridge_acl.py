@@ -6,16 +6,19 @@ import asyncio
 import json
 import shutil
 import subprocess
-import uuid
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess, find_mosquitto
-from tests.helpers import MqttCollector, eventually, gateway_config, http_camera_entry
+from tests.helpers import (
+    MqttCollector,
+    eventually,
+    gateway_config,
+    http_camera_entry,
+    publish_once,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -24,15 +27,15 @@ USERS = {"lpr-gateway": "gw-pw", "lpr-admin": "admin-pw", "viewer": "viewer-pw"}
 
 
 def publish_as(broker: MosquittoProcess, user: str, topic: str, payload: str) -> None:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"acl-{uuid.uuid4().hex[:8]}")
-    client.username_pw_set(user, USERS[user])
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    try:
-        client.publish(topic, payload, qos=1).wait_for_publish(10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    publish_once(
+        broker.host,
+        broker.port,
+        topic,
+        payload,
+        user=user,
+        password=USERS[user],
+        client_prefix="acl",
+    )
 
 
 def write_passwords(passwd: Path) -> None:

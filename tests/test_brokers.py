@@ -18,15 +18,12 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-import paho.mqtt.client as mqtt
 import pytest
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess, free_port
@@ -34,7 +31,7 @@ from gateway.event import Image, PlateEvent, Source, utc_now
 from gateway.pipeline import Admission
 from gateway.publisher import BrokerBackoff
 from tests.brokers import NatsProcess, RabbitMqProcess, RetainedJanitor
-from tests.helpers import MqttCollector, Received, gateway_config
+from tests.helpers import MqttCollector, Received, gateway_config, publish_once
 
 pytestmark = pytest.mark.slow
 
@@ -263,14 +260,7 @@ async def test_home_assistant_discovery_is_retained(broker: Broker, tmp_path: Pa
 
 def announce_home_assistant(broker: Broker) -> None:
     """Home Assistant's birth message: `online`, not retained."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ha-{uuid.uuid4().hex[:8]}")
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    try:
-        client.publish("homeassistant/status", b"online", qos=1).wait_for_publish(10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    publish_once(broker.host, broker.port, "homeassistant/status", b"online", client_prefix="ha")
 
 
 async def test_home_assistant_coming_online_gets_every_discovery_config(

@@ -40,9 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.adapters.base import ReconnectPolicy
 from gateway.app import Gateway
@@ -50,7 +48,7 @@ from gateway.broker import MosquittoProcess
 from gateway.event import Image, PlateEvent, Source, utc_now
 from gateway.simulate.common import PlateGenerator
 from gateway.simulate.tcp import TcpCameraSimulator
-from tests.helpers import free_port, gateway_config
+from tests.helpers import free_port, gateway_config, publish_once
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
@@ -370,14 +368,7 @@ class HomeAssistantSocket:
 
 def mqtt_publish(broker: MosquittoProcess, topic: str, payload: str) -> None:
     """Publish as another MQTT client would (a bridge request, say), QoS 1."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    try:
-        client.publish(topic, payload, qos=1).wait_for_publish(10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    publish_once(broker.host, broker.port, topic, payload, client_prefix="ha-test")
 
 
 def entity(component: str, key: str, camera: str | None = CAMERA) -> str:
