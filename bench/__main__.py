@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from bench import http, mixed, outage, rtsp, spine, tcp
-from bench.common import Result
+from bench.common import ALL_CORES_PCT, Result
 from gateway.broker import MosquittoProcess
 
 Scenario = Callable[[MosquittoProcess, argparse.Namespace], Result]
@@ -91,13 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-_ALL_CORES = 100 * (os.cpu_count() or 1)
-
-
 def print_table(results: list[Result]) -> None:
     header = (
         "| scenario | events | events/s | p50 ms | p99 ms | gateway CPU % | CPU ms/event "
-        f"| peak RSS MB | raw loop events/s | ratio | machine CPU % (of {_ALL_CORES}) |"
+        f"| peak RSS MB | raw loop events/s | ratio | machine CPU % (of {ALL_CORES_PCT}) |"
     )
     print(header)
     print("|---" * 11 + "|")

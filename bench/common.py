@@ -34,12 +34,13 @@ def cpu_seconds(pid: int | None = None) -> float:
 
 
 def keep_freed_memory() -> None:
-    """Tell glibc to keep freed memory for reuse (a load generator's tweak).
+    """Tell glibc to keep freed memory for reuse (for the bench's own processes).
 
-    A simulator flat out builds a fresh ~330 KB frame per read; with glibc's
-    defaults each is handed back to the kernel when freed and faulted in again
-    for the next (~300 page faults a frame, most of a core in the kernel), CPU
-    taken from the gateway measured beside it on the same two cores.
+    A camera simulator flat out builds a fresh ~330 KB frame per read, and a
+    subscriber receives a ~300 KB message per picture; with glibc's defaults
+    each buffer is handed back to the kernel when freed and faulted in again for
+    the next (most of a core in the kernel), CPU taken from the gateway and the
+    raw loop measured beside them on the same two cores.
     """
     import ctypes
 
@@ -65,6 +66,9 @@ def _machine_ticks() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
+ALL_CORES_PCT = 100 * (os.cpu_count() or 1)  # the machine figure when every core is busy
+
+
 class MachineCpu:
     """How busy the whole machine was (every process, every core) since it was made.
 
@@ -77,10 +81,10 @@ class MachineCpu:
         self._busy, self._total = _machine_ticks()
 
     def pct(self) -> float:
-        """Percent of one core (so up to 100 x cores), since construction."""
+        """Percent of one core (so up to `ALL_CORES_PCT`), since construction."""
         busy, total = _machine_ticks()
         share = (busy - self._busy) / max(total - self._total, 1)
-        return round(100 * (os.cpu_count() or 1) * share, 1)
+        return round(ALL_CORES_PCT * share, 1)
 
 
 @dataclass
