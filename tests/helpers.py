@@ -58,6 +58,7 @@ def publish_once(
     user: str | None = None,
     password: str | None = None,
     client_prefix: str = "test",
+    retain: bool = False,
 ) -> None:
     """Publish one QoS 1 message as another client of the broker would (Home
     Assistant's birth message, an operator's request), waiting for the PUBACK."""
@@ -69,7 +70,7 @@ def publish_once(
     client.connect(host, port)
     client.loop_start()
     try:
-        client.publish(topic, payload, qos=1).wait_for_publish(10)
+        client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
     finally:
         client.disconnect()
         client.loop_stop()

@@ -25,7 +25,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.config import MqttConfig
 from gateway.errors import BrokerError
-from gateway.mqtt.zero_copy import ZeroCopyClient
+from gateway.mqtt.lean_client import LeanClient
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ class MqttLink:
 
     def _make_client(self) -> mqtt.Client:
         version = mqtt.MQTTv5 if self.mqtt.protocol_version == 5 else mqtt.MQTTv311
-        client = ZeroCopyClient(
+        client = LeanClient(
             CallbackAPIVersion.VERSION2,
             client_id=self.mqtt.client_id,
             protocol=version,
