@@ -119,6 +119,7 @@ class LeanClient(mqtt.Client):
         )
         self._read_ahead = b""  # read from the socket, not yet handed to paho
         self._read_pos = 0
+        self._draining = False  # handling what was read ahead: no new socket reads
 
     # -- receiving ---------------------------------------------------------------
 
@@ -126,6 +127,8 @@ class LeanClient(mqtt.Client):
         if not self._bulk_read:
             return super()._sock_recv(bufsize)
         if self._read_pos >= len(self._read_ahead):
+            if self._draining:
+                raise BlockingIOError  # the rest waits for the socket's next turn
             # Raises as paho's does (BlockingIOError: nothing to read now).
             data = super()._sock_recv(max(bufsize, READ_AHEAD_BYTES))
             if len(data) <= bufsize:
@@ -139,14 +142,20 @@ class LeanClient(mqtt.Client):
         # paho stops after as many packets as it has messages in flight; what
         # is read ahead would then wait for the socket's next bytes (a retained
         # message behind a SUBACK: until the next keep-alive). Go on until it
-        # is all handled; each round takes at least one packet from it.
+        # is all handled, without reading the socket again meanwhile: each
+        # round takes at least one packet from it, and a broker that keeps
+        # sending cannot hold the loop here (the socket stays readable).
         rc = super().loop_read(max_packets)
-        while (
-            rc == MQTTErrorCode.MQTT_ERR_SUCCESS
-            and self._read_pos < len(self._read_ahead)
-            and self._sock is not None
-        ):
-            rc = super().loop_read(max_packets)
+        self._draining = True
+        try:
+            while (
+                rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+                and self._read_pos < len(self._read_ahead)
+                and self._sock is not None
+            ):
+                rc = super().loop_read(max_packets)
+        finally:
+            self._draining = False
         return rc
 
     def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
