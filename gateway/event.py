@@ -11,7 +11,7 @@ import enum
 import hashlib
 import unicodedata
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -66,34 +66,18 @@ class Image:
             raise ValueError("an Image has either data or a missing_reason")
 
 
-class ImageDigests:
-    """SHA-256 of an event's pictures, computed before it is rendered.
+class PictureDigests:
+    """Where the event JSON's SHA-256 of each picture comes from: here, hashed as
+    the JSON is rendered. (The pipeline leaves a large picture's to be filled in
+    on the outbox's thread, beside the event loop: `pipeline.DeferredDigests`.)"""
 
-    The event JSON carries each picture's SHA-256, and hashing a 300 KB scene
-    takes ~170 µs, a fifth of the event loop's time per read (bench/RESULTS.md,
-    "the pictures' SHA-256"). hashlib releases the GIL, so where a source
-    already decodes on a worker thread (a large HTTP body) it hashes there too,
-    beside the loop. A digest is found by the identity of the bytes it was
-    computed from and checked against them: a picture replaced since
-    (re-encoded) is hashed again where it is rendered, never given another
-    picture's digest.
-    """
-
-    __slots__ = ("_by_id",)
-
-    def __init__(self, pictures: Iterable[bytes] = ()) -> None:
-        self._by_id: dict[int, tuple[bytes, str]] = {
-            id(data): (data, hashlib.sha256(data).hexdigest()) for data in pictures
-        }
+    __slots__ = ()
 
     def sha256(self, data: bytes) -> str:
-        entry = self._by_id.get(id(data))
-        if entry is not None and entry[0] is data:
-            return entry[1]
         return hashlib.sha256(data).hexdigest()
 
 
-NO_DIGESTS = ImageDigests()
+HASHED_WHEN_RENDERED = PictureDigests()
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,8 +161,6 @@ class PlateEvent:
     scene_image: Image | None = None
     evidence0_image: Image | None = None
     evidence1_image: Image | None = None
-    # Computed ahead, off the loop (see ImageDigests); not part of the read.
-    digests: ImageDigests = field(default=NO_DIGESTS, compare=False, repr=False)
 
     @property
     def plate_normalized(self) -> str:
@@ -194,7 +176,9 @@ class PlateEvent:
     def with_enrichment(self, known: str | None, match: str | None) -> PlateEvent:
         return replace(self, known=known, match=match)
 
-    def to_json_dict(self, topics: Topics | str) -> dict[str, Any]:
+    def to_json_dict(
+        self, topics: Topics | str, digests: PictureDigests = HASHED_WHEN_RENDERED
+    ) -> dict[str, Any]:
         """The event JSON of the README (image topics need the topics, or their base)."""
         if isinstance(topics, str):
             topics = Topics(topics)
@@ -207,7 +191,7 @@ class PlateEvent:
                 images[kind.value] = {"missing": True, "reason": image.missing_reason}
             else:
                 images[kind.value] = image_reference(
-                    topics.image(self.camera, kind), image.data, self.digests
+                    topics.image(self.camera, kind), image.data, digests
                 )
         return {
             "schema": SCHEMA_VERSION,
@@ -267,8 +251,6 @@ class CameraEvent:
     # body order. Published on their own retained topics (`image_topics`); in
     # `data` each such field becomes `{"topic", "bytes", "sha256"}`.
     images: Mapping[str, Image] = field(default_factory=dict)
-    # Computed ahead, off the loop (see ImageDigests); not part of the event.
-    digests: ImageDigests = field(default=NO_DIGESTS, compare=False, repr=False)
 
     def image_topics(self, topics: Topics) -> dict[str, str]:
         """Field → retained image topic, for the pictures that have data."""
@@ -278,7 +260,9 @@ class CameraEvent:
             for index, name in enumerate(_primary_first(with_data))
         }
 
-    def to_json_dict(self, topics: Topics | str | None = None) -> dict[str, Any]:
+    def to_json_dict(
+        self, topics: Topics | str | None = None, digests: PictureDigests = HASHED_WHEN_RENDERED
+    ) -> dict[str, Any]:
         """The camera event JSON; `topics` (or their base) is needed once it has pictures."""
         data = dict(self.data)
         if self.images:
@@ -291,7 +275,7 @@ class CameraEvent:
                 if image.data is None:
                     data[name] = {"missing": True, "reason": image.missing_reason}
                 else:
-                    data[name] = image_reference(where[name], image.data, self.digests)
+                    data[name] = image_reference(where[name], image.data, digests)
         return {
             "schema": SCHEMA_VERSION,
             "id": self.id,
@@ -315,7 +299,9 @@ def _primary_first(names: list[str]) -> list[str]:
     return names
 
 
-def image_reference(topic: str, data: bytes, digests: ImageDigests = NO_DIGESTS) -> dict[str, Any]:
+def image_reference(
+    topic: str, data: bytes, digests: PictureDigests = HASHED_WHEN_RENDERED
+) -> dict[str, Any]:
     """How an event's JSON refers to a picture published on its own topic."""
     return {"topic": topic, "bytes": len(data), "sha256": digests.sha256(data)}
 

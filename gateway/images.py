@@ -18,7 +18,7 @@ from typing import Any
 
 from gateway.config import DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT, ImagesConfig, SceneMode
 from gateway.errors import ImageTransformError
-from gateway.event import NO_DIGESTS, AnyEvent, CameraEvent, Image, ImageKind, PlateEvent
+from gateway.event import AnyEvent, CameraEvent, Image, ImageKind, PlateEvent
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def within_payload_limit(event: AnyEvent, limit: int) -> tuple[AnyEvent, list[st
             else image
             for name, image in event.images.items()
         }
-        return replace(event, images=images, digests=NO_DIGESTS), over
+        return replace(event, images=images), over
     changes: dict[str, Any] = {}  # PlateEvent field → the missing picture
     for kind in ImageKind:
         image = event.image(kind)
@@ -52,9 +52,7 @@ def within_payload_limit(event: AnyEvent, limit: int) -> tuple[AnyEvent, list[st
             changes[f"{kind.value}_image"] = Image.missing(f"{len(image.data)} bytes: {reason}")
     if not changes:
         return event, []
-    # The digests go with the pictures (they would keep the dropped bytes alive).
-    names = [name.removesuffix("_image") for name in changes]
-    return replace(event, **changes, digests=NO_DIGESTS), names
+    return replace(event, **changes), [name.removesuffix("_image") for name in changes]
 
 
 def reencode_jpeg(
@@ -108,10 +106,10 @@ def apply_image_options(event: PlateEvent, options: ImagesConfig) -> PlateEvent:
     if scene is None or scene.data is None:
         return event
     if options.scene is SceneMode.SKIP:
-        return replace(event, scene_image=Image.missing(SKIPPED_REASON), digests=NO_DIGESTS)
+        return replace(event, scene_image=Image.missing(SKIPPED_REASON))
     if not options.reencode:
         return event
     data = reencode_jpeg(scene.data, options.quality, options.max_width, options.max_pixels)
     if data is scene.data:
         return event
-    return replace(event, scene_image=Image(data=data), digests=NO_DIGESTS)
+    return replace(event, scene_image=Image(data=data))

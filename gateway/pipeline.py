@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
 import json
 import logging
 import math
 import re
+import secrets
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
@@ -23,10 +25,12 @@ from typing import Any
 from gateway.config import Config, ImagesConfig
 from gateway.errors import ImageTransformError
 from gateway.event import (
+    HASHED_WHEN_RENDERED,
     AnyEvent,
     CameraEvent,
     ImageKind,
     ListMembership,
+    PictureDigests,
     PlateEvent,
     new_event_id,
     utc_now,
@@ -55,6 +59,10 @@ FUZZY_DEDUP_DISTANCE = 1
 # A "Known vehicle present" off that could not be stored (outbox full) is tried
 # again after this long: it must not be lost, or the sensor stays on.
 PRESENCE_RETRY_SECONDS = 5.0
+# A picture this large has its SHA-256 (in the event JSON) computed on the
+# outbox's thread rather than the event loop's; below it, where it is
+# rendered (a 300 KB scene: ~170 µs; a 20 KB plate crop: ~12 µs).
+DEFER_HASH_BYTES = 64 * 1024
 
 
 class Admission(enum.Enum):
@@ -135,7 +143,11 @@ class DuplicateFilter:
 
 
 def render_messages(
-    event: AnyEvent, topics: Topics, *, ha_event: str | None = None
+    event: AnyEvent,
+    topics: Topics,
+    *,
+    ha_event: str | None = None,
+    digests: PictureDigests = HASHED_WHEN_RENDERED,
 ) -> tuple[MessageDraft, ...]:
     """The MQTT messages an event becomes, in publish order.
 
@@ -160,7 +172,7 @@ def render_messages(
             *pictures,
             MessageDraft(
                 topics.camera_event(camera, event.kind),
-                _json_bytes(event.to_json_dict(topics)),
+                _json_bytes(event.to_json_dict(topics, digests)),
                 retain=False,
             ),
         )
@@ -169,7 +181,7 @@ def render_messages(
         image = event.image(kind)
         if image is not None and image.data is not None:
             messages.append(MessageDraft(topics.image(camera, kind), image.data, retain=True))
-    payload = _json_bytes(event.to_json_dict(topics))
+    payload = _json_bytes(event.to_json_dict(topics, digests))
     messages.append(MessageDraft(topics.event(camera), payload, retain=False))
     messages.append(MessageDraft(topics.last(camera), payload, retain=True))
     if event.known is not None:
@@ -224,6 +236,60 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
     return value
+
+
+# Placeholders are this nonce and a number: 64 characters like a SHA-256 in
+# hex, so the JSON has its final size, and nothing a camera sends can match it.
+_PLACEHOLDER_NONCE = f"sha256-pending-{secrets.token_hex(16)}-"
+
+
+class DeferredDigests(PictureDigests):
+    """For rendering an event: the SHA-256 of a large picture comes out as a
+    placeholder, filled in on the outbox's thread (`_FillDigests`).
+
+    Hashing the scene was a fifth of the event loop's time per read; on the
+    outbox's thread hashlib runs beside the loop (it releases the GIL), and
+    that thread takes each batch anyway: no hand-off is added (one per read
+    to hash elsewhere cost more than it saved: bench/RESULTS.md).
+    """
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, bytes]] = []  # (placeholder, picture)
+
+    def sha256(self, data: bytes) -> str:
+        if len(data) < DEFER_HASH_BYTES:
+            return hashlib.sha256(data).hexdigest()
+        for placeholder, picture in self.pending:
+            if picture is data:
+                return placeholder
+        placeholder = f"{_PLACEHOLDER_NONCE}{len(self.pending):016d}"
+        self.pending.append((placeholder, data))
+        return placeholder
+
+
+class _FillDigests:
+    """An `EventDraft.finish`: the event JSON's placeholders replaced by the digests."""
+
+    __slots__ = ("_document", "_filled", "_pending")
+
+    def __init__(self, document: bytes, pending: list[tuple[str, bytes]]) -> None:
+        self._document = document  # the event JSON, as rendered (in several messages)
+        self._pending = pending
+        self._filled: tuple[MessageDraft, ...] | None = None
+
+    def __call__(self, messages: tuple[MessageDraft, ...]) -> tuple[MessageDraft, ...]:
+        if self._filled is None:
+            document = self._document
+            for placeholder, picture in self._pending:
+                digest = hashlib.sha256(picture).hexdigest()
+                document = document.replace(placeholder.encode(), digest.encode())
+            self._filled = tuple(
+                MessageDraft(m.topic, document, m.retain) if m.payload is self._document else m
+                for m in messages
+            )
+        return self._filled
 
 
 class Pipeline:
@@ -461,7 +527,13 @@ class Pipeline:
             ha_event = ha_event_type(event, bool(self.known_plates))
             if event.known is not None:
                 self._presence_generation[event.camera] += 1
-        messages = render_messages(event, self.topics, ha_event=ha_event)
+        digests = DeferredDigests()
+        messages = render_messages(event, self.topics, ha_event=ha_event, digests=digests)
+        finish = None
+        if digests.pending:
+            document = self._event_document(event, messages)
+            assert document is not None  # a picture's digest is only ever in the event JSON
+            finish = _FillDigests(document, digests.pending)
         # Every topic checked before it is stored: one the broker refuses would
         # be replayed first after every reconnect. Camera data reaches topics
         # only as safe slugs, so this is a backstop; such an event is kept as a
@@ -482,15 +554,20 @@ class Pipeline:
             messages=messages,
             accepted_at=time.time(),
             dead_letter_reason=reason,
+            finish=finish,
         )
 
-    def _tell_stored(self, event: AnyEvent, draft: EventDraft) -> None:
+    def _event_document(self, event: AnyEvent, messages: tuple[MessageDraft, ...]) -> bytes | None:
+        """The event JSON among an event's messages."""
         topic = (
             self.topics.event(event.camera)
             if isinstance(event, PlateEvent)
             else self.topics.camera_event(event.camera, event.kind)
         )
-        payload = next((m.payload for m in draft.messages if m.topic == topic), None)
+        return next((m.payload for m in messages if m.topic == topic), None)
+
+    def _tell_stored(self, event: AnyEvent, draft: EventDraft) -> None:
+        payload = self._event_document(event, draft.finished().messages)
         if payload is None:
             return
         for listener in self.stored_listeners:

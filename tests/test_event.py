@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from datetime import UTC, datetime
@@ -15,7 +14,6 @@ from gateway.event import (
     CameraEvent,
     Direction,
     Image,
-    ImageDigests,
     ListMembership,
     PlateColor,
     PlateEvent,
@@ -143,33 +141,3 @@ def test_time_format_requires_aware_datetimes() -> None:
 def test_image_is_data_or_reason() -> None:
     with pytest.raises(ValueError):
         Image(data=None)
-
-
-def test_a_digest_computed_ahead_is_only_used_for_the_very_bytes_it_was_computed_from() -> None:
-    original = b"\xff\xd8original scene" * 1000
-    reencoded = b"\xff\xd8re-encoded scene" * 500
-    digests = ImageDigests([original])
-    assert digests.sha256(original) == hashlib.sha256(original).hexdigest()
-    # A picture replaced since (re-encoded) is hashed afresh, never given the
-    # digest of the bytes it replaced; equal bytes in another object likewise.
-    assert digests.sha256(reencoded) == hashlib.sha256(reencoded).hexdigest()
-    assert digests.sha256(bytes(bytearray(original))) == hashlib.sha256(original).hexdigest()
-    event = PlateEvent(
-        camera="gate",
-        source=Source.HTTP,
-        plate="AB123",
-        received=T_RECEIVED,
-        scene_image=Image(reencoded),
-        digests=digests,
-    )
-    scene = event.to_json_dict("lpr")["images"]["scene"]
-    assert scene["sha256"] == hashlib.sha256(reencoded).hexdigest()
-    # Not part of the read: equal events whatever was computed ahead.
-    assert event == PlateEvent(
-        camera="gate",
-        source=Source.HTTP,
-        plate="AB123",
-        received=T_RECEIVED,
-        id=event.id,
-        scene_image=Image(reencoded),
-    )

@@ -6,7 +6,6 @@ import hashlib
 import io
 import sys
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
 from gateway.config import ImagesConfig, SceneMode, parse_config
 from gateway.errors import ConfigError, ImageTransformError
-from gateway.event import NO_DIGESTS, CameraEvent, Image, ImageDigests, PlateEvent, Source, utc_now
+from gateway.event import CameraEvent, Image, PlateEvent, Source, utc_now
 from gateway.images import SKIPPED_REASON, apply_image_options, reencode_jpeg
 from gateway.pipeline import Admission
 from gateway.simulate.common import PlateGenerator, plate_jpeg, scene_jpeg
@@ -48,13 +47,8 @@ def test_default_is_byte_exact() -> None:
 
 
 def test_skip_marks_the_scene_missing_and_keeps_the_plate() -> None:
-    hashed = replace(
-        event_with(READ.scene_jpeg), digests=ImageDigests([READ.scene_jpeg, READ.plate_jpeg])
-    )
-    event = apply_image_options(hashed, ImagesConfig(scene=SceneMode.SKIP))
+    event = apply_image_options(event_with(READ.scene_jpeg), ImagesConfig(scene=SceneMode.SKIP))
     assert event.scene_image == Image.missing(SKIPPED_REASON)
-    # Digests computed ahead go with the dropped scene, not keep its bytes alive.
-    assert event.digests is NO_DIGESTS
     assert event.plate_image == Image(READ.plate_jpeg)
     # A source without a scene stays without one.
     bare = event_with(None)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway import pipeline as pipeline_module
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
 from gateway.event import CameraEvent, Image, PlateEvent, Source, utc_now
 from gateway.pipeline import Admission, DuplicateFilter, render_messages
-from gateway.simulate.common import scene_jpeg
+from gateway.simulate.common import plate_jpeg, scene_jpeg
 from gateway.topics import Topics
 from tests.helpers import MqttCollector, gateway_config, sample
 
@@ -187,3 +190,64 @@ async def test_stored_listeners_get_reads_and_camera_events_with_the_published_j
             published = await sub.until_count("lpr/c/event", 1)
             camera_event = await sub.until_count("lpr/c/camera_event/line_crossing", 1)
     assert told == [(read.id, published[0].payload), (other.id, camera_event[0].payload)]
+
+
+async def test_large_pictures_are_hashed_beside_the_loop_and_published_filled_in(
+    mqtt_broker: MosquittoProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A large picture's SHA-256 is left as a placeholder when the event JSON is
+    # rendered on the loop, and filled in on the outbox's thread before it is
+    # stored: what is published, stored and told to listeners is the real one.
+    hashed_on: list[tuple[int, int]] = []  # (thread, bytes)
+
+    class RecordingHashlib:
+        @staticmethod
+        def sha256(data: bytes) -> Any:
+            hashed_on.append((threading.get_ident(), len(data)))
+            return hashlib.sha256(data)
+
+    monkeypatch.setattr(pipeline_module, "hashlib", RecordingHashlib)
+    plate, scene = plate_jpeg(), scene_jpeg()
+    look_alike = pipeline_module._PLACEHOLDER_NONCE[:15] + "0" * 49  # what a camera could send
+    config = gateway_config(mqtt_broker.url, tmp_path)
+    told: list[bytes] = []
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=("lpr/+/#",)) as sub:
+        async with Gateway(config) as gw:
+            assert gw.pipeline is not None
+            gw.pipeline.stored_listeners.append(lambda _event, payload: told.append(payload))
+            read = PlateEvent(
+                camera="c",
+                source=Source.TCP,
+                plate="BIG 1",
+                received=utc_now(),
+                plate_image=Image(plate),
+                scene_image=Image(scene),
+                raw={"note": look_alike},
+            )
+            counted = CameraEvent(
+                camera="c",
+                source=Source.TCP,
+                kind="counting",
+                received=utc_now(),
+                images={"snapshot": Image(scene)},
+            )
+            assert await gw.submit(read) is Admission.ACCEPTED
+            assert await gw.submit(counted) is Admission.ACCEPTED
+            (published,) = await sub.until_count("lpr/c/event", 1)
+            (last,) = await sub.until_count("lpr/c/last", 1)
+            (camera_event,) = await sub.until_count("lpr/c/camera_event/counting", 1)
+    loop_thread = threading.get_ident()
+    event = published.json()
+    assert event["images"]["plate"]["sha256"] == hashlib.sha256(plate).hexdigest()
+    assert event["images"]["scene"]["sha256"] == hashlib.sha256(scene).hexdigest()
+    assert event["raw"] == {"note": look_alike}
+    assert last.payload == published.payload
+    snapshot = camera_event.json()["data"]["snapshot"]
+    assert snapshot["sha256"] == hashlib.sha256(scene).hexdigest()
+    assert told == [published.payload, camera_event.payload]
+    # The scene (twice) off the loop; the small plate crop on it, where it is rendered.
+    assert sorted(size for thread, size in hashed_on if thread != loop_thread) == [
+        len(scene),
+        len(scene),
+    ]
+    assert [size for thread, size in hashed_on if thread == loop_thread] == [len(plate)]

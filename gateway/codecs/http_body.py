@@ -27,12 +27,10 @@ import pybase64
 from gateway.codecs import assumed, values
 from gateway.errors import CameraProtocolError
 from gateway.event import (
-    NO_DIGESTS,
     Box,
     CameraEvent,
     Direction,
     Image,
-    ImageDigests,
     ListMembership,
     PlateColor,
     PlateEvent,
@@ -102,9 +100,6 @@ class HttpPlateRead:
     evidence1_image: Image | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
     problems: tuple[FieldProblem, ...] = ()
-    # The pictures' SHA-256 for the event JSON, computed where the body is
-    # decoded: on the adapter's worker thread for a large body (see ImageDigests).
-    digests: ImageDigests = field(default=NO_DIGESTS, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +113,6 @@ class HttpCameraNotice:
     data: Mapping[str, Any] = field(default_factory=dict)
     images: Mapping[str, Image] = field(default_factory=dict)
     problems: tuple[FieldProblem, ...] = ()
-    digests: ImageDigests = field(default=NO_DIGESTS, compare=False, repr=False)
 
 
 HttpBody = HttpPlateRead | HttpCameraNotice
@@ -249,7 +243,6 @@ def plate_event(read: HttpPlateRead, camera: str, received: datetime) -> PlateEv
         scene_image=read.scene_image,
         evidence0_image=read.evidence0_image,
         evidence1_image=read.evidence1_image,
-        digests=read.digests,
     )
 
 
@@ -262,7 +255,6 @@ def camera_event(notice: HttpCameraNotice, camera: str, received: datetime) -> C
         time=notice.time,
         data=notice.data,
         images=notice.images,
-        digests=notice.digests,
     )
 
 
@@ -646,7 +638,6 @@ def _plate_read(fields: _Fields, options: BodyOptions, images: bool) -> HttpPlat
         evidence1_image=evidence.get("evidence1"),
         raw=_sanitize_mapping(fields.left, 0),
         problems=tuple(fields.problems),
-        digests=_digests(plate_image, scene_image, *evidence.values()),
     )
 
 
@@ -666,12 +657,7 @@ def _notice(fields: _Fields, kind: str, options: BodyOptions, images: bool) -> H
         data=_sanitize_mapping(fields.left, 0),
         images=pictures,
         problems=tuple(fields.problems),
-        digests=_digests(*pictures.values()),
     )
-
-
-def _digests(*images: Image | None) -> ImageDigests:
-    return ImageDigests(image.data for image in images if image is not None and image.data)
 
 
 def _pop_event_images(fields: _Fields) -> dict[str, Image]:

@@ -356,31 +356,6 @@ def test_images_with_and_without_data_prefix(prefix: str) -> None:
     assert result.problems == ()
 
 
-def test_the_pictures_are_hashed_where_the_body_is_decoded(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The adapter decodes a large body on a worker thread: the SHA-256 of its
-    # pictures for the event JSON is computed there too, not when it is rendered
-    # on the event loop.
-    plate_read = read(body(plate_image=PLATE_B64, full_image=SCENE_B64))
-    counted = notice(json.dumps({"event": "Counting", "snapshot": SCENE_B64}).encode())
-
-    real_sha256 = hashlib.sha256
-
-    def no_picture_hashing(data: bytes) -> Any:
-        if len(data) >= len(PLATE_JPEG):  # a topic's slug may still hash its text
-            raise AssertionError("a picture hashed while rendering")
-        return real_sha256(data)
-
-    monkeypatch.setattr("gateway.event.hashlib.sha256", no_picture_hashing)
-    images = to_event(plate_read, "gate", RECEIVED).to_json_dict("lpr")["images"]
-    snapshot = to_event(counted, "gate", RECEIVED).to_json_dict("lpr")["data"]["snapshot"]
-    monkeypatch.undo()
-    assert images["plate"]["sha256"] == hashlib.sha256(PLATE_JPEG).hexdigest()
-    assert images["scene"]["sha256"] == hashlib.sha256(SCENE_JPEG).hexdigest()
-    assert snapshot["sha256"] == hashlib.sha256(SCENE_JPEG).hexdigest()
-
-
 def test_no_image_fields_means_no_images() -> None:
     result = read(body())
     assert result.plate_image is None and result.scene_image is None
