@@ -350,6 +350,9 @@ def _run(
             "steady_cpu_ms_per_read": gw["steady_cpu_ms_per_read"],
             "loop_lag_p99_ms": gw["loop_lag_p99_ms"],
             "loop_lag_max_ms": gw["loop_lag_max_ms"],
+            # the gateway's callbacks that held its loop longest (> 8 ms), and how many did
+            "callbacks_over_8ms": gw["callbacks_over_8ms"],
+            "longest_callbacks": gw["longest_callbacks"],
             "max_ms": round_ms(max(got["latencies"], default=None)),
             # in order of arrival: a burst at the start shows in the first third
             "p99_ms_by_thirds": [
