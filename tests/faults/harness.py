@@ -157,7 +157,8 @@ class Report:
         )
 
     def assert_nothing_lost(self) -> None:
-        assert self.total_lost == 0, {cam: len(v) for cam, v in self.lost.items()}
+        # Which reads, not only how many: a loss here is rare and must be read from CI.
+        assert self.total_lost == 0, {cam: v[:20] for cam, v in self.lost.items() if v}
         assert not any(self.out_of_order.values()), self.out_of_order
         assert self.split_ids == 0
         assert not self.changed_redeliveries

@@ -19,6 +19,7 @@ to subscribers before it sends PUBACK), so they are not lost either.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from pathlib import Path
 
@@ -92,9 +93,10 @@ async def test_broker_sigkilled_five_times_loses_nothing(
                     await cams.stop()
                     book = ledger(cams, http)
                     total = sum(len(v) for v in book.expected.values())
-                    await collector.until(
-                        lambda _: book.report(collector.events()).total_lost == 0, timeout=30
-                    )
+                    with contextlib.suppress(AssertionError):  # timed out: the report says what
+                        await collector.until(
+                            lambda _: book.report(collector.events()).total_lost == 0, timeout=30
+                        )
                     statuses = http.statuses()
                 online_throughout = (
                     gw.metrics.registry.get_sample_value(
