@@ -8,9 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import __version__
 from gateway.app import Gateway
@@ -25,7 +23,7 @@ from gateway.homeassistant import (
     state_file_path,
 )
 from gateway.pipeline import Admission
-from tests.helpers import MqttCollector, Received, gateway_config
+from tests.helpers import MqttCollector, Received, gateway_config, publish_once
 
 NODE = "lprtest"
 PREFIX = "homeassistant"
@@ -70,15 +68,11 @@ def retained_configs(broker: MosquittoProcess, expect: set[str]) -> dict[str, Re
         return {m.topic: m for m in late.messages if m.retain and m.payload}
 
 
-def publish(broker: MosquittoProcess, topic: str, payload: bytes, retain: bool = False) -> None:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    try:
-        client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
-    finally:
-        client.disconnect()
-        client.loop_stop()
+async def publish(
+    broker: MosquittoProcess, topic: str, payload: bytes, retain: bool = False
+) -> None:
+    """As Home Assistant (or another client) would, off the loop the gateway runs on."""
+    await asyncio.to_thread(publish_once, broker.host, broker.port, topic, payload, retain=retain)
 
 
 async def test_discovery_structure_and_retain(
@@ -209,12 +203,12 @@ async def test_republished_when_home_assistant_comes_online(
             assert gw.discovery is not None
             rounds = gw.discovery.published_count
             # A retained "online" (left over on the broker) is not a birth: ignored.
-            await asyncio.to_thread(publish, mqtt_broker, f"{PREFIX}/status", b"online", True)
-            await asyncio.to_thread(publish, mqtt_broker, f"{PREFIX}/status", b"offline")
+            await publish(mqtt_broker, f"{PREFIX}/status", b"online", retain=True)
+            await publish(mqtt_broker, f"{PREFIX}/status", b"offline")
             await asyncio.sleep(0.3)
             assert gw.discovery.published_count == rounds
             # Home Assistant's birth message.
-            await asyncio.to_thread(publish, mqtt_broker, f"{PREFIX}/status", b"online")
+            await publish(mqtt_broker, f"{PREFIX}/status", b"online")
             await sub.until_count(BRIDGE_TOPIC, 2)
             await sub.until_count(topic("event", "gate_read"), 2)
             assert gw.discovery.published_count == rounds + 1
@@ -223,7 +217,7 @@ async def test_republished_when_home_assistant_comes_online(
             await asyncio.to_thread(mqtt_broker.start)
             await sub.until_count(BRIDGE_TOPIC, 3, timeout=15)
             # clear the retained birth left on the broker for the next test run
-            await asyncio.to_thread(publish, mqtt_broker, f"{PREFIX}/status", b"", True)
+            await publish(mqtt_broker, f"{PREFIX}/status", b"", retain=True)
 
 
 async def test_dropped_camera_is_removed_on_next_start(
@@ -318,7 +312,7 @@ async def test_evidence_image_entities_only_once_a_camera_sent_one_and_after_a_r
     assert json.loads(state_file_path(config).read_text())["evidence"] == {"gate": ["evidence1"]}
 
     # A restart announces it at once (the broker may have lost it), still only for gate.
-    await asyncio.to_thread(publish, mqtt_broker, evidence1, b"", True)
+    await publish(mqtt_broker, evidence1, b"", retain=True)
     with MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=(f"{PREFIX}/#",)) as again:
         async with Gateway(config_for(mqtt_broker, tmp_path, cameras)):
             configs = await again.until(lambda msgs: any(m.topic == evidence1 for m in msgs))
