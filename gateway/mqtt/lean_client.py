@@ -47,51 +47,46 @@ ZERO_COPY_MIN_BYTES = 16 * 1024
 # What one socket read may take; paho's reads are then served from it.
 READ_AHEAD_BYTES = 64 * 1024
 
-_EXPECTED_PARAMETERS = (
-    "self",
-    "mid",
-    "topic",
-    "payload",
-    "qos",
-    "retain",
-    "dup",
-    "info",
-    "properties",
+
+def _paho_has(methods: dict[str, tuple[str, ...] | None]) -> bool:
+    """Whether paho's Client still has these private methods, each with exactly
+    these parameters (None: any)."""
+    for name, parameters in methods.items():
+        method = getattr(mqtt.Client, name, None)
+        if not callable(method):
+            return False
+        if parameters is not None and tuple(inspect.signature(method).parameters) != parameters:
+            return False
+    return True
+
+
+ZERO_COPY_AVAILABLE = _paho_has(
+    {
+        "_send_publish": (
+            "self",
+            "mid",
+            "topic",
+            "payload",
+            "qos",
+            "retain",
+            "dup",
+            "info",
+            "properties",
+        ),
+        "_packet_queue": None,
+        "_pack_remaining_length": None,
+        "_pack_str16": None,
+        "_packet_write": None,
+    }
 )
-
-
-def _paho_internals_as_expected() -> bool:
-    """Whether paho still has the private pieces this client relies on."""
-    client = mqtt.Client
-    send_publish = getattr(client, "_send_publish", None)
-    if send_publish is None:
-        return False
-    if tuple(inspect.signature(send_publish).parameters) != _EXPECTED_PARAMETERS:
-        return False
-    return all(
-        callable(getattr(client, name, None))
-        for name in ("_packet_queue", "_pack_remaining_length", "_pack_str16", "_packet_write")
-    )
-
-
-def _paho_reads_as_expected() -> bool:
-    """Whether paho still reads and acknowledges the way the bulk read relies on."""
-    client = mqtt.Client
-    methods = {
+BULK_READ_AVAILABLE = _paho_has(
+    {
         "_sock_recv": ("self", "bufsize"),
         "_handle_pubackcomp": ("self", "cmd"),
         "_do_on_publish": ("self", "mid", "reason_code", "properties"),
         "loop_read": ("self", "max_packets"),
     }
-    for name, parameters in methods.items():
-        method = getattr(client, name, None)
-        if method is None or tuple(inspect.signature(method).parameters) != parameters:
-            return False
-    return True
-
-
-ZERO_COPY_AVAILABLE = _paho_internals_as_expected()
-BULK_READ_AVAILABLE = _paho_reads_as_expected()
+)
 
 
 _INSTANCE_ATTRIBUTES = ("_sock", "_transport", "_protocol", "_thread")
