@@ -84,7 +84,10 @@ def edit_distance(a: str, b: str, limit: int | None = None) -> int:
         if limit is not None and best > limit:
             return limit + 1
         previous = current
-    return previous[-1]
+    distance = previous[-1]
+    # The rows' minimum can stay within the limit to the last row while the
+    # corner itself ends above it (AABB -> BBAA): cap it here too.
+    return limit + 1 if limit is not None and distance > limit else distance
 
 
 def pattern_distance(plate: str, pattern: str) -> int:
