@@ -738,7 +738,7 @@ class Outbox:
                 waiting.add(segment)
         current = self.blobs.current
         if current not in live and self.blobs.current_size:
-            self.blobs.cut_back(0)  # all of it acknowledged: give the space back now
+            self.blobs.cut_back(0)  # all of it acknowledged: the next batch writes over it
         for segment in self.blobs.segments():
             if segment == current or segment in waiting:
                 continue
