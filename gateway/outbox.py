@@ -17,8 +17,9 @@ topic it refuses, a payload over its limit) is moved whole to the
 Images: a payload of `BLOB_MIN_BYTES` or more is not stored in SQLite but
 appended to the blob log (`gateway/blob_log.py`, a directory of segment
 files beside the database); its row says where it is. A segment no row
-refers to is deleted whole; one that is mostly garbage has what is left in it
-(retained images, dead letters) copied forward first.
+refers to is deleted whole (or kept as a spare to be written over); one that
+is mostly garbage has what is left in it (retained images, dead letters)
+copied forward first.
 
 Retained state: the row of the latest acknowledged message on each retained
 topic (images, `last`) is kept instead of deleted, and `retained` points at
