@@ -10,6 +10,7 @@ be written over as later segments).
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import gateway.blob_log
+import gateway.outbox
 from gateway.app import Gateway
 from gateway.blob_log import BlobLog, BlobUnreadableError
 from gateway.broker import MosquittoProcess
@@ -224,8 +226,9 @@ def test_a_backlog_survives_a_restart_byte_for_byte_and_its_segments_then_go(
 
 
 def test_retained_images_outlive_their_segment_by_being_copied_forward(
-    tmp_path: Path, small_segments: int
+    tmp_path: Path, small_segments: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(gateway.outbox, "COMPACT_GARBAGE_BYTES", small_segments)
     outbox = open_outbox(tmp_path / "o.sqlite3")
     try:
         # Camera "quiet" reads once; camera "busy" fills segment after segment.
@@ -242,6 +245,86 @@ def test_retained_images_outlive_their_segment_by_being_copied_forward(
         retained = {topic: payload for _, topic, payload in outbox.retained_rows_after(0, 10)}
         assert retained["lpr/quiet/image/scene"] == image(0)
         assert retained["lpr/busy/image/scene"] == image(29)
+    finally:
+        outbox.close()
+
+
+def spy_on_compaction(outbox: Outbox, monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """Per collection that compacted: the live bytes of each segment it copied forward."""
+    collections: list[list[int]] = []
+    copy_forward, collect = outbox._copy_forward, outbox.collect_segments
+
+    def counted_copy(segment: int) -> None:
+        (size,) = outbox.db.execute(
+            "SELECT COALESCE(SUM(blob_size), 0) FROM message WHERE blob_segment = ?", (segment,)
+        ).fetchone()
+        collections[-1].append(size)
+        copy_forward(segment)
+
+    def counted_collect() -> None:
+        collections.append([])
+        collect()
+        if not collections[-1]:
+            collections.pop()
+
+    monkeypatch.setattr(outbox, "_copy_forward", counted_copy)
+    monkeypatch.setattr(outbox, "collect_segments", counted_collect)
+    return collections
+
+
+def test_cameras_reading_in_turn_have_nothing_copied_forward(
+    tmp_path: Path, small_segments: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each camera's next read supersedes its retained scene: a segment left
+    alone empties by itself. Compacting each half-empty segment at once copied
+    half of every image forward (gateway/outbox.py, COMPACT_GARBAGE_BYTES)."""
+    outbox = open_outbox(tmp_path / "o.sqlite3")
+    compactions = spy_on_compaction(outbox, monkeypatch)
+    shuffle = random.Random(12).shuffle
+    last: dict[int, int] = {}  # camera -> its latest read
+    try:
+        n = 0
+        for _ in range(10):  # 12 cameras, each once per round in a shuffled order
+            cameras = list(range(12))
+            shuffle(cameras)
+            for camera in cameras:
+                n += 1
+                outbox.acknowledge(outbox.append_batch([read(n, f"cam{camera}")])[1])
+                last[camera] = n
+        assert compactions == []
+        retained = {topic: payload for _, topic, payload in outbox.retained_rows_after(0, 30)}
+        for camera, n in last.items():
+            assert retained[f"lpr/cam{camera}/image/scene"] == image(n)
+    finally:
+        outbox.close()
+
+
+def test_compaction_waits_for_garbage_then_moves_a_bounded_amount_at_a_time(
+    tmp_path: Path, small_segments: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gateway.outbox, "COMPACT_GARBAGE_BYTES", 1_000_000)
+    monkeypatch.setattr(gateway.outbox, "COMPACT_STEP_BYTES", 150_000)
+    outbox = open_outbox(tmp_path / "o.sqlite3")
+    compactions = spy_on_compaction(outbox, monkeypatch)
+    try:
+        # Each segment: a quiet camera's only read (60 KB, retained for good)
+        # and two of a busy camera's, superseded by its next reads: 200 KB of
+        # garbage per segment once closed.
+        n = 0
+        for quiet in range(8):
+            outbox.acknowledge(outbox.append_batch([read(quiet, f"quiet{quiet}", 60_000)])[1])
+            for _ in range(2):
+                n += 1
+                outbox.acknowledge(outbox.append_batch([read(100 + n, "busy")])[1])
+        # Nothing moved before 1,000,000 bytes of garbage (5 closed segments);
+        # then at most 150,000 bytes per collection: two quiet scenes at a time.
+        assert compactions, "nothing compacted"
+        assert compactions[0] == [60_000, 60_000]
+        assert all(sum(moved) <= 150_000 for moved in compactions)
+        retained = {topic: payload for _, topic, payload in outbox.retained_rows_after(0, 20)}
+        for quiet in range(8):
+            assert retained[f"lpr/quiet{quiet}/image/scene"] == image(quiet, 60_000)
+        assert retained["lpr/busy/image/scene"] == image(100 + n)
     finally:
         outbox.close()
 
