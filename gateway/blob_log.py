@@ -159,10 +159,9 @@ class BlobLog:
     def _keep_or_delete(self, path: Path) -> None:
         try:
             if len(self._spares) < SPARE_SEGMENTS:
-                spare = path.with_name(f"spare-{path.name}")
-                if _SPARE_NAME.fullmatch(path.name):
-                    spare = path
-                else:
+                spare = path
+                if not _SPARE_NAME.fullmatch(path.name):
+                    spare = path.with_name(f"spare-{path.name}")
                     path.rename(spare)
                 self._spares.append(spare)
             else:
