@@ -215,6 +215,31 @@ async def test_objects_beyond_the_bound_are_published_early_and_counted(
 # -- interoperability: a scene description through GStreamer's RTSP server -------------
 
 
+def session_state(gw: Gateway, collector: MqttCollector) -> str:
+    """What the camera session did, for a failure message."""
+    counters = {
+        name: metric(gw, name, camera=CAMERA)
+        for name in (
+            "lpr_camera_connected",
+            "lpr_camera_reconnects_total",
+            "lpr_camera_frames_total",
+            "lpr_camera_bytes_received_total",
+            "lpr_camera_auth_failures_total",
+        )
+    }
+    errors = {
+        sample.labels["kind"]: sample.value
+        for family in gw.metrics.registry.collect()
+        if family.name == "lpr_camera_parse_errors"
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels.get("camera") == CAMERA
+    }
+    availability = [
+        m.payload.decode() for m in collector.messages if m.topic.endswith("/availability")
+    ]
+    return f"availability {availability}, {counters}, parse errors {errors}"
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("gstreamer")
 async def test_interop_gstreamer_serves_a_scene_description(
@@ -238,7 +263,13 @@ async def test_interop_gstreamer_serves_a_scene_description(
                 "track_max_seconds": 1.0,
             }
             async with running(mqtt_broker, tmp_path, [entry]) as gw:
-                (event,) = await collector.until_count(EVENT_TOPIC, 1, timeout=20)
+                try:
+                    # Once (of many CI runs, 2026-12-03) no read came in 20 s
+                    # with the session online; not reproduced since, under load
+                    # or not. A failure now says what the session did.
+                    (event,) = await collector.until_count(EVENT_TOPIC, 1, timeout=40)
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}; {session_state(gw, collector)}") from None
                 frames_then = metric(gw, "lpr_camera_frames_total", camera=CAMERA)
                 # Five more documents with the same object: none is a new read.
                 await eventually(
