@@ -126,7 +126,10 @@ class Ledger:
             report.split_ids += sum(1 for k in wanted if len(ids_of_key.get(k, ())) > 1)
             order = {key: n for n, key in enumerate(keys)}
             positions = [order[k] for k in first_seen if k in order]
-            report.out_of_order[camera] = sum(1 for a, b in itertools.pairwise(positions) if b < a)
+            late = [(keys[b], keys[a]) for a, b in itertools.pairwise(positions) if b < a]
+            report.out_of_order[camera] = len(late)
+            if late:
+                report.late_reads[camera] = late[:10]
         return report
 
 
@@ -136,6 +139,8 @@ class Report:
     received: dict[str, int] = field(default_factory=dict)
     lost: dict[str, list[str]] = field(default_factory=dict)
     out_of_order: dict[str, int] = field(default_factory=dict)
+    # Per camera: (a read, the one sent after it that arrived first), at most 10.
+    late_reads: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     redeliveries: int = 0
     split_ids: int = 0
     changed_redeliveries: list[str] = field(default_factory=list)
@@ -159,7 +164,7 @@ class Report:
     def assert_nothing_lost(self) -> None:
         # Which reads, not only how many: a loss here is rare and must be read from CI.
         assert self.total_lost == 0, {cam: v[:20] for cam, v in self.lost.items() if v}
-        assert not any(self.out_of_order.values()), self.out_of_order
+        assert not any(self.out_of_order.values()), (self.out_of_order, self.late_reads)
         assert self.split_ids == 0
         assert not self.changed_redeliveries
 

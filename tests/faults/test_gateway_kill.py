@@ -166,7 +166,7 @@ async def test_gateway_sigkilled_five_times_keeps_its_promises(
         f" HTTP replies {statuses}"
     )
     assert not report.lost[HTTP_CAMERA]
-    assert not any(report.out_of_order.values()), report.out_of_order
+    assert not any(report.out_of_order.values()), (report.out_of_order, report.late_reads)
     assert report.split_ids == 0 and not report.changed_redeliveries
     # the load really ran (waited for, not assumed from the duration)
     assert statuses.get(200, 0) >= LOAD_PER_CAMERA and report.sent[TCP_CAMERA] >= LOAD_PER_CAMERA
