@@ -22,6 +22,7 @@ from gateway.event import format_time
 from gateway.simulate.common import plate_jpeg
 from gateway.simulate.rtsp import RtspCameraSimulator
 from tests.adapters.test_rtsp import (
+    AVAILABILITY,
     CAMERA,
     EVENT_TOPIC,
     PLATE_TOPIC,
@@ -234,9 +235,7 @@ def session_state(gw: Gateway, collector: MqttCollector) -> str:
         for sample in family.samples
         if sample.name.endswith("_total") and sample.labels.get("camera") == CAMERA
     }
-    availability = [
-        m.payload.decode() for m in collector.messages if m.topic.endswith("/availability")
-    ]
+    availability = [m.payload.decode() for m in collector.messages if m.topic == AVAILABILITY]
     return f"availability {availability}, {counters}, parse errors {errors}"
 
 
