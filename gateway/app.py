@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_DRAIN_SECONDS = 3.0
 ADAPTER_STOP_SECONDS = 2.0
+# The gateway's own tasks (writer, publisher, requests) after their cancel.
+TASK_STOP_SECONDS = 5.0
 TASK_RESTART_MIN_SECONDS = 1.0
 TASK_RESTART_MAX_SECONDS = 30.0
 # A task that ran this long before crashing starts again after the shortest delay.
@@ -393,7 +395,8 @@ class Gateway:
             self._tasks_down.add(name)
             try:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self.stopping.wait()
             finally:
                 self._tasks_down.discard(name)
             delay = min(delay * 2, TASK_RESTART_MAX_SECONDS)
@@ -416,10 +419,7 @@ class Gateway:
         await self._stop_ui()
         if self.pipeline is not None:
             self.pipeline.close()
-        for task in self._adapter_tasks:
-            task.cancel()
-        if self._adapter_tasks:
-            await asyncio.wait(self._adapter_tasks, timeout=ADAPTER_STOP_SECONDS)
+        await _cancel_and_wait(self._adapter_tasks, ADAPTER_STOP_SECONDS)
         if self._writer is not None:
             await self._writer.close()
         if self.discovery is not None:
@@ -430,9 +430,7 @@ class Gateway:
             self.runtime.close()
         if self.publisher is not None:
             await self.publisher.stop(SHUTDOWN_DRAIN_SECONDS)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _cancel_and_wait(self._tasks, TASK_STOP_SECONDS)
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
         loop = asyncio.get_running_loop()
@@ -548,6 +546,19 @@ class Gateway:
             text=json.dumps(report),
             content_type="application/json",
         )
+
+
+async def _cancel_and_wait(tasks: list[asyncio.Task[None]], seconds: float) -> None:
+    """Cancel `tasks` and wait for them, at most `seconds`: a task that ignores
+    its cancel is named in the log and left, never waited for forever (stop
+    must end, or the service manager's SIGKILL ends it less cleanly)."""
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    _ended, stuck = await asyncio.wait(tasks, timeout=seconds)
+    for task in stuck:
+        log.error("stopping: task %s did not end %.0f s after its cancel", task.get_name(), seconds)
 
 
 def bounded_info_config(document: dict[str, Any]) -> dict[str, Any]:

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
+from gateway import app
 from gateway.app import PULL_ADAPTERS, Gateway
 from gateway.broker import MosquittoProcess
 from gateway.config import Protocol
 from gateway.event import Image, PlateEvent, Source, utc_now
 from tests.helpers import MqttCollector, gateway_config
+
+GATEWAY_DIR = Path(app.__file__).parent
 
 
 async def fetch(url: str) -> tuple[int, str]:
@@ -97,3 +102,46 @@ def test_a_gateway_loads_only_the_protocol_libraries_its_cameras_need() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.splitlines() == ["[]", "['lxml']"]
+
+
+async def test_stop_ends_although_a_task_ignores_its_cancel(
+    mqtt_broker: MosquittoProcess,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A task that swallows its cancel (as Python 3.11's `wait_for` did when a
+    result landed in the same turn) is named in the log; stop still ends."""
+    monkeypatch.setattr(app, "TASK_STOP_SECONDS", 0.5)
+    released = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not released.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await released.wait()
+
+    config = gateway_config(mqtt_broker.url, tmp_path)
+    gw = Gateway(config)
+    await gw.start()
+    task = asyncio.create_task(stubborn(), name="stubborn")
+    gw._tasks.append(task)
+    try:
+        await asyncio.wait_for(gw.stop(), 30)
+        assert "task stubborn did not end" in caplog.text
+        assert not task.done()
+    finally:
+        released.set()
+        await task
+
+
+def test_the_gateway_does_not_use_wait_for() -> None:
+    """Python 3.11's `asyncio.wait_for` returns a result that lands in the turn a
+    cancel does, swallowing the cancel: a stopping gateway waited forever on the
+    publisher it had cancelled mid-connect. `asyncio.timeout` keeps the cancel."""
+    offenders = [
+        f"{path.relative_to(GATEWAY_DIR.parent)}:{number}"
+        for path in sorted(GATEWAY_DIR.rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if "asyncio.wait_for(" in line
+    ]
+    assert not offenders, offenders

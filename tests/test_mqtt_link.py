@@ -119,3 +119,28 @@ def test_socket_hooks_after_the_loop_closed_do_nothing() -> None:
         thread.join(10)
         connection._on_socket_close(connection.client, None, sock)  # and from this one
     assert errors == []
+
+
+async def test_a_connect_cancelled_as_the_connack_lands_is_cancelled(
+    mqtt_broker: MosquittoProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelling `connect()` in the loop turn that brings its CONNACK must still
+    cancel it. Python 3.11's `asyncio.wait_for` returned the result instead and
+    swallowed the cancel; the gateway's stop then waited forever for a publisher
+    that went on serving a connection nobody would close."""
+    connecting: list[asyncio.Task[None]] = []
+
+    class CancelledOnConnack(_Connection):
+        def __init__(self, *args: object) -> None:
+            super().__init__(*args)  # type: ignore[arg-type]
+            # Registered before the link awaits the future: runs first, in the
+            # same loop turn as the CONNACK.
+            self.connected.add_done_callback(lambda _: connecting[0].cancel())
+
+    monkeypatch.setattr("gateway.mqtt.link._Connection", CancelledOnConnack)
+    link = link_to(mqtt_broker.url)
+    connecting.append(asyncio.create_task(link.connect()))
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(connecting[0], 10)
+    assert connecting[0].cancelled()
+    assert not link.is_open  # and the half-made connection was let go

@@ -288,7 +288,8 @@ class _Supervisor:
                     delay,
                 )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await stopping.wait()
         finally:
             self.set_online(False)
 
@@ -330,9 +331,10 @@ class _Supervisor:
         self, host: str, port: int, connect_timeout: float, **kwargs: Any
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         try:
-            connection = await asyncio.wait_for(
-                asyncio.open_connection(host, port, **kwargs), connect_timeout
-            )
+            # Not wait_for: on Python 3.11 it swallows a cancel (stop, the camera
+            # disabled) that lands as the connection opens.
+            async with asyncio.timeout(connect_timeout):
+                connection = await asyncio.open_connection(host, port, **kwargs)
         except (OSError, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
             # Said once per outage: a camera that is off for a night must not

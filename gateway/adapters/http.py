@@ -791,9 +791,8 @@ class HttpPushServer:
         # the camera's retry is then a duplicate, which the pipeline absorbs.
         pending = asyncio.ensure_future(self.ctx.submit(event))
         try:
-            return await asyncio.wait_for(
-                asyncio.shield(pending), self.settings.request_timeout_seconds
-            )
+            async with asyncio.timeout(self.settings.request_timeout_seconds):
+                return await asyncio.shield(pending)
         except TimeoutError:
             self._complaints.warning(
                 (cid, "submit_timeout"),

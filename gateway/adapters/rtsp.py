@@ -208,7 +208,8 @@ class CameraSession:
                 state.read_task.cancel()
             writer.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
 
     async def _converse(self, state: _SessionState) -> Outcome:
         """Read → feed → dispatch until the session ends, keeping its deadlines."""

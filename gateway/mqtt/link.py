@@ -234,7 +234,11 @@ class MqttLink:
         self._connection = connection
         self._misc = asyncio.create_task(connection.misc_timer(), name="mqtt-misc")
         try:
-            await asyncio.wait_for(asyncio.shield(connection.connected), CONNACK_TIMEOUT_SECONDS)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a
+            # cancel that lands in the turn the CONNACK does, and the stopping
+            # gateway then waited forever for this task.
+            async with asyncio.timeout(CONNACK_TIMEOUT_SECONDS):
+                await asyncio.shield(connection.connected)
         except TimeoutError as exc:
             self.release()
             raise BrokerError("no CONNACK from the broker") from exc
@@ -318,7 +322,8 @@ class MqttLink:
             return
         connection.client.disconnect()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(connection.closed), DISCONNECT_WAIT_SECONDS)
+            async with asyncio.timeout(DISCONNECT_WAIT_SECONDS):
+                await asyncio.shield(connection.closed)
         self.close()
 
     def release(self) -> None:

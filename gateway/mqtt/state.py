@@ -326,10 +326,8 @@ class BridgeState:
         # Everything still waiting goes now, ahead of the bridge's offline.
         self._send_queued_states(limit=len(self._state_in_flight) + len(self._state_queue))
         with contextlib.suppress(BrokerError, TimeoutError):
-            await asyncio.wait_for(
-                self.link.publish_acked(self.topics.state, OFFLINE, retain=True),
-                OFFLINE_ACK_SECONDS,
-            )
+            async with asyncio.timeout(OFFLINE_ACK_SECONDS):
+                await self.link.publish_acked(self.topics.state, OFFLINE, retain=True)
 
     def close(self) -> None:
         """Stopped: no update may run after the outbox is closed (what is still

@@ -24,6 +24,7 @@ running, its event is dead-lettered. A keep-alive timeout never counts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -270,15 +271,11 @@ class OutboxWindow:
 
     async def drain(self, closed: asyncio.Future[None], seconds: float) -> None:
         """Wait (at most `seconds`) for the messages in flight to be acknowledged."""
-        deadline = time.monotonic() + seconds
-        while self.inflight and not closed.done():
-            self._ack_signal.clear()
-            try:
-                await asyncio.wait_for(
-                    _wait_any(self._ack_signal, closed), deadline - time.monotonic()
-                )
-            except TimeoutError:
-                break
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                while self.inflight and not closed.done():
+                    self._ack_signal.clear()
+                    await _wait_any(self._ack_signal, closed)
 
     # -- after a disconnect --------------------------------------------------------
 

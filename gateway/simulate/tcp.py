@@ -142,7 +142,8 @@ class TcpCameraSimulator:
             session.writer.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
+                async with asyncio.timeout(5):
+                    await self._server.wait_closed()
             self._server = None
 
     async def __aenter__(self) -> TcpCameraSimulator:

@@ -239,7 +239,8 @@ class WebUi:
             with contextlib.suppress(TimeoutError):
                 # Woken by a read, or each second to see whether the page went
                 # away (aiohttp does not cancel a handler whose peer left).
-                await asyncio.wait_for(watcher.ready.wait(), GONE_CHECK_SECONDS)
+                async with asyncio.timeout(GONE_CHECK_SECONDS):
+                    await watcher.ready.wait()
             transport = request.transport
             if transport is None or transport.is_closing():
                 return
@@ -253,7 +254,8 @@ class WebUi:
     async def _send(response: web.StreamResponse, messages: Iterable[bytes]) -> None:
         # aiohttp waits for the socket to drain past its high-water mark: a
         # page that stops reading would hold this coroutine (only) forever.
-        await asyncio.wait_for(response.write(b"".join(messages)), WATCHER_WRITE_SECONDS)
+        async with asyncio.timeout(WATCHER_WRITE_SECONDS):
+            await response.write(b"".join(messages))
 
     async def image(self, request: web.Request) -> web.Response:
         read_id, kind = request.match_info["read_id"], request.match_info["kind"]
