@@ -6,12 +6,18 @@ A registry per instance rather than the global one, so that several gateways
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+_Metric = TypeVar("_Metric", bound=MetricWrapperBase)
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         # Intake
         self.events_received = Counter(
@@ -236,6 +242,17 @@ class Metrics:
             ["camera"],
             registry=r,
         )
+
+    def child(self, metric: _Metric, *values: str) -> _Metric:
+        """`metric.labels(*values)`, looked up once: `labels()` validates and
+        takes a lock on every call (~2.4 us; a read counts five times on its way).
+        For label values from a bounded set only (camera ids, status codes)."""
+        key = (id(metric), values)
+        try:
+            child: _Metric = self._children[key]
+        except KeyError:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def camera_parse_error(self, source: str, camera: str, kind: str) -> None:
         """One parse error of a camera session: by source and by camera."""

@@ -441,7 +441,8 @@ class Pipeline:
 
     async def submit(self, event: AnyEvent) -> Admission:
         camera = event.camera
-        self.metrics.events_received.labels(camera=camera, source=event.source.value).inc()
+        metrics = self.metrics
+        metrics.child(metrics.events_received, camera, event.source.value).inc()
         if self._closed:
             self.metrics.events_refused.labels(camera=camera, reason="shutting_down").inc()
             return Admission.SHUTTING_DOWN

@@ -17,6 +17,7 @@ from gateway.app import PULL_ADAPTERS, Gateway
 from gateway.broker import MosquittoProcess
 from gateway.config import Protocol
 from gateway.event import Image, PlateEvent, Source, utc_now
+from gateway.metrics import Metrics
 from tests.helpers import MqttCollector, gateway_config
 
 GATEWAY_DIR = Path(app.__file__).parent
@@ -145,3 +146,16 @@ def test_the_gateway_does_not_use_wait_for() -> None:
         if "asyncio.wait_for(" in line
     ]
     assert not offenders, offenders
+
+
+def test_a_remembered_metric_child_is_the_labelled_series() -> None:
+    metrics = Metrics()
+    child = metrics.child(metrics.events_received, "gate", "http")
+    assert child is metrics.child(metrics.events_received, "gate", "http")
+    child.inc()
+    metrics.events_received.labels(camera="gate", source="http").inc()
+    assert metrics.child(metrics.events_received, "gate", "tcp") is not child
+    value = metrics.registry.get_sample_value(
+        "lpr_events_received_total", {"camera": "gate", "source": "http"}
+    )
+    assert value == 2

@@ -453,7 +453,7 @@ class HttpPushServer:
         except Exception:  # a bug, never bad input: say so loudly, keep serving
             log.exception("HTTP request %s %s failed", request.method, request.path)
             reply = _Reply(500, {"error": "internal error"}, close=True)
-        self.metrics.http_requests.labels(status=str(reply.status)).inc()
+        self.metrics.child(self.metrics.http_requests, str(reply.status)).inc()
         response = web.Response(
             status=reply.status,
             body=json.dumps(reply.body).encode(),
@@ -542,7 +542,7 @@ class HttpPushServer:
             refusal = self._refusal(camera, request, header)
             if refusal is not None:
                 return refusal
-            self.metrics.camera_bytes.labels(camera=camera.config.id).inc(size)
+            self.metrics.child(self.metrics.camera_bytes, camera.config.id).inc(size)
             parsed = await self._interpret(document, camera, size, get=request.method == "GET")
             if isinstance(parsed, _Reply):
                 return parsed
@@ -693,7 +693,7 @@ class HttpPushServer:
         if isinstance(chunks, _Reply):
             return chunks
         if count:
-            self.metrics.camera_bytes.labels(camera=cid).inc(sum(map(len, chunks)))
+            self.metrics.child(self.metrics.camera_bytes, cid).inc(sum(map(len, chunks)))
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _read_chunks(
@@ -757,7 +757,7 @@ class HttpPushServer:
 
     async def _submit(self, parsed: HttpBody, camera: _Camera, size: int) -> _Reply:
         cid = camera.config.id
-        self.metrics.camera_frames.labels(camera=cid).inc()
+        self.metrics.child(self.metrics.camera_frames, cid).inc()
         self._report_problems(parsed, cid)
         event = to_event(parsed, cid, utc_now())
         if isinstance(parsed, HttpCameraNotice) and camera.config.other_events is OtherEvents.SKIP:

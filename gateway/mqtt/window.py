@@ -149,7 +149,7 @@ class OutboxWindow:
             self._isolate_remaining -= 1
         self.metrics.messages_published.inc()
         if message.last_of_event:
-            self.metrics.events_published.labels(camera=message.camera).inc()
+            self.metrics.child(self.metrics.events_published, message.camera).inc()
             self.metrics.publish_latency.observe(max(0.0, time.time() - message.accepted_at))
         self._ack_signal.set()
 
