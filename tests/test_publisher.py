@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 
@@ -151,3 +152,26 @@ async def test_a_burst_of_state_messages_does_not_hold_up_what_follows(
         late = [t for t in topics if t.startswith("lpr/test/late/")]
         assert late == [f"lpr/test/late/{n}" for n in range(burst)]
         assert topics.index("lpr/bridge/state", start) > topics.index(late[-1])
+
+
+async def test_a_connection_whose_messages_were_all_acknowledged_is_kept_when_idle(
+    mqtt_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    """The PUBACK timeout counts only while messages wait for one. It was armed
+    when the last publish went out and not disarmed by its PUBACK: an idle
+    gateway dropped a healthy broker connection one timeout after its last read
+    ("no PUBACK ... with 0 messages in flight")."""
+    config = gateway_config(mqtt_broker.url, tmp_path)
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port) as sub:
+        async with Gateway(config) as gw:
+            assert gw.publisher is not None
+            gw.publisher.window.ack_timeout = 0.5
+            await sub.until(lambda _: gw.publisher is not None and gw.publisher.connected)
+            connected_since = gw.publisher.connected_since
+            assert await gw.submit(plate_event()) is Admission.ACCEPTED
+            await sub.until_count("lpr/gate_in/last", 1)
+            await asyncio.sleep(2.0)  # four timeouts, nothing in flight
+            assert gw.publisher.connected
+            assert gw.publisher.connected_since == connected_since
+            reconnects = gw.metrics.registry.get_sample_value("lpr_mqtt_reconnects_total")
+            assert reconnects == 1

@@ -216,6 +216,10 @@ class OutboxWindow:
                 async with asyncio.timeout(self._ack_time_left()):
                     await _wait_any(self._ack_signal if ready else self._wake, closed)
             except TimeoutError:
+                if self._ack_time_left() != 0.0:
+                    # Acknowledged meanwhile (the wait was for new messages, with
+                    # the timer of the publishes before): not a broker that went quiet.
+                    continue
                 log.warning(
                     "no PUBACK from the MQTT broker for %.0fs with %d messages in flight: "
                     "dropping the connection",
