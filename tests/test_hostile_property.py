@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from gateway.broker import MosquittoProcess
 from gateway.codecs import onvif
-from gateway.codecs.tcp import encode_frame
+from gateway.codecs.tcp import DEFAULT_MAX_DATA_SIZE, HEADER_SIZE, SIG, encode_frame
 from gateway.simulate.http import HttpCameraSimulator
 from gateway.simulate.rtsp import AuthMode, RtspCameraSimulator
 from gateway.simulate.tcp import TcpCameraSimulator
@@ -197,6 +197,16 @@ class Hostile:
     onvif_document: bytes
 
 
+def _breaks_the_stream(stream: bytes) -> bool:
+    """Whether `stream`, sent between frames, starts a header whose DATA_SIZE is
+    over the limit or not yet complete (the next frame's bytes would complete it)."""
+    if not stream.startswith(SIG):
+        return False
+    if len(stream) < HEADER_SIZE:
+        return True
+    return int.from_bytes(stream[4:HEADER_SIZE], "little") > DEFAULT_MAX_DATA_SIZE
+
+
 async def _send_hostile(rig: Rig, hostile: Hostile) -> list[int]:
     assert rig.http is not None
     sent = await rig.http.post_body(hostile.http_body, kind="hostile")
@@ -229,6 +239,12 @@ async def _send_good(rig: Rig) -> tuple[set[tuple[str, str]], list[int]]:
 def test_every_good_read_arrives_whatever_the_cameras_send(
     rig: Rig, http_body: bytes, tcp_stream: bytes, onvif_document: bytes
 ) -> None:
+    # A header that claims more than the limit (or whose size the next frame's
+    # first bytes complete to that) drops the connection by design (protocol
+    # spec 1, "larger is a corrupt or hostile stream: drop the connection"); the
+    # good read sent right behind it goes down with it, the camera protocol has
+    # no acknowledgement to resend it by. Found once in ~2,000 examples.
+    assume(not _breaks_the_stream(tcp_stream))
     hostile = Hostile(http_body, tcp_stream, onvif_document)
     gateway = rig.gateway
     assert gateway is not None
