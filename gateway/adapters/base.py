@@ -23,13 +23,16 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.config import Config
 from gateway.event import AnyEvent
 from gateway.log_limit import RateLimitedLog
 from gateway.metrics import Metrics
 from gateway.pipeline import Admission
+
+_T = TypeVar("_T")
+_Protocol = TypeVar("_Protocol", bound=asyncio.BaseProtocol)
 
 
 class CameraSwitches:
@@ -182,6 +185,12 @@ class SessionProgress:
         """Open the connection, or None (said once per outage, then at debug level)."""
         return await self._supervisor.connect(host, port, connect_timeout, **kwargs)
 
+    async def connect_protocol(
+        self, host: str, port: int, connect_timeout: float, factory: Callable[[], _Protocol]
+    ) -> _Protocol | None:
+        """Open the connection served by `factory()`'s protocol, or None (as `connect`)."""
+        return await self._supervisor.connect_protocol(host, port, connect_timeout, factory)
+
 
 Session = Callable[[SessionProgress], Awaitable[Outcome]]
 
@@ -330,11 +339,27 @@ class _Supervisor:
     async def connect(
         self, host: str, port: int, connect_timeout: float, **kwargs: Any
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        return await self._open(
+            host, port, connect_timeout, lambda: asyncio.open_connection(host, port, **kwargs)
+        )
+
+    async def connect_protocol(
+        self, host: str, port: int, connect_timeout: float, factory: Callable[[], _Protocol]
+    ) -> _Protocol | None:
+        loop = asyncio.get_running_loop()
+        opened = await self._open(
+            host, port, connect_timeout, lambda: loop.create_connection(factory, host, port)
+        )
+        return None if opened is None else opened[1]
+
+    async def _open(
+        self, host: str, port: int, connect_timeout: float, opening: Callable[[], Awaitable[_T]]
+    ) -> _T | None:
         try:
             # Not wait_for: on Python 3.11 it swallows a cancel (stop, the camera
             # disabled) that lands as the connection opens.
             async with asyncio.timeout(connect_timeout):
-                connection = await asyncio.open_connection(host, port, **kwargs)
+                connection = await opening()
         except (OSError, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
             # Said once per outage: a camera that is off for a night must not

@@ -23,6 +23,7 @@ from gateway.adapters.base import (
     SessionProgress,
     supervise,
 )
+from gateway.adapters.feed import FeedProtocol
 from gateway.codecs.tcp import (
     FRAME_EVENTS,
     NEED_DATA,
@@ -49,10 +50,11 @@ from gateway.log_limit import RateLimitedLog
 log = logging.getLogger(__name__)
 
 SOURCE = "tcp"
-READ_SIZE = 1024 * 1024
-# The stream reader stops the socket past twice this: what a session not being
-# read holds (a 1 MiB limit let 1,000 sessions hold up to 2 GB).
-STREAM_LIMIT = 64 * 1024
+# A session busy with a read stops reading its socket past this many bytes
+# received and not yet decoded: what a session held back by the pipeline keeps
+# (plus one socket read, and the frame being received). A 1 MiB limit let 1,000
+# sessions hold up to 2 GB.
+PAUSE_ABOVE_BYTES = 128 * 1024
 # Reads of one camera in the pipeline at once (not yet durable in the outbox).
 MAX_PENDING_SUBMITS = 16
 # Bytes of reads decoded and not yet taken by the pipeline, over every TCP
@@ -152,27 +154,35 @@ class CameraSession:
 
     async def session(self, progress: SessionProgress) -> Outcome:
         cam, camera = self.camera.id, self.camera
-        connection = await progress.connect(
-            camera.host, camera.port, camera.connect_timeout_seconds, limit=STREAM_LIMIT
-        )
-        if connection is None:
-            return Outcome.CONNECT_FAILED
-        reader, writer = connection
-        log.info("camera %s: connected to %s:%d, logging in", cam, camera.host, camera.port)
         client = TcpClient(camera.username, camera.password)
+        bytes_metric = self.metrics.camera_bytes.labels(camera=cam)
+
+        def feed(data: memoryview | bytes) -> None:
+            if data:
+                bytes_metric.inc(len(data))
+            client.receive_data(data)
+
+        stream = await progress.connect_protocol(
+            camera.host,
+            camera.port,
+            camera.connect_timeout_seconds,
+            lambda: FeedProtocol(feed, lambda: client.unconsumed, PAUSE_ABOVE_BYTES),
+        )
+        if stream is None:
+            return Outcome.CONNECT_FAILED
+        log.info("camera %s: connected to %s:%d, logging in", cam, camera.host, camera.port)
         try:
             client.start()
-            writer.write(client.data_to_send())
-            await writer.drain()
-            return await self._receive(reader, client, progress)
+            stream.write(client.data_to_send())  # one small frame: no need to drain
+            return await self._receive(stream, client, progress)
         finally:
-            writer.close()
+            stream.close()
 
     async def _receive(
-        self, reader: asyncio.StreamReader, client: TcpClient, progress: SessionProgress
+        self, stream: FeedProtocol, client: TcpClient, progress: SessionProgress
     ) -> Outcome:
-        """Read → feed → dispatch until the session ends."""
-        bytes_metric = self.metrics.camera_bytes.labels(camera=self.camera.id)
+        """Decode → dispatch until the session ends; wait for bytes when the codec
+        needs them (the stream feeds them to `client` as they come)."""
         frames_metric = self.metrics.camera_frames.labels(camera=self.camera.id)
         stall = _FrameStall(
             client, asyncio.get_running_loop().time, self.policy.frame_stall_seconds
@@ -182,13 +192,9 @@ class CameraSession:
             if event is NEED_DATA:
                 if stall.overdue():
                     continue  # the decoder rescans the abandoned frame's bytes
-                data = await self._read(reader, client, stall)
-                if isinstance(data, Outcome):
-                    return data
-                if data is not None:
-                    if data:
-                        bytes_metric.inc(len(data))
-                    client.receive_data(data)
+                outcome = await self._wait(stream, client, stall)
+                if outcome is not None:
+                    return outcome
                 continue
             stall.reset()
             if isinstance(event, FRAME_EVENTS):
@@ -197,11 +203,11 @@ class CameraSession:
             if outcome is not None:
                 return outcome
 
-    async def _read(
-        self, reader: asyncio.StreamReader, client: TcpClient, stall: _FrameStall
-    ) -> bytes | Outcome | None:
-        """The next bytes (b"" at end of stream), None when the frame stall is due,
-        or how the session ends when the camera says nothing in time."""
+    async def _wait(
+        self, stream: FeedProtocol, client: TcpClient, stall: _FrameStall
+    ) -> Outcome | None:
+        """Until bytes came (or the end) or the frame stall is due: None; or how
+        the session ends when the camera says nothing in time."""
         camera = self.camera
         logged_in = client.logged_in
         timeout = camera.idle_timeout_seconds if logged_in else camera.connect_timeout_seconds
@@ -210,7 +216,8 @@ class CameraSession:
             # asyncio.timeout, not wait_for: no task per read (3.11's wait_for
             # wraps the read in one), which showed in profiles.
             async with asyncio.timeout(timeout if stall_in is None else min(timeout, stall_in)):
-                return await reader.read(READ_SIZE)
+                await stream.wait()
+                return None
         except TimeoutError:
             if stall_in is not None and stall_in < timeout:
                 return None  # the frame is overdue: handled before the next read

@@ -243,8 +243,8 @@ class FrameDecoder:
         """Stream offset of the first byte not yet consumed."""
         return self._base + self._pos
 
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes; `b""` means the stream ended."""
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes (copied into the decoder's buffer); `b""` means the stream ended."""
         if self._eof:
             if data:
                 raise CodecMisuseError("receive_data after end of stream")
@@ -1205,9 +1205,15 @@ class TcpClient:
         self._outgoing.clear()
         return out
 
-    def receive_data(self, data: bytes) -> None:
-        """Feed the camera's bytes; `b""` means the stream ended."""
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed the camera's bytes (copied: the caller may reuse its buffer);
+        `b""` means the stream ended."""
         self._decoder.receive_data(data)
+
+    @property
+    def unconsumed(self) -> int:
+        """Bytes received and not yet decoded."""
+        return self._decoder.buffered
 
     def next_event(self) -> ClientEvent | Literal[NeedData.NEED_DATA]:
         if self.state is ClientState.LOGIN_FAILED:
