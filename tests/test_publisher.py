@@ -6,6 +6,8 @@ import asyncio
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
 from gateway.event import Image, PlateEvent, Source, utc_now
@@ -155,7 +157,7 @@ async def test_a_burst_of_state_messages_does_not_hold_up_what_follows(
 
 
 async def test_a_connection_whose_messages_were_all_acknowledged_is_kept_when_idle(
-    mqtt_broker: MosquittoProcess, tmp_path: Path
+    mqtt_broker: MosquittoProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The PUBACK timeout counts only while messages wait for one. It was armed
     when the last publish went out and not disarmed by its PUBACK: an idle
@@ -167,11 +169,12 @@ async def test_a_connection_whose_messages_were_all_acknowledged_is_kept_when_id
             assert gw.publisher is not None
             gw.publisher.window.ack_timeout = 0.5
             await sub.until(lambda _: gw.publisher is not None and gw.publisher.connected)
-            connected_since = gw.publisher.connected_since
             assert await gw.submit(plate_event()) is Admission.ACCEPTED
             await sub.until_count("lpr/gate_in/last", 1)
             await asyncio.sleep(2.0)  # four timeouts, nothing in flight
-            assert gw.publisher.connected
-            assert gw.publisher.connected_since == connected_since
-            reconnects = gw.metrics.registry.get_sample_value("lpr_mqtt_reconnects_total")
-            assert reconnects == 1
+    # A broker too slow to acknowledge within 0.5 s (a busy machine) may still
+    # cost the connection, with messages in flight; never with none.
+    drops = [r.getMessage() for r in caplog.records if "dropping the connection" in r.getMessage()]
+    assert not [d for d in drops if "with 0 messages in flight" in d], drops
+    reconnects = gw.metrics.registry.get_sample_value("lpr_mqtt_reconnects_total")
+    assert reconnects == 1 + len(drops)
