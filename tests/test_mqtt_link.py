@@ -8,6 +8,7 @@ import asyncio
 import socket
 import threading
 import uuid
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -128,17 +129,26 @@ async def test_a_connect_cancelled_as_the_connack_lands_is_cancelled(
     cancel it. Python 3.11's `asyncio.wait_for` returned the result instead and
     swallowed the cancel; the gateway's stop then waited forever for a publisher
     that went on serving a connection nobody would close."""
+    link = link_to(mqtt_broker.url)
     connecting: list[asyncio.Task[None]] = []
 
     class CancelledOnConnack(_Connection):
-        def __init__(self, *args: object) -> None:
-            super().__init__(*args)  # type: ignore[arg-type]
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
             # Registered before the link awaits the future: runs first, in the
             # same loop turn as the CONNACK.
             self.connected.add_done_callback(lambda _: connecting[0].cancel())
 
+        def _on_connect(self, *args: Any) -> None:
+            # The CONNACK is handed on once the link waits for it (it takes the
+            # connection and awaits the CONNACK with no await in between): a
+            # CONNACK read before that would find nobody to cancel.
+            if link._connection is not self:
+                self.loop.call_soon(self._on_connect, *args)
+                return
+            super()._on_connect(*args)
+
     monkeypatch.setattr("gateway.mqtt.link._Connection", CancelledOnConnack)
-    link = link_to(mqtt_broker.url)
     connecting.append(asyncio.create_task(link.connect()))
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(connecting[0], 10)

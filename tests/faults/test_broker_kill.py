@@ -89,6 +89,15 @@ async def test_broker_sigkilled_five_times_loses_nothing(
                         proxy.open_gate()
                     await asyncio.sleep(1.0)
                     await until_each_camera_sent(cams, http, LOAD_PER_CAMERA)
+                    # Read before the cameras stop: stopping the simulator ends
+                    # the TCP session, and the reconnect after it is counted one
+                    # backoff (0.1 s) later.
+                    online_throughout = (
+                        gw.metrics.registry.get_sample_value(
+                            "lpr_camera_reconnects_total", {"camera": TCP_CAMERA}
+                        )
+                        or 0.0
+                    )
                     await http.stop()
                     await cams.stop()
                     book = ledger(cams, http)
@@ -98,12 +107,6 @@ async def test_broker_sigkilled_five_times_loses_nothing(
                             lambda _: book.report(collector.events()).total_lost == 0, timeout=30
                         )
                     statuses = http.statuses()
-                online_throughout = (
-                    gw.metrics.registry.get_sample_value(
-                        "lpr_camera_reconnects_total", {"camera": TCP_CAMERA}
-                    )
-                    or 0.0
-                )
     await proxy.close()
     report = book.report(collector.events())
     record(report.line(f"broker SIGKILL x{KILLS} (mosquitto, 3 cameras, 5 reads/s each)"))
