@@ -441,8 +441,7 @@ class Pipeline:
 
     async def submit(self, event: AnyEvent) -> Admission:
         camera = event.camera
-        metrics = self.metrics
-        metrics.child(metrics.events_received, camera, event.source.value).inc()
+        self.metrics.child(self.metrics.events_received, camera, event.source.value).inc()
         if self._closed:
             self.metrics.events_refused.labels(camera=camera, reason="shutting_down").inc()
             return Admission.SHUTTING_DOWN
