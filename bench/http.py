@@ -13,6 +13,10 @@ with the gateway's and their ratio (target: the gateway ≥ 0.5 of it).
 
 - http-raw-decode: the raw loop alone
 - http: the raw loop, then the gateway with 8 concurrent clients
+- http-crowd: the gateway with 64 clients, more than it can serve flat out:
+  whether publishing keeps up with intake (event latency near the reply
+  latency, every reply 200) or falls behind (event latency growing to
+  seconds, the outbox filling, 503s).
 - http-flood: the gateway with 8 clients while another process opens connections
   to the camera port as fast as it can (half bare, half a 401 probe): the
   connection rate it reached and the cameras' latency under it. Printed, never
@@ -58,6 +62,7 @@ from tests.helpers import stop_process
 _SPAWN = mp.get_context("spawn")
 WINDOW = 32
 CLIENTS = 8
+CROWD_CLIENTS = 64
 POOL = 16  # distinct image pairs; plates differ per request
 USER, PASSWORD = "bench", "bench-password"
 
@@ -353,8 +358,21 @@ def http_flood_scenario(broker: MosquittoProcess, args: argparse.Namespace) -> R
     return result
 
 
+def http_crowd_scenario(broker: MosquittoProcess, args: argparse.Namespace) -> Result:
+    result = gateway_http(broker, args.events, clients=CROWD_CLIENTS)
+    extra = result.extra
+    print(
+        f"http-crowd: {CROWD_CLIENTS} clients got {result.events_per_s} ev/s; reply p50 "
+        f"{extra['reply_p50_ms']} ms, p99 {extra['reply_p99_ms']} ms; event p50 "
+        f"{result.p50_ms} ms, p99 {result.p99_ms} ms; replies {extra['statuses']}",
+        file=sys.stderr,
+    )
+    return result
+
+
 SCENARIOS = {
     "http-raw-decode": http_raw,
     "http": http_scenario,
+    "http-crowd": http_crowd_scenario,
     "http-flood": http_flood_scenario,
 }

@@ -528,7 +528,13 @@ class MqttConfig:
     keepalive_seconds: int = option(
         30, integer(1, 3600), doc="a broker that stops answering is noticed after ~1.5x this"
     )
-    publish_window: int = option(32, integer(1, 1000), doc="QoS 1 messages in flight at once")
+    # Under load the publisher's turn on the event loop comes late, and at most
+    # this many messages go out per turn: with 32, 32 cameras posting flat out
+    # outran it and the outbox filled (bench/RESULTS.md). Memory is bounded
+    # apart from it (mqtt/window.py INFLIGHT_MAX_BYTES).
+    publish_window: int = option(
+        128, integer(1, 1000), doc="QoS 1 messages in flight at once (and at most 16 MiB)"
+    )
     # A broker that refuses larger messages (NATS max_payload, 1 MB by default;
     # cloud brokers' caps) drops the connection over one: known here, a picture
     # over it is published as missing instead (after images: re-encoding).

@@ -534,24 +534,31 @@ class Outbox:
                     dead_rows.append((*row, draft.dead_letter_reason, now))
         return rows, dead_rows, blob_start
 
-    def read_after(self, seq: int, limit: int) -> list[StoredMessage]:
+    def read_after(self, seq: int, limit: int, max_bytes: int | None = None) -> list[StoredMessage]:
+        """Up to `limit` pending rows after `seq`, in order; with `max_bytes`, none
+        after the one whose payload takes the total to it or past it."""
         cursor = self.db.execute(
             f"SELECT {_COLUMNS} FROM message WHERE seq > ? AND {_PENDING} ORDER BY seq LIMIT ?",
             (seq, limit),
         )
         stored: list[StoredMessage] = []
+        total = 0
         for r in cursor:
+            if max_bytes is not None and total >= max_bytes:
+                break
             payload, unreadable = r[4], None
             if r[8] is not None:
                 try:
                     payload = self.blobs.read(r[8], r[9], r[10])
                 except BlobUnreadableError as exc:
                     payload, unreadable = b"", str(exc)
+            total += len(payload)
             stored.append(
                 StoredMessage(
                     r[0], r[1], r[2], r[3], payload, bool(r[5]), bool(r[6]), r[7], unreadable
                 )
             )
+        cursor.close()  # left early: no statement may hold a read snapshot
         return stored
 
     def acknowledge(self, messages: Sequence[StoredMessage]) -> None:

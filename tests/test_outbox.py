@@ -81,6 +81,26 @@ def assert_all_in_order(messages: list[Received], sent: dict[str, list[PlateEven
         assert [i for i, _ in arrived[camera]] == [e.id for e in events], camera
 
 
+def test_a_read_stops_at_the_row_that_reaches_its_byte_bound(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3", max_bytes=10_000_000)
+    outbox.open()
+    try:
+        sizes = [100, 50_000, 10, 70_000, 20]  # the large ones go to the blob log
+        outbox.append_batch(
+            [
+                EventDraft(f"e{n}", "cam", (MessageDraft(f"t/{n}", b"x" * size, False),), 0.0)
+                for n, size in enumerate(sizes)
+            ]
+        )
+        # 100 + 50,000 + 10 is short of 60,000; the row of 70,000 takes it past.
+        assert [len(m.payload) for m in outbox.read_after(0, 10, 60_000)] == sizes[:4]
+        assert [len(m.payload) for m in outbox.read_after(0, 10, 1)] == sizes[:1]
+        assert [len(m.payload) for m in outbox.read_after(0, 3, 10**9)] == sizes[:3]
+        assert [len(m.payload) for m in outbox.read_after(0, 10)] == sizes
+    finally:
+        outbox.close()
+
+
 def test_outbox_store_roundtrip_and_bound(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "o.sqlite3", max_bytes=1_000_000, sync=OutboxSync.FULL)
     outbox.open()

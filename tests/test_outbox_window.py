@@ -151,9 +151,9 @@ class CountingReads:
         self._read_after = outbox.read_after
         outbox.read_after = self.read_after  # type: ignore[method-assign]
 
-    def read_after(self, seq: int, limit: int) -> list[StoredMessage]:
+    def read_after(self, seq: int, limit: int, max_bytes: int | None = None) -> list[StoredMessage]:
         self.reads += 1
-        return self._read_after(seq, limit)
+        return self._read_after(seq, limit, max_bytes)
 
 
 def draft(n: int, size: int = 10) -> EventDraft:
@@ -230,3 +230,81 @@ async def test_messages_past_the_memory_bound_are_read_from_the_outbox_in_order(
     await writer_task
     sent = await publishing(window, InstantAckLink(window), 4 + 2 * 30)
     assert sent == BACKLOG + new_topics(30)  # every one, once, in order
+
+
+async def test_a_backlog_past_the_read_ahead_bytes_is_read_whole_and_in_order(
+    outbox: Outbox, executor: ThreadPoolExecutor
+) -> None:
+    # Each read from the outbox stops at 3 KB: short of the rows asked for, but
+    # not caught up, so the next read must still come from the outbox.
+    window = OutboxWindow(
+        4, Metrics(), outbox, executor, lambda t: None, read_ahead_max_bytes=3_000
+    )
+    counting = CountingReads(outbox)
+    outbox.append_batch([draft(n, size=1000) for n in range(20)])  # written before: not fresh
+    sent = await publishing(window, InstantAckLink(window), 4 + 2 * 20)
+    assert sent == BACKLOG + new_topics(20)
+    assert counting.reads > 20 // 3  # a few rows a read, as bounded
+
+
+class SilentLink(InstantAckLink):
+    """A broker that acknowledges only when told to."""
+
+    def __init__(self, window: OutboxWindow) -> None:
+        super().__init__(window)
+        self.sent_mids: list[int] = []
+
+    def publish(self, topic: str, payload: bytes, retain: bool) -> int:
+        self._next_mid += 1
+        self.sent_mids.append(self._next_mid)
+        return self._next_mid
+
+
+async def test_the_window_holds_no_more_bytes_in_flight_than_its_bound(
+    outbox: Outbox, executor: ThreadPoolExecutor
+) -> None:
+    window = OutboxWindow(
+        100, Metrics(), outbox, executor, lambda t: None, inflight_max_bytes=2_500
+    )
+    outbox.append_batch([draft(n, size=1000) for n in range(5)])
+    link = SilentLink(window)
+    task = asyncio.create_task(window.dispatch_until_closed(link))  # type: ignore[arg-type]
+    try:
+        # The backlog's four small rows, then 1000 + 2 + 1000 + 2 + 1000 bytes:
+        # the message that reaches 2,500 goes, the next waits for a PUBACK.
+        expected = 4 + 5
+        await eventually(lambda: len(link.sent_mids) >= expected, what="the first messages")
+        await asyncio.sleep(0.05)  # time to send more, if it would
+        assert len(link.sent_mids) == expected
+        window.on_ack(link.sent_mids[4], SUCCESS)  # image 0's 1000 bytes
+        # 2,000 + 8 bytes in flight: event 1 (2 bytes) and image 2 (1000) go.
+        await eventually(lambda: len(link.sent_mids) >= expected + 2, what="two more")
+        await asyncio.sleep(0.05)
+        assert len(link.sent_mids) == expected + 2
+    finally:
+        link.close()
+        await task
+
+
+async def test_isolation_after_a_drop_lasts_twice_the_messages_in_flight(
+    outbox: Outbox, executor: ThreadPoolExecutor
+) -> None:
+    window = OutboxWindow(8, Metrics(), outbox, executor, lambda t: None)
+    suspect, other = rows(outbox)[:2]
+    window.inflight.update({1: suspect, 2: other})
+    window.connection_lost(keepalive_expired=False, count_drop=True)
+    outbox.append_batch([draft(n) for n in range(8)])
+    link = InstantAckLink(window)
+    in_flight_at_publish: list[int] = []
+    original = link.publish
+
+    def publish(topic: str, payload: bytes, retain: bool) -> int:
+        in_flight_at_publish.append(len(window.inflight))
+        return original(topic, payload, retain)
+
+    link.publish = publish  # type: ignore[method-assign]
+    await publishing(window, link, 4 + 2 * 8)
+    # Two were in flight at the drop: four go alone, then the window opens
+    # (not 2 x its size of 8: a wide window would crawl after every drop).
+    assert in_flight_at_publish[:5] == [0, 0, 0, 0, 0]
+    assert in_flight_at_publish[5] == 1

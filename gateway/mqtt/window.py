@@ -48,6 +48,13 @@ DEAD_LETTER_AFTER_DROPS = 3
 # Committed messages kept in memory for publishing; past this (the broker is
 # away or slow) they are read back from the outbox when their turn comes.
 FRESH_MAX_BYTES = 8 * 1024 * 1024
+# Payload bytes in flight at most, besides the message count: a slow broker
+# cannot make the window pin more than this in memory. One message always
+# goes, however large.
+INFLIGHT_MAX_BYTES = 16 * 1024 * 1024
+# What one read ahead from the outbox may hold (a replay after an outage); the
+# row that crosses it is still taken.
+READ_AHEAD_MAX_BYTES = 8 * 1024 * 1024
 # A broker can keep the connection, and answer pings, yet acknowledge nothing
 # more: RabbitMQ 3.10 does after a message over its `max_message_size` (the
 # MQTT connection's AMQP channel is closed; no PUBACK, no disconnect). No PUBACK
@@ -68,8 +75,12 @@ class OutboxWindow:
         on_retained_ack: Callable[[str], None],
         fresh_max_bytes: int = FRESH_MAX_BYTES,
         ack_timeout: float = ACK_TIMEOUT_SECONDS,
+        inflight_max_bytes: int = INFLIGHT_MAX_BYTES,
+        read_ahead_max_bytes: int = READ_AHEAD_MAX_BYTES,
     ) -> None:
         self.size = publish_window
+        self.inflight_max_bytes = inflight_max_bytes
+        self.read_ahead_max_bytes = read_ahead_max_bytes
         self.ack_timeout = ack_timeout
         # When the messages in flight last made progress (the first went out
         # or a PUBACK came); None while nothing is in flight.
@@ -83,6 +94,7 @@ class OutboxWindow:
         self.on_retained_ack = on_retained_ack
         # mid → outbox row in flight on the current connection
         self.inflight: dict[int, StoredMessage] = {}
+        self._inflight_bytes = 0
         self._wake = asyncio.Event()
         self._ack_signal = asyncio.Event()
         self._pending_acks: list[StoredMessage] = []
@@ -129,6 +141,7 @@ class OutboxWindow:
         message = self.inflight.pop(mid, None)
         if message is None:
             return  # a state message (bridge/availability): not from the outbox
+        self._inflight_bytes -= len(message.payload)
         self._waiting_since = time.monotonic() if self.inflight else None
         if reason.is_failure:
             # MQTT 5 broker refused this message for good (e.g. too large): resending
@@ -181,7 +194,7 @@ class OutboxWindow:
                 self._forget_fresh(buried)
                 continue
             window = self._current_size()
-            while ready and len(self.inflight) < window:
+            while ready and self._has_room(window):
                 message = ready.popleft()
                 try:
                     refusal = self._publish_row(link, message)
@@ -199,11 +212,19 @@ class OutboxWindow:
                 if self._outbox_first:
                     dropped = self._fresh_dropped
                     batch = await loop.run_in_executor(
-                        self.executor, self.outbox.read_after, read_cursor, wanted
+                        self.executor,
+                        self.outbox.read_after,
+                        read_cursor,
+                        wanted,
+                        self.read_ahead_max_bytes,
                     )
                     if closed.done():
                         return
-                    if len(batch) < wanted and dropped == self._fresh_dropped:
+                    if (
+                        len(batch) < wanted
+                        and sum(len(m.payload) for m in batch) < self.read_ahead_max_bytes
+                        and dropped == self._fresh_dropped
+                    ):
                         self._outbox_first = False  # caught up: memory has what follows
                 else:
                     batch = self._take_fresh(read_cursor, wanted)
@@ -228,6 +249,13 @@ class OutboxWindow:
                 )
                 link.close()
                 return
+
+    def _has_room(self, window: int) -> bool:
+        """Whether one more message may go out: under the count and the bytes."""
+        inflight = self.inflight
+        return len(inflight) < window and (
+            not inflight or self._inflight_bytes < self.inflight_max_bytes
+        )
 
     def _ack_time_left(self) -> float | None:
         """How long the messages in flight may still wait for a PUBACK (None: none in flight)."""
@@ -271,6 +299,7 @@ class OutboxWindow:
         if not self.inflight:
             self._waiting_since = time.monotonic()
         self.inflight[mid] = message
+        self._inflight_bytes += len(message.payload)
         return None
 
     async def drain(self, closed: asyncio.Future[None], seconds: float) -> None:
@@ -294,6 +323,7 @@ class OutboxWindow:
         if self.inflight and count_drop and not keepalive_expired:
             self._note_drop()
         self.inflight.clear()
+        self._inflight_bytes = 0
         self._waiting_since = None
 
     def _note_drop(self) -> None:
@@ -308,7 +338,9 @@ class OutboxWindow:
                     "with this message alone in flight",
                     "broker_dropped",
                 )
-        self._isolate_remaining = 2 * self.size
+        # The message the broker dropped us for is one of those in flight,
+        # which go out again first: twice as many, one at a time, find it.
+        self._isolate_remaining = 2 * len(self.inflight)
 
     # -- dead letters --------------------------------------------------------------
 
