@@ -308,3 +308,28 @@ async def test_isolation_after_a_drop_lasts_twice_the_messages_in_flight(
     # (not 2 x its size of 8: a wide window would crawl after every drop).
     assert in_flight_at_publish[:5] == [0, 0, 0, 0, 0]
     assert in_flight_at_publish[5] == 1
+
+
+async def test_messages_in_flight_count_against_the_memory_bound(
+    outbox: Outbox, executor: ThreadPoolExecutor
+) -> None:
+    window = OutboxWindow(100, Metrics(), outbox, executor, lambda t: None, fresh_max_bytes=5_000)
+    counting = CountingReads(outbox)
+    writer = OutboxWriter(outbox, executor, on_stored=window.offer)
+    writer_task = asyncio.create_task(writer.run())
+    link = SilentLink(window)  # nothing is acknowledged: what goes out stays in flight
+    task = asyncio.create_task(window.dispatch_until_closed(link))  # type: ignore[arg-type]
+    try:
+        await eventually(lambda: len(link.sent_mids) >= 4, what="the backlog sent")
+        assert await (await writer.enqueue(draft(0, size=3000)))
+        await eventually(lambda: len(link.sent_mids) >= 6, what="event 0 sent")
+        reads = counting.reads
+        # 3,002 bytes in flight + 2,502 new ones are past 5,000: not kept in memory.
+        assert await (await writer.enqueue(draft(1, size=2500)))
+        await eventually(lambda: len(link.sent_mids) >= 8, what="event 1 sent")
+        assert counting.reads > reads
+    finally:
+        link.close()
+        await task
+        await writer.close()
+        await writer_task

@@ -10,8 +10,9 @@ Fresh rows come from memory: the outbox writer hands each committed batch to
 those, never reading back the payloads it just wrote. SQLite is read when
 memory cannot say what comes next: at each new connection (the rows in
 flight without a PUBACK, a replay after a restart or an outage) and after
-more than `FRESH_MAX_BYTES` piled up unsent (they are dropped from memory, not
-from the outbox). A read that returns less than asked for means caught up.
+more than `FRESH_MAX_BYTES` piled up unsent or in flight (they are dropped
+from memory, not from the outbox). A read that returns less than asked for
+means caught up.
 
 No message stalls delivery: one the client library refuses, or a topic that
 is not valid, is condemned and its whole event moved to the outbox's
@@ -45,9 +46,12 @@ ACK_FLUSH_SECONDS = 0.02
 # Drops of the connection, running, with the same message alone in flight,
 # before its event is set aside as a dead letter.
 DEAD_LETTER_AFTER_DROPS = 3
-# Committed messages kept in memory for publishing; past this (the broker is
-# away or slow) they are read back from the outbox when their turn comes.
-FRESH_MAX_BYTES = 8 * 1024 * 1024
+# Committed messages kept in memory for publishing, with those in flight; past
+# this (the broker is away or slow) they are read back from the outbox when their
+# turn comes. With 8 MiB, 64 clients' group commits overflowed it ~20 times a
+# second: 2 of 3 events were read back, at 1.45 CPU ms per event against 1.28
+# (bench/RESULTS.md).
+FRESH_MAX_BYTES = 32 * 1024 * 1024
 # Payload bytes in flight at most, besides the message count: a slow broker
 # cannot make the window pin more than this in memory. One message always
 # goes, however large.
@@ -123,7 +127,7 @@ class OutboxWindow:
     def offer(self, messages: list[StoredMessage]) -> None:
         """Messages just committed to the outbox (in `seq` order): publish them from memory."""
         size = sum(len(m.payload) for m in messages)
-        if self._fresh_bytes + size > self.fresh_max_bytes:
+        if self._fresh_bytes + self._inflight_bytes + size > self.fresh_max_bytes:
             # The broker is behind: let these wait on disk only.
             self._fresh.clear()
             self._fresh_bytes = 0
