@@ -333,3 +333,53 @@ async def test_messages_in_flight_count_against_the_memory_bound(
         await task
         await writer.close()
         await writer_task
+
+
+async def test_a_replay_holds_no_more_than_the_read_ahead_bound_in_memory(
+    outbox: Outbox, executor: ThreadPoolExecutor
+) -> None:
+    window = OutboxWindow(
+        100, Metrics(), outbox, executor, lambda t: None, read_ahead_max_bytes=2_500
+    )
+    outbox.append_batch([draft(n, size=1000) for n in range(10)])  # a backlog on disk
+    link = SilentLink(window)
+    task = asyncio.create_task(window.dispatch_until_closed(link))  # type: ignore[arg-type]
+    try:
+        # The four small rows, then 1000 + 2 + 1000 + 2 + 1000 bytes: the row that
+        # crosses 2,500 is still read; nothing more while they are all in flight.
+        expected = 4 + 5
+        await eventually(lambda: len(link.sent_mids) >= expected, what="the first rows")
+        await asyncio.sleep(0.05)  # time to read more, if it would
+        assert len(link.sent_mids) == expected
+        window.on_ack(link.sent_mids[4], SUCCESS)  # image 0: 2,008 bytes left in flight
+        # 492 bytes of room: event 2 (2 bytes), then image 3 crosses it.
+        await eventually(lambda: len(link.sent_mids) >= expected + 2, what="two more")
+        await asyncio.sleep(0.05)
+        assert len(link.sent_mids) == expected + 2
+    finally:
+        link.close()
+        await task
+
+
+async def test_nothing_is_kept_in_memory_without_a_connection(
+    outbox: Outbox, executor: ThreadPoolExecutor
+) -> None:
+    window = OutboxWindow(1, Metrics(), outbox, executor, lambda t: None)
+    writer = OutboxWriter(outbox, executor, on_stored=window.offer)
+    writer_task = asyncio.create_task(writer.run())
+    try:
+        # Stored before any connection: the first one reads them from the outbox.
+        for n in range(3):
+            assert await (await writer.enqueue(draft(n, size=1000)))
+        assert window.fresh_bytes == 0
+        link = SilentLink(window)  # one in flight, never acknowledged: the rest waits
+        task = asyncio.create_task(window.dispatch_until_closed(link))  # type: ignore[arg-type]
+        await eventually(lambda: len(link.sent_mids) == 1, what="the first row sent")
+        assert await (await writer.enqueue(draft(3, size=1000)))
+        assert window.fresh_bytes == 1002  # connected: kept for publishing
+        link.close()
+        await task
+        assert window.fresh_bytes == 0  # the connection went: the outbox has them
+    finally:
+        await writer.close()
+        await writer_task
