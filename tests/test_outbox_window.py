@@ -7,8 +7,9 @@ drops) is played by calling the window's public seams the way the link does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -259,6 +260,22 @@ class SilentLink(InstantAckLink):
         self.sent_mids.append(self._next_mid)
         return self._next_mid
 
+    async def sent_exactly(self, count: int) -> None:
+        """`count` messages sent in all, and no more while nothing else is acknowledged."""
+        await eventually(lambda: len(self.sent_mids) >= count, what=f"{count} messages sent")
+        await asyncio.sleep(0.05)  # time to send more, if the window would
+        assert len(self.sent_mids) == count
+
+
+@contextlib.asynccontextmanager
+async def dispatching(window: OutboxWindow, link: InstantAckLink) -> AsyncIterator[None]:
+    task = asyncio.create_task(window.dispatch_until_closed(link))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        link.close()
+        await task
+
 
 async def test_the_window_holds_no_more_bytes_in_flight_than_its_bound(
     outbox: Outbox, executor: ThreadPoolExecutor
@@ -268,22 +285,13 @@ async def test_the_window_holds_no_more_bytes_in_flight_than_its_bound(
     )
     outbox.append_batch([draft(n, size=1000) for n in range(5)])
     link = SilentLink(window)
-    task = asyncio.create_task(window.dispatch_until_closed(link))  # type: ignore[arg-type]
-    try:
-        # The backlog's four small rows, then 1000 + 2 + 1000 + 2 + 1000 bytes:
-        # the message that reaches 2,500 goes, the next waits for a PUBACK.
-        expected = 4 + 5
-        await eventually(lambda: len(link.sent_mids) >= expected, what="the first messages")
-        await asyncio.sleep(0.05)  # time to send more, if it would
-        assert len(link.sent_mids) == expected
+    async with dispatching(window, link):
+        # The backlog's four rows (6 bytes), then 1000 + 2 + 1000 + 2 + 1000: the
+        # message that reaches 2,500 goes, the next waits for a PUBACK.
+        await link.sent_exactly(4 + 5)
         window.on_ack(link.sent_mids[4], SUCCESS)  # image 0's 1000 bytes
-        # 2,000 + 8 bytes in flight: event 1 (2 bytes) and image 2 (1000) go.
-        await eventually(lambda: len(link.sent_mids) >= expected + 2, what="two more")
-        await asyncio.sleep(0.05)
-        assert len(link.sent_mids) == expected + 2
-    finally:
-        link.close()
-        await task
+        # 2,010 bytes in flight: event 2 (2 bytes) and image 3 (1000) go.
+        await link.sent_exactly(4 + 5 + 2)
 
 
 async def test_isolation_after_a_drop_lasts_twice_the_messages_in_flight(
@@ -318,19 +326,17 @@ async def test_messages_in_flight_count_against_the_memory_bound(
     writer = OutboxWriter(outbox, executor, on_stored=window.offer)
     writer_task = asyncio.create_task(writer.run())
     link = SilentLink(window)  # nothing is acknowledged: what goes out stays in flight
-    task = asyncio.create_task(window.dispatch_until_closed(link))  # type: ignore[arg-type]
     try:
-        await eventually(lambda: len(link.sent_mids) >= 4, what="the backlog sent")
-        assert await (await writer.enqueue(draft(0, size=3000)))
-        await eventually(lambda: len(link.sent_mids) >= 6, what="event 0 sent")
-        reads = counting.reads
-        # 3,002 bytes in flight + 2,502 new ones are past 5,000: not kept in memory.
-        assert await (await writer.enqueue(draft(1, size=2500)))
-        await eventually(lambda: len(link.sent_mids) >= 8, what="event 1 sent")
-        assert counting.reads > reads
+        async with dispatching(window, link):
+            await link.sent_exactly(4)
+            assert await (await writer.enqueue(draft(0, size=3000)))
+            await link.sent_exactly(6)
+            reads = counting.reads
+            # 3,008 bytes in flight + 2,502 new ones are past 5,000: not kept in memory.
+            assert await (await writer.enqueue(draft(1, size=2500)))
+            await link.sent_exactly(8)
+            assert counting.reads > reads
     finally:
-        link.close()
-        await task
         await writer.close()
         await writer_task
 
@@ -343,22 +349,13 @@ async def test_a_replay_holds_no_more_than_the_read_ahead_bound_in_memory(
     )
     outbox.append_batch([draft(n, size=1000) for n in range(10)])  # a backlog on disk
     link = SilentLink(window)
-    task = asyncio.create_task(window.dispatch_until_closed(link))  # type: ignore[arg-type]
-    try:
-        # The four small rows, then 1000 + 2 + 1000 + 2 + 1000 bytes: the row that
+    async with dispatching(window, link):
+        # The four rows (6 bytes), then 1000 + 2 + 1000 + 2 + 1000: the row that
         # crosses 2,500 is still read; nothing more while they are all in flight.
-        expected = 4 + 5
-        await eventually(lambda: len(link.sent_mids) >= expected, what="the first rows")
-        await asyncio.sleep(0.05)  # time to read more, if it would
-        assert len(link.sent_mids) == expected
-        window.on_ack(link.sent_mids[4], SUCCESS)  # image 0: 2,008 bytes left in flight
-        # 492 bytes of room: event 2 (2 bytes), then image 3 crosses it.
-        await eventually(lambda: len(link.sent_mids) >= expected + 2, what="two more")
-        await asyncio.sleep(0.05)
-        assert len(link.sent_mids) == expected + 2
-    finally:
-        link.close()
-        await task
+        await link.sent_exactly(4 + 5)
+        window.on_ack(link.sent_mids[4], SUCCESS)  # image 0: 2,010 bytes left in flight
+        # 490 bytes of room: event 2 (2 bytes), then image 3 crosses it.
+        await link.sent_exactly(4 + 5 + 2)
 
 
 async def test_nothing_is_kept_in_memory_without_a_connection(
@@ -373,12 +370,10 @@ async def test_nothing_is_kept_in_memory_without_a_connection(
             assert await (await writer.enqueue(draft(n, size=1000)))
         assert window.fresh_bytes == 0
         link = SilentLink(window)  # one in flight, never acknowledged: the rest waits
-        task = asyncio.create_task(window.dispatch_until_closed(link))  # type: ignore[arg-type]
-        await eventually(lambda: len(link.sent_mids) == 1, what="the first row sent")
-        assert await (await writer.enqueue(draft(3, size=1000)))
-        assert window.fresh_bytes == 1002  # connected: kept for publishing
-        link.close()
-        await task
+        async with dispatching(window, link):
+            await link.sent_exactly(1)
+            assert await (await writer.enqueue(draft(3, size=1000)))
+            assert window.fresh_bytes == 1002  # connected: kept for publishing
         assert window.fresh_bytes == 0  # the connection went: the outbox has them
     finally:
         await writer.close()

@@ -190,9 +190,10 @@ class OutboxWindow:
     async def dispatch_until_closed(self, link: MqttLink) -> None:
         """Publish outbox rows in `seq` order, keeping the window full.
 
-        Rows are read ahead of the window (up to twice its size) so that a
-        PUBACK is answered with the next publish at once, not after a trip to
-        the outbox thread.
+        Rows are read ahead of the window (up to twice its size; rows read
+        back from the outbox up to `read_ahead_max_bytes` with those in
+        flight) so that a PUBACK is answered with the next publish at once,
+        not after a trip to the outbox thread.
         """
         self._dispatching = True
         try:
