@@ -1,8 +1,6 @@
 """lpr-gateway: licence-plate reads from LPR cameras (TCP, HTTP, RTSP/ONVIF) to MQTT."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("lpr-gateway")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+unknown"
+# The one place the version is written: pyproject.toml reads it from here
+# (setuptools' dynamic version). Asking importlib.metadata at import instead
+# loaded its modules and the email parser: 1.4 MB of every gateway's memory.
+__version__ = "0.1.0"
