@@ -177,6 +177,17 @@ def new_topics(count: int) -> list[str]:
     return [t for n in range(count) for t in (f"lpr/cam/image/{n}", f"lpr/cam/event/{n}")]
 
 
+@contextlib.asynccontextmanager
+async def dispatching(window: OutboxWindow, link: InstantAckLink) -> AsyncIterator[None]:
+    """The window serving `link` inside the block; the link closed after it."""
+    task = asyncio.create_task(window.dispatch_until_closed(link))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        link.close()
+        await task
+
+
 async def publishing(window: OutboxWindow, link: InstantAckLink, count: int) -> list[str]:
     """Run the window on `link` until `count` messages were sent; their topics."""
     sent: list[str] = []
@@ -187,12 +198,8 @@ async def publishing(window: OutboxWindow, link: InstantAckLink, count: int) -> 
         return original(topic, payload, retain)
 
     link.publish = publish  # type: ignore[method-assign]
-    task = asyncio.create_task(window.dispatch_until_closed(link))  # type: ignore[arg-type]
-    try:
+    async with dispatching(window, link):
         await eventually(lambda: len(sent) >= count, what=f"{count} messages sent")
-    finally:
-        link.close()
-        await task
     return sent
 
 
@@ -265,16 +272,6 @@ class SilentLink(InstantAckLink):
         await eventually(lambda: len(self.sent_mids) >= count, what=f"{count} messages sent")
         await asyncio.sleep(0.05)  # time to send more, if the window would
         assert len(self.sent_mids) == count
-
-
-@contextlib.asynccontextmanager
-async def dispatching(window: OutboxWindow, link: InstantAckLink) -> AsyncIterator[None]:
-    task = asyncio.create_task(window.dispatch_until_closed(link))  # type: ignore[arg-type]
-    try:
-        yield
-    finally:
-        link.close()
-        await task
 
 
 async def test_the_window_holds_no_more_bytes_in_flight_than_its_bound(

@@ -271,7 +271,7 @@ class OutboxWindow:
             try:
                 # asyncio.timeout, not wait_for: no extra task per wait on this path.
                 async with asyncio.timeout(self._ack_time_left()):
-                    waiting_for_acks = ready or read_ahead_full
+                    waiting_for_acks = bool(ready) or read_ahead_full
                     await _wait_any(self._ack_signal if waiting_for_acks else self._wake, closed)
             except TimeoutError:
                 if self._ack_time_left() != 0.0:
