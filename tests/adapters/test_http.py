@@ -274,6 +274,21 @@ async def test_unreadable_body_is_400_with_reason(body: bytes, kind: str) -> Non
         assert status == 200
 
 
+@pytest.mark.timeout(30)
+async def test_body_less_requests_one_after_another_are_each_answered() -> None:
+    # aiohttp hands every body-less request the same shared reader, whose
+    # readchunk() says "end of a chunk" for ever once it was read once: a read
+    # loop that takes that for "more may follow" spins the event loop, and the
+    # whole gateway with it (found by the hostile property test).
+    async with serving() as served:
+        for _ in range(3):
+            status, _, reply = await asyncio.wait_for(request("POST", served.url(), data=b""), 5)
+            assert (status, reply["error"]) == (400, "empty_body")
+        status, _, _ = await request("POST", served.url(), data=plate_body())
+        assert status == 200
+        assert served.count("lpr_parse_errors_total", source="http", kind="empty_body") == 3
+
+
 async def test_garbage_bodies_never_get_a_500() -> None:
     rng = random.Random(7)
     good = plate_body(plate_image="data:image/jpeg;base64,QUJD", speed="-", confidence="93")
