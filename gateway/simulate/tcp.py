@@ -106,6 +106,10 @@ class TcpCameraSimulator:
         self._random = random.Random(seed)
         self._server: asyncio.Server | None = None
         self._sessions: set[_Session] = set()
+        # The connections' tasks, so that stop() ends them: one still running when
+        # the loop closes is cancelled there, and Python 3.11's start_server
+        # callback logs the cancel as an error (a traceback per camera at exit).
+        self._serving: set[asyncio.Task[None]] = set()
         self._pusher: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
         self.done = asyncio.Event()  # set once `count` reads were sent
@@ -140,6 +144,9 @@ class TcpCameraSimulator:
             self._server.close()
         for session in list(self._sessions):
             session.writer.close()
+        if self._serving:
+            # Each ends on its closed connection (or a login still waiting times out).
+            await asyncio.wait(set(self._serving), timeout=LOGIN_TIMEOUT_SECONDS)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):
@@ -294,6 +301,10 @@ class TcpCameraSimulator:
     # -- one connection ----------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._serving.add(task)
+        task.add_done_callback(self._serving.discard)
         peer = str(writer.get_extra_info("peername"))
         session = _Session(writer, peer)
         self.connections += 1

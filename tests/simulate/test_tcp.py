@@ -192,6 +192,22 @@ async def test_stop_closes_sessions() -> None:
         await Client.connect(port)
 
 
+async def test_stop_ends_every_connection_task() -> None:
+    # A connection task left running is cancelled when the loop closes, and
+    # Python 3.11's start_server callback logs that cancel with a traceback.
+    sim = TcpCameraSimulator(seed=9)
+    port = await sim.start()
+    logged_in = await Client.connect(port)
+    await logged_in.next_frame()
+    _, silent = await asyncio.open_connection("127.0.0.1", port)  # never logs in
+    await asyncio.sleep(0.05)
+    await sim.stop()
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert others == []
+    logged_in.close()
+    silent.close()
+
+
 def test_main_runs_until_count(capsys: pytest.CaptureFixture[str]) -> None:
     from gateway.broker import free_port
 
