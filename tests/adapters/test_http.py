@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -426,6 +427,37 @@ async def test_declared_oversize_body_is_413() -> None:
         status, _, reply = await request("POST", served.url(), data=b"x" * 10_001)
         assert status == 413 and "10000" in reply["error"]
         assert served.count("lpr_parse_errors_total", source="http", kind="too_large") == 1
+
+
+async def test_gzip_body_is_read_decompressed() -> None:
+    body = plate_body(region="KR")
+    async with serving(max_body_bytes=10_000) as served:
+        status, _, _ = await request(
+            "POST",
+            served.url(),
+            data=gzip.compress(body),
+            headers={"Content-Encoding": "gzip"},
+        )
+        assert status == 200
+        (event,) = served.intake.events
+        assert isinstance(event, PlateEvent) and event.region == "KR"
+
+
+async def test_gzip_bomb_is_413_on_its_decompressed_size() -> None:
+    # 64 MB of zeros is ~64 KB compressed: under the limit on the wire, and the
+    # limit is on what it decompresses to.
+    bomb = gzip.compress(b"\0" * 64_000_000, compresslevel=9)
+    limit = 1_000_000
+    assert len(bomb) < limit
+    async with serving(max_body_bytes=limit) as served:
+        status, _, reply = await request(
+            "POST", served.url(), data=bomb, headers={"Content-Encoding": "gzip"}
+        )
+        assert status == 413 and str(limit) in reply["error"]
+        assert served.count("lpr_parse_errors_total", source="http", kind="too_large") == 1
+        assert served.intake.events == []
+        status, _, _ = await request("POST", served.url(), data=plate_body())
+        assert status == 200
 
 
 async def raw_http(port: int, head: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
