@@ -154,3 +154,38 @@ async def test_a_connect_cancelled_as_the_connack_lands_is_cancelled(
         await asyncio.wait_for(connecting[0], 10)
     assert connecting[0].cancelled()
     assert not link.is_open  # and the half-made connection was let go
+
+
+async def test_a_connect_cancelled_while_its_socket_opens_closes_that_socket() -> None:
+    """paho's connect() runs in a thread that a cancel cannot stop: it still
+    opens the socket and queues CONNECT. That socket must be closed once the
+    thread is done, not left open (and watched by the loop) on a connection
+    nobody holds until the client is collected. The listener stands for a
+    broker that has not answered yet: it sees the connection, then its close."""
+    accepted = asyncio.Event()
+    closed = asyncio.Event()
+
+    async def broker_that_never_answers(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        accepted.set()
+        while await reader.read(1024):  # CONNECT, if it went out before the close
+            pass
+        closed.set()
+        writer.close()
+
+    server = await asyncio.start_server(broker_that_never_answers, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        link = link_to(f"mqtt://127.0.0.1:{port}")
+        connecting = asyncio.create_task(link.connect())
+        await asyncio.sleep(0)  # in the executor now, opening the socket
+        connecting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await connecting
+        await asyncio.wait_for(closed.wait(), 10)
+        assert accepted.is_set()
+        assert not link.is_open
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -168,6 +168,17 @@ class _Connection:
         self.resolve_closed()
 
 
+def _abandon(connection: _Connection, opening: asyncio.Future[Any]) -> None:
+    """A connection whose `connect` was cancelled, once paho's connect() has
+    returned in its thread: unwatched and its socket closed."""
+    if not opening.cancelled():
+        opening.exception()  # retrieved: a connect that failed opened nothing
+    connection.close()
+    sock = connection.client.socket()
+    if sock is not None:
+        sock.close()
+
+
 class MqttLink:
     """The connection to the broker, one at a time; subscriptions outlive each one."""
 
@@ -226,9 +237,17 @@ class MqttLink:
             connection = _Connection(client, self._acked, self._dispatch_message)
             # connect() resolves, opens the TCP (and TLS) connection and queues
             # CONNECT: blocking work, so off the loop.
-            await asyncio.get_running_loop().run_in_executor(
+            opening = asyncio.get_running_loop().run_in_executor(
                 None, client.connect, host, port, self.mqtt.keepalive_seconds
             )
+            try:
+                await asyncio.shield(opening)
+            except asyncio.CancelledError:
+                # The thread cannot be stopped: it goes on to open a socket
+                # whose hooks have this loop watch it, on a connection nobody
+                # holds. Close it once the thread is done.
+                opening.add_done_callback(lambda _: _abandon(connection, opening))
+                raise
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise BrokerError(str(exc) or type(exc).__name__) from exc
         self._connection = connection
