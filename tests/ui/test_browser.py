@@ -37,6 +37,7 @@ try:
         NoAlertPresentException,
         NoSuchElementException,
         StaleElementReferenceException,
+        WebDriverException,
     )
     from selenium.webdriver import Chrome as WebDriver
     from selenium.webdriver.common.by import By
@@ -53,6 +54,17 @@ PAGE_SECONDS = 30.0
 LIVE_SECONDS = 2.0
 
 T = TypeVar("T")
+
+# How chromedriver words a command cut short by the page being replaced under
+# it (the cameras and health pages reload themselves every 10 s), besides
+# StaleElementReferenceException: seen in CI ("Node with given id does not
+# belong to the document", between find_element and .text) and in a probe of
+# a reloading page ("aborted by navigation").
+PAGE_REPLACED_MESSAGES = (
+    "does not belong to the document",
+    "aborted by navigation",
+    "Cannot find context with specified id",
+)
 
 
 def basic(user: str, password: str) -> str:
@@ -125,10 +137,18 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float = PAGE_SEC
             result = check()
         except (NoSuchElementException, StaleElementReferenceException):
             result = None  # the page is being replaced (after a click)
+        except WebDriverException as error:
+            if not page_replaced(error):
+                raise
+            result = None
         if result:
             return result
         assert time.monotonic() < deadline, f"{what}: not seen in {timeout} s"
         time.sleep(0.05)
+
+
+def page_replaced(error: WebDriverException) -> bool:
+    return any(message in (error.msg or "") for message in PAGE_REPLACED_MESSAGES)
 
 
 def click(driver: WebDriver, find: Callable[[], WebElement]) -> None:
