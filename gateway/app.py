@@ -168,6 +168,7 @@ class Gateway:
             await loop.run_in_executor(self._executor, self.outbox.open)
         except OutboxOpenError as exc:
             raise StartupError(str(exc)) from exc
+        await self._retire_removed_cameras()
         self.metrics.outbox_depth.set(self.outbox.pending_events)
         self.metrics.outbox_bytes.set(self.outbox.pending_bytes)
         self.metrics.outbox_dead_letters.set(self.outbox.dead_letter_events)
@@ -254,6 +255,25 @@ class Gateway:
             self.config.outbox.path,
             f"on :{self.metrics_port}" if self.metrics_port else "off",
         )
+
+    async def _retire_removed_cameras(self) -> None:
+        """A camera gone from the config leaves nothing behind on the broker: its
+        retained topics (images, `last`, availability...) are cleared once what
+        it sent before is delivered, and no longer re-sent on every connect."""
+        loop = asyncio.get_running_loop()
+        retired = await loop.run_in_executor(
+            self._executor,
+            self.outbox.retire_cameras,
+            self.config.mqtt.base_topic,
+            [camera.id for camera in self.config.cameras],
+        )
+        for camera, count in retired.items():
+            log.info(
+                "camera %s is no longer configured: clearing its %d retained topics on the "
+                "broker, after anything of it still waiting in the outbox",
+                camera,
+                count,
+            )
 
     async def _load_runtime_state(self) -> set[str]:
         """Open the runtime store: its known plates go into the table reads are

@@ -263,3 +263,110 @@ def test_state_messages_saved_together_keep_their_order_and_clearing(tmp_path: P
         }
     finally:
         outbox.close()
+
+
+def camera_read(camera: str, n: int) -> EventDraft:
+    """One read of `camera` as the pipeline stores it: a picture in the blob
+    log, `last` inline, the event itself not retained."""
+    return EventDraft(
+        f"{camera}-{n}",
+        camera,
+        (
+            MessageDraft(f"lpr/{camera}/image/scene", bytes([n]) * 20_000, True),
+            MessageDraft(f"lpr/{camera}/event", b'{"n": %d}' % n, False),
+            MessageDraft(f"lpr/{camera}/last", b'{"n": %d}' % n, True),
+        ),
+        float(n),
+    )
+
+
+def test_a_retired_cameras_retained_topics_are_cleared_behind_what_of_it_waits(
+    tmp_path: Path,
+) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3", max_bytes=10_000_000)
+    outbox.open()
+    try:
+        _, delivered = outbox.append_batch(
+            [camera_read("gate", 1), camera_read("old", 1), camera_read("old_b", 1)]
+        )
+        outbox.acknowledge(delivered)
+        outbox.save_retained_states(
+            [
+                ("lpr/gate/availability", b"online"),
+                ("lpr/old/availability", b"online"),
+                ("lpr/old/enabled", b"ON"),
+                ("lpr/bridge/info", b"{}"),
+                ("homeassistant/sensor/lpr/old_plate/config", b"{}"),  # the discovery's own
+            ]
+        )
+        _, waiting = outbox.append_batch([camera_read("old", 2)])  # not yet delivered
+        events_before = outbox.pending_events
+
+        queued = outbox.retire_cameras("lpr", ["gate", "old_b"])
+
+        assert queued == {"old": 4}
+        pending = outbox.read_after(0, 100)
+        assert [m.seq for m in pending[:3]] == [m.seq for m in waiting]  # its last read first
+        clears = pending[3:]
+        assert {m.topic for m in clears} == {
+            "lpr/old/image/scene",
+            "lpr/old/last",
+            "lpr/old/availability",
+            "lpr/old/enabled",
+        }
+        assert all(m.retain and m.payload == b"" and m.camera == "old" for m in clears)
+        assert not any(m.last_of_event for m in clears)  # no event: not counted as one
+        assert outbox.pending_events == events_before
+        # Its kept copy is no longer re-sent on connect; the others' is.
+        assert outbox.load_retained_state() == {
+            "lpr/gate/availability": b"online",
+            "lpr/bridge/info": b"{}",
+            "homeassistant/sensor/lpr/old_plate/config": b"{}",
+        }
+        kept = {topic for _, topic, _ in outbox.retained_rows_after(0, 100)}
+        assert kept == {
+            "lpr/gate/image/scene",
+            "lpr/gate/last",
+            "lpr/old_b/image/scene",
+            "lpr/old_b/last",
+        }
+        # A restart before the broker took them queues nothing twice.
+        assert outbox.retire_cameras("lpr", ["gate", "old_b"]) == {}
+        assert len(outbox.read_after(0, 100)) == len(pending)
+
+        # Delivered, in one batch or row by row: nothing of the camera is left.
+        outbox.acknowledge(pending[:2])
+        outbox.acknowledge(pending[2:])
+        rows = outbox.db.execute("SELECT COUNT(*) FROM message WHERE camera = 'old'").fetchone()
+        assert rows == (0,)
+        kept = {topic for _, topic, _ in outbox.retained_rows_after(0, 100)}
+        assert not any(topic.startswith("lpr/old/") for topic in kept)
+        assert outbox.pending_bytes == 0
+        assert outbox.retire_cameras("lpr", ["gate", "old_b"]) == {}
+    finally:
+        outbox.close()
+
+
+def test_retiring_survives_a_restart_before_the_clears_are_delivered(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    outbox = Outbox(path, max_bytes=10_000_000)
+    outbox.open()
+    try:
+        _, delivered = outbox.append_batch([camera_read("old", 1)])
+        outbox.acknowledge(delivered)
+        assert outbox.retire_cameras("lpr", []) == {"old": 2}
+    finally:
+        outbox.close()
+    again = Outbox(path, max_bytes=10_000_000)
+    again.open()
+    try:
+        assert again.retire_cameras("lpr", []) == {}
+        clears = again.read_after(0, 100)
+        assert sorted(m.topic for m in clears) == ["lpr/old/image/scene", "lpr/old/last"]
+        assert again.retained_rows_after(0, 100) == []
+        # The camera comes back before they went out: its clears go first, then its reads.
+        _, new = again.append_batch([camera_read("old", 2)])
+        assert again.retire_cameras("lpr", ["old"]) == {}
+        assert [m.seq for m in again.read_after(0, 100)] == [m.seq for m in clears + new]
+    finally:
+        again.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -10,8 +11,9 @@ from pathlib import Path
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
 from gateway.event import Image, PlateEvent, Source, utc_now
+from gateway.outbox import Outbox
 from gateway.simulate.common import PlateGenerator
-from tests.helpers import MqttCollector, Received, gateway_config, sample
+from tests.helpers import MqttCollector, Received, free_port, gateway_config, sample
 
 CAMERAS = [{"id": "gate", "protocol": "http"}]  # HTTP: "online" while the gateway listens
 RETAINED = (
@@ -163,3 +165,69 @@ async def test_copy_survives_a_gateway_restart_then_an_empty_broker(
     assert retained["lpr/gate/last"].json()["id"] == event.id
     assert retained["lpr/gate/availability"].payload == b"online"
     assert any(m.topic.endswith("/config") for m in discovery.messages)
+
+
+def read_of(camera: str, generator: PlateGenerator) -> PlateEvent:
+    event = read(generator)
+    return dataclasses.replace(event, camera=camera)
+
+
+async def test_a_camera_removed_from_the_config_leaves_nothing_retained(
+    mqtt_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    """Its read accepted while the broker was away still goes out, then its
+    retained topics are emptied on the broker, and its kept copy is never
+    re-sent, not even to a broker that lost everything."""
+    both = [*CAMERAS, {"id": "old", "protocol": "http"}]
+    generator = PlateGenerator(24)
+    async with Gateway(gateway_config(mqtt_broker.url, tmp_path, cameras=both)) as gw:
+        await until_connected(gw)
+        for camera in ("gate", "old"):
+            assert (await gw.submit(read_of(camera, generator))).taken
+        with MqttCollector(mqtt_broker.host, mqtt_broker.port) as sub:
+            await sub.until(
+                lambda msgs: {"lpr/gate/last", "lpr/old/last"} <= {m.topic for m in msgs}
+            )
+    # The broker out of reach: the camera's last read waits in the outbox.
+    unreachable = f"mqtt://127.0.0.1:{free_port()}"
+    last_read = read_of("old", generator)
+    async with Gateway(gateway_config(unreachable, tmp_path, cameras=both)) as gw:
+        assert (await gw.submit(last_read)).taken
+    old_retained = {
+        "lpr/old/availability",
+        "lpr/old/image/plate",
+        "lpr/old/image/scene",
+        "lpr/old/last",
+    }
+
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port) as sub:
+        async with Gateway(gateway_config(mqtt_broker.url, tmp_path, cameras=CAMERAS)) as gw:
+            await until_connected(gw)
+            seen = await sub.until(
+                lambda msgs: {m.topic for m in msgs if not m.payload} >= old_retained
+            )
+            retained = await asyncio.to_thread(retained_now, mqtt_broker)
+            assert not any(topic.startswith("lpr/old/") for topic in retained)
+            await restart_without_persistence(mqtt_broker, gw)
+            await until_connected(gw)
+            retained = await asyncio.to_thread(retained_now, mqtt_broker)
+            assert not any(topic.startswith("lpr/old/") for topic in retained)
+            assert set(RETAINED) <= set(retained)  # the camera still configured keeps its own
+    # Its last read went out before its topics were emptied.
+    event_at = next(
+        i
+        for i, m in enumerate(seen)
+        if m.topic == "lpr/old/event" and m.json()["id"] == last_read.id
+    )
+    cleared_at = [i for i, m in enumerate(seen) if m.topic in old_retained and not m.payload]
+    assert len(cleared_at) == len(old_retained)
+    assert event_at < min(cleared_at)
+    outbox = Outbox(tmp_path / "outbox.sqlite3", max_bytes=10_000_000)
+    outbox.open()
+    try:
+        assert outbox.db.execute(
+            "SELECT COUNT(*) FROM message WHERE camera = 'old'"
+        ).fetchone() == (0,)
+        assert not [k for k in outbox.load_retained_state() if k.startswith("lpr/old/")]
+    finally:
+        outbox.close()
