@@ -405,7 +405,10 @@ async def test_a_lost_segment_is_a_dead_letter_and_everything_else_is_published(
     outbox.close()
     os.unlink(path.with_name(path.name + "-blobs") / f"{lost:08d}.blob")
 
-    config = gateway_config(mqtt_broker.url, tmp_path)
+    # The cameras still configured: a camera gone from the config has its
+    # retained topics emptied behind its backlog.
+    cameras = [{"id": "a", "protocol": "http"}, {"id": "b", "protocol": "http"}]
+    config = gateway_config(mqtt_broker.url, tmp_path, cameras=cameras)
     topics = ("lpr/+/event", "lpr/+/image/scene")
     with MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=topics) as sub:
         async with Gateway(config) as gw:
