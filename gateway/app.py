@@ -46,6 +46,7 @@ from gateway.pipeline import Admission, Pipeline
 from gateway.publisher import BrokerBackoff, MqttPublisher
 from gateway.runtime import RuntimeControl
 from gateway.runtime_store import RuntimeStore, store_path
+from gateway.topics import Topics, retired_topic
 
 if TYPE_CHECKING:
     from gateway.ui import WebUi
@@ -168,7 +169,7 @@ class Gateway:
             await loop.run_in_executor(self._executor, self.outbox.open)
         except OutboxOpenError as exc:
             raise StartupError(str(exc)) from exc
-        await self._retire_removed_cameras()
+        await self._retire_topics_no_longer_published()
         self.metrics.outbox_depth.set(self.outbox.pending_events)
         self.metrics.outbox_bytes.set(self.outbox.pending_bytes)
         self.metrics.outbox_dead_letters.set(self.outbox.dead_letter_events)
@@ -256,23 +257,28 @@ class Gateway:
             f"on :{self.metrics_port}" if self.metrics_port else "off",
         )
 
-    async def _retire_removed_cameras(self) -> None:
-        """A camera gone from the config leaves nothing behind on the broker: its
-        retained topics (images, `last`, availability...) are cleared once what
-        it sent before is delivered, and no longer re-sent on every connect."""
+    async def _retire_topics_no_longer_published(self) -> None:
+        """What the gateway publishes no more leaves nothing behind on the broker:
+        the retained topics of a camera gone from the config (images, `last`,
+        availability...), of an earlier base topic, of Home Assistant discovery
+        switched off are emptied once what waits before them is delivered, and
+        no longer re-sent on every connect."""
         loop = asyncio.get_running_loop()
-        retired = await loop.run_in_executor(
-            self._executor,
-            self.outbox.retire_cameras,
-            self.config.mqtt.base_topic,
-            [camera.id for camera in self.config.cameras],
+        cameras = {camera.id for camera in self.config.cameras}
+        discovery = self.config.homeassistant
+        stale = functools.partial(
+            retired_topic,
+            topics=Topics(self.config.mqtt.base_topic),
+            cameras=cameras,
+            discovery_prefix=discovery.discovery_prefix,
+            discovery_on=discovery.enabled,
         )
-        for camera, count in retired.items():
+        retired = await loop.run_in_executor(self._executor, self.outbox.retire_topics, stale)
+        for reason, count in retired.items():
             log.info(
-                "camera %s is no longer configured: clearing its %d retained topics on the "
-                "broker, after anything of it still waiting in the outbox",
-                camera,
+                "clearing %d retained topics on the broker, after what waits in the outbox: %s",
                 count,
+                reason,
             )
 
     async def _load_runtime_state(self) -> set[str]:

@@ -28,12 +28,12 @@ in `retained` directly. A gateway restart followed by a broker that lost its
 retained messages can so republish them all without a second copy of any
 image ever being written.
 
-Retired cameras: a camera no longer in the config would keep all of that
-forever (its images, `last`, availability: re-sent on every connect, its
-pictures held in the blob log). `retire_cameras` queues an empty retained
-message for each of its retained topics, behind whatever of it still waits,
-and forgets its kept copy; an acknowledged empty retained message leaves no
-row behind (the broker holds nothing there any more).
+Retained topics no longer published (a camera removed from the config, a
+new base topic, Home Assistant switched off) would be kept for ever: re-sent
+on every connect, their pictures held in the blob log. `retire_topics`
+queues an empty retained message for each, behind whatever still waits, and
+forgets its kept copy; an acknowledged empty retained message leaves no row
+behind (the broker holds nothing there any more).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -613,62 +613,43 @@ class Outbox:
         if self._writable and time.monotonic() >= self._next_collect:
             self.collect_segments()
 
-    # -- retired cameras --------------------------------------------------------
+    # -- retained topics no longer published ---------------------------------------
 
-    def retire_cameras(self, base_topic: str, cameras: Collection[str]) -> dict[str, int]:
-        """Clear the retained topics of every camera not in `cameras` (the config's):
-        an empty retained message per topic, queued behind what of that camera
-        still waits (so its last reads reach subscribers first), and its kept
-        copy forgotten (no longer re-sent on connect). Returns camera → topics
-        queued. Run again (a restart before the broker took them), it queues
-        nothing twice.
-
-        The topics are those this outbox knows: the kept and pending retained
-        rows of the camera, and the state messages under `<base>/<camera>/`
-        (availability, `enabled`). Home Assistant's discovery configs are the
-        discovery's own (`Discovery.publish_all` empties them).
+    def retire_topics(self, stale: Callable[[str], str | None]) -> dict[str, int]:
+        """Clear every retained topic of the kept copy (and of the rows still
+        waiting) that `stale` names a reason for: an empty retained message per
+        topic, queued behind every row waiting (so what was accepted before, a
+        removed camera's last reads say, reaches subscribers first), and the
+        kept copy forgotten (no longer re-sent on connect). Returns reason →
+        topics queued. Run again (a restart before the broker took them), it
+        queues nothing twice.
         """
-        configured = set(cameras)
-        # camera → its retained topics; `cleared`: a clear for the topic is queued already
-        topics: dict[str, set[str]] = {}
-        cleared: set[str] = set()
-        # Newest first, pending and kept rows alike: the newest row of a topic
-        # says whether a clear is the last word on it.
+        # reason → topics to clear; a topic whose newest row is a clear is cleared already
+        retired: dict[str, list[str]] = {}
+        seen: set[str] = set()
         rows = self.db.execute(
-            "SELECT camera, topic, length(payload) = 0 AND blob_size IS NULL FROM message"
+            "SELECT topic, length(payload) = 0 AND blob_size IS NULL FROM message"
             " WHERE retain = 1 ORDER BY seq DESC"
         )
-        seen: set[str] = set()
-        for camera, topic, is_clear in rows:
-            if camera in configured or topic in seen:
+        states = self.db.execute("SELECT topic, 0 FROM retained WHERE seq IS NULL ORDER BY rowid")
+        for topic, is_clear in [*rows, *states]:
+            if topic in seen:
                 continue
             seen.add(topic)
-            topics.setdefault(camera, set()).add(topic)
-            if is_clear:
-                cleared.add(topic)
-        prefix = f"{base_topic}/"
-        states = self.db.execute("SELECT topic FROM retained WHERE seq IS NULL")
-        for (topic,) in states:
-            if not topic.startswith(prefix):
-                continue
-            camera = topic[len(prefix) :].split("/", 1)[0]
-            if camera and camera != "bridge" and camera not in configured:
-                topics.setdefault(camera, set()).add(topic)
-        queued: dict[str, int] = {}
+            reason = stale(topic)
+            if reason is not None and not is_clear:
+                retired.setdefault(reason, []).append(topic)
         now = time.time()
         with self._transaction():
-            for camera in sorted(topics):
-                for topic in sorted(topics[camera]):
-                    if topic in cleared:
-                        continue
+            for reason, topics in retired.items():
+                for topic in topics:
                     self._forget_retained(topic)
                     self.db.execute(
                         "INSERT INTO message (event_id, camera, topic, payload, retain,"
-                        " last_of_event, accepted_at) VALUES (?, ?, ?, x'', 1, 0, ?)",
-                        (f"retired:{camera}", camera, topic, now),
+                        " last_of_event, accepted_at) VALUES (?, '', ?, x'', 1, 0, ?)",
+                        (f"retired: {reason}", topic, now),
                     )
-                    queued[camera] = queued.get(camera, 0) + 1
-        return queued
+        return {reason: len(topics) for reason, topics in retired.items()}
 
     # -- retained state -------------------------------------------------------
 

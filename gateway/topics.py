@@ -14,6 +14,7 @@ import functools
 import hashlib
 import re
 import unicodedata
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -202,6 +203,37 @@ class Topics:
         topics can meet these whatever the name.
         """
         return f"{self.base}/bridge/last_seen/{known_name_slug(name)}"
+
+
+def retired_topic(
+    topic: str,
+    topics: Topics,
+    cameras: Collection[str],
+    discovery_prefix: str,
+    discovery_on: bool,
+) -> str | None:
+    """Why the gateway, as configured now, publishes the retained `topic` it
+    once did no more (None: it still does). The retained copy is the judge of
+    nothing else: it only holds what this gateway published.
+
+    Home Assistant's configs for cameras and names are the discovery's own to
+    empty while discovery is on (it keeps the list of what it announced).
+    """
+    if topic.startswith(f"{discovery_prefix}/"):
+        return None if discovery_on else "Home Assistant discovery is off"
+    base = f"{topics.base}/"
+    if not topic.startswith(base):
+        return "it is not under the base topic (mqtt.base_topic changed)"
+    level, _, rest = topic[len(base) :].partition("/")
+    if level == "bridge":
+        if not discovery_on and rest.startswith("last_seen/"):
+            return "Home Assistant discovery is off"
+        return None
+    if level not in cameras:
+        return f"camera {level} is no longer configured"
+    if not discovery_on and rest in ("presence", "enabled"):
+        return "Home Assistant discovery is off"
+    return None
 
 
 def known_name_slug(name: str) -> str:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -18,6 +20,7 @@ from gateway.config import OutboxSync
 from gateway.event import Image, PlateEvent, Source, utc_now
 from gateway.outbox import WAL_LIMIT_BYTES, EventDraft, MessageDraft, Outbox
 from gateway.pipeline import Admission
+from gateway.topics import Topics, retired_topic
 from tests.helpers import MqttCollector, Received, free_port, gateway_config, sample
 
 CAMERAS = ("cam_a", "cam_b", "cam_c")
@@ -265,29 +268,41 @@ def test_state_messages_saved_together_keep_their_order_and_clearing(tmp_path: P
         outbox.close()
 
 
-def camera_read(camera: str, n: int) -> EventDraft:
+def camera_read(camera: str, n: int, known: str | None = None) -> EventDraft:
     """One read of `camera` as the pipeline stores it: a picture in the blob
-    log, `last` inline, the event itself not retained."""
-    return EventDraft(
-        f"{camera}-{n}",
-        camera,
-        (
-            MessageDraft(f"lpr/{camera}/image/scene", bytes([n]) * 20_000, True),
-            MessageDraft(f"lpr/{camera}/event", b'{"n": %d}' % n, False),
-            MessageDraft(f"lpr/{camera}/last", b'{"n": %d}' % n, True),
-        ),
-        float(n),
+    log, `last` inline, the event itself not retained; a known plate's read
+    also sets its name's "last seen" (a bridge topic)."""
+    messages = [
+        MessageDraft(f"lpr/{camera}/image/scene", bytes([n]) * 20_000, True),
+        MessageDraft(f"lpr/{camera}/event", b'{"n": %d}' % n, False),
+        MessageDraft(f"lpr/{camera}/last", b'{"n": %d}' % n, True),
+    ]
+    if known is not None:
+        messages.append(MessageDraft(f"lpr/bridge/last_seen/{known}", b"{}", True))
+    return EventDraft(f"{camera}-{n}", camera, tuple(messages), float(n))
+
+
+def stale_for(
+    *cameras: str, base: str = "lpr", discovery_on: bool = True
+) -> Callable[[str], str | None]:
+    """The gateway's judge of what it publishes no more, for this config."""
+    return functools.partial(
+        retired_topic,
+        topics=Topics(base),
+        cameras=cameras,
+        discovery_prefix="homeassistant",
+        discovery_on=discovery_on,
     )
 
 
-def test_a_retired_cameras_retained_topics_are_cleared_behind_what_of_it_waits(
+def test_a_retired_cameras_retained_topics_are_cleared_behind_what_waits(
     tmp_path: Path,
 ) -> None:
     outbox = Outbox(tmp_path / "o.sqlite3", max_bytes=10_000_000)
     outbox.open()
     try:
         _, delivered = outbox.append_batch(
-            [camera_read("gate", 1), camera_read("old", 1), camera_read("old_b", 1)]
+            [camera_read("gate", 1), camera_read("old", 1, known="alice"), camera_read("old_b", 1)]
         )
         outbox.acknowledge(delivered)
         outbox.save_retained_states(
@@ -302,9 +317,9 @@ def test_a_retired_cameras_retained_topics_are_cleared_behind_what_of_it_waits(
         _, waiting = outbox.append_batch([camera_read("old", 2)])  # not yet delivered
         events_before = outbox.pending_events
 
-        queued = outbox.retire_cameras("lpr", ["gate", "old_b"])
+        queued = outbox.retire_topics(stale_for("gate", "old_b"))
 
-        assert queued == {"old": 4}
+        assert queued == {"camera old is no longer configured": 4}
         pending = outbox.read_after(0, 100)
         assert [m.seq for m in pending[:3]] == [m.seq for m in waiting]  # its last read first
         clears = pending[3:]
@@ -314,10 +329,11 @@ def test_a_retired_cameras_retained_topics_are_cleared_behind_what_of_it_waits(
             "lpr/old/availability",
             "lpr/old/enabled",
         }
-        assert all(m.retain and m.payload == b"" and m.camera == "old" for m in clears)
+        assert all(m.retain and m.payload == b"" for m in clears)
         assert not any(m.last_of_event for m in clears)  # no event: not counted as one
         assert outbox.pending_events == events_before
-        # Its kept copy is no longer re-sent on connect; the others' is.
+        # Its kept copy is no longer re-sent on connect; the rest is, its
+        # reads' "last seen" of a known name too (the name's, not the camera's).
         assert outbox.load_retained_state() == {
             "lpr/gate/availability": b"online",
             "lpr/bridge/info": b"{}",
@@ -329,20 +345,46 @@ def test_a_retired_cameras_retained_topics_are_cleared_behind_what_of_it_waits(
             "lpr/gate/last",
             "lpr/old_b/image/scene",
             "lpr/old_b/last",
+            "lpr/bridge/last_seen/alice",
         }
         # A restart before the broker took them queues nothing twice.
-        assert outbox.retire_cameras("lpr", ["gate", "old_b"]) == {}
+        assert outbox.retire_topics(stale_for("gate", "old_b")) == {}
         assert len(outbox.read_after(0, 100)) == len(pending)
 
         # Delivered, in one batch or row by row: nothing of the camera is left.
         outbox.acknowledge(pending[:2])
         outbox.acknowledge(pending[2:])
-        rows = outbox.db.execute("SELECT COUNT(*) FROM message WHERE camera = 'old'").fetchone()
-        assert rows == (0,)
+        rows = outbox.db.execute("SELECT COUNT(*) FROM message WHERE topic LIKE 'lpr/old/%'")
+        assert rows.fetchone() == (0,)
         kept = {topic for _, topic, _ in outbox.retained_rows_after(0, 100)}
         assert not any(topic.startswith("lpr/old/") for topic in kept)
         assert outbox.pending_bytes == 0
-        assert outbox.retire_cameras("lpr", ["gate", "old_b"]) == {}
+        assert outbox.retire_topics(stale_for("gate", "old_b")) == {}
+    finally:
+        outbox.close()
+
+
+def test_a_new_base_topic_or_discovery_off_retires_what_they_made(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3", max_bytes=10_000_000)
+    outbox.open()
+    try:
+        _, delivered = outbox.append_batch([camera_read("gate", 1, known="alice")])
+        outbox.acknowledge(delivered)
+        outbox.save_retained_states(
+            [
+                ("lpr/gate/presence", b"{}"),
+                ("homeassistant/sensor/lpr/gate_plate/config", b"{}"),
+                ("lpr/bridge/state", b"offline"),
+            ]
+        )
+        assert outbox.retire_topics(stale_for("gate", discovery_on=False)) == {
+            "Home Assistant discovery is off": 3  # last seen, presence, the config
+        }
+        moved = outbox.retire_topics(stale_for("gate", base="site1/lpr"))
+        # images, last, bridge state (the clears queued above are cleared already)
+        assert moved == {"it is not under the base topic (mqtt.base_topic changed)": 3}
+        assert outbox.retained_rows_after(0, 100) == []
+        assert outbox.load_retained_state() == {}
     finally:
         outbox.close()
 
@@ -354,19 +396,19 @@ def test_retiring_survives_a_restart_before_the_clears_are_delivered(tmp_path: P
     try:
         _, delivered = outbox.append_batch([camera_read("old", 1)])
         outbox.acknowledge(delivered)
-        assert outbox.retire_cameras("lpr", []) == {"old": 2}
+        assert outbox.retire_topics(stale_for()) == {"camera old is no longer configured": 2}
     finally:
         outbox.close()
     again = Outbox(path, max_bytes=10_000_000)
     again.open()
     try:
-        assert again.retire_cameras("lpr", []) == {}
+        assert again.retire_topics(stale_for()) == {}
         clears = again.read_after(0, 100)
         assert sorted(m.topic for m in clears) == ["lpr/old/image/scene", "lpr/old/last"]
         assert again.retained_rows_after(0, 100) == []
         # The camera comes back before they went out: its clears go first, then its reads.
         _, new = again.append_batch([camera_read("old", 2)])
-        assert again.retire_cameras("lpr", ["old"]) == {}
+        assert again.retire_topics(stale_for("old")) == {}
         assert [m.seq for m in again.read_after(0, 100)] == [m.seq for m in clears + new]
     finally:
         again.close()

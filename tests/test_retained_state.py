@@ -225,9 +225,33 @@ async def test_a_camera_removed_from_the_config_leaves_nothing_retained(
     outbox = Outbox(tmp_path / "outbox.sqlite3", max_bytes=10_000_000)
     outbox.open()
     try:
-        assert outbox.db.execute(
-            "SELECT COUNT(*) FROM message WHERE camera = 'old'"
-        ).fetchone() == (0,)
+        left = outbox.db.execute("SELECT COUNT(*) FROM message WHERE topic LIKE 'lpr/old/%'")
+        assert left.fetchone() == (0,)
         assert not [k for k in outbox.load_retained_state() if k.startswith("lpr/old/")]
     finally:
         outbox.close()
+
+
+async def test_home_assistant_switched_off_loses_its_entities(
+    mqtt_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    """Discovery turned off in the config: its configs are emptied on the broker
+    (Home Assistant removes the devices) instead of re-sent on every connect."""
+    on = gateway_config(mqtt_broker.url, tmp_path, cameras=CAMERAS, homeassistant={"enabled": True})
+    async with Gateway(on) as gw:
+        await until_connected(gw)
+        with MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=("homeassistant/#",)) as sub:
+            announced = await sub.until(lambda msgs: len({m.topic for m in msgs}) >= 5)
+    configs = {m.topic for m in announced if m.payload}
+    off = gateway_config(mqtt_broker.url, tmp_path, cameras=CAMERAS)
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=("homeassistant/#",)) as sub:
+        async with Gateway(off) as gw:
+            await until_connected(gw)
+            await sub.until(lambda msgs: {m.topic for m in msgs if not m.payload} >= configs)
+    # One SUBSCRIBE: the broker sends its retained messages filter by filter,
+    # so once `lpr/#`'s are in, any of `homeassistant/#` would be too.
+    with MqttCollector(
+        mqtt_broker.host, mqtt_broker.port, topics=("homeassistant/#", "lpr/#")
+    ) as late:
+        late.wait_for(lambda msgs: "lpr/gate/availability" in {m.topic for m in msgs if m.retain})
+        assert not [m.topic for m in late.messages if m.topic.startswith("homeassistant/")]

@@ -16,6 +16,7 @@ from gateway.topics import (
     Topics,
     check_topic,
     known_name_slug,
+    retired_topic,
     safe_slug,
     topic_problem,
 )
@@ -137,3 +138,49 @@ def test_a_hostile_camera_event_kind_or_known_name_still_makes_a_valid_topic(kin
 @given(st.text())
 def test_known_name_slug_is_the_known_plates_slug(name: str) -> None:
     assert known_name_slug(name) == topic_slug(name)
+
+
+OFF = "Home Assistant discovery is off"
+GONE = "camera old is no longer configured"
+MOVED = "it is not under the base topic (mqtt.base_topic changed)"
+
+
+@pytest.mark.parametrize(
+    ("topic", "discovery_on", "reason"),
+    [
+        ("lpr/gate/last", True, None),
+        ("lpr/gate/image/snapshot.full_image", True, None),  # a camera event's picture
+        ("lpr/gate/presence", True, None),
+        ("lpr/gate/presence", False, OFF),
+        ("lpr/gate/enabled", False, OFF),
+        ("lpr/gate/availability", False, None),
+        ("lpr/old/last", True, GONE),
+        ("lpr/old/availability", False, GONE),
+        ("lpr/gate_b/last", True, "camera gate_b is no longer configured"),
+        ("lpr/bridge/state", True, None),
+        ("lpr/bridge/last_seen/alice", True, None),  # a name's, whichever camera read it
+        ("lpr/bridge/last_seen/alice", False, OFF),
+        ("homeassistant/sensor/lpr/old_plate/config", True, None),  # the discovery's own
+        ("homeassistant/sensor/lpr/gate_plate/config", False, OFF),
+        ("lprx/gate/last", True, MOVED),
+        ("site/lpr/gate/last", True, MOVED),
+        ("ha/sensor/lpr/gate_plate/config", True, MOVED),  # an earlier discovery prefix
+    ],
+)
+def test_what_the_gateway_publishes_no_more(
+    topic: str, discovery_on: bool, reason: str | None
+) -> None:
+    judged = retired_topic(
+        topic,
+        Topics("lpr"),
+        cameras={"gate"},
+        discovery_prefix="homeassistant",
+        discovery_on=discovery_on,
+    )
+    assert judged == reason
+
+
+def test_a_discovery_prefix_under_the_base_topic_is_not_taken_for_a_camera() -> None:
+    config = "lpr/ha/sensor/lpr/gate_plate/config"
+    assert retired_topic(config, Topics("lpr"), {"gate"}, "lpr/ha", discovery_on=True) is None
+    assert retired_topic("lpr/site/gate/last", Topics("lpr/site"), {"gate"}, "lpr/ha", True) is None
