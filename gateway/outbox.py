@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 import sqlite3
@@ -587,8 +588,8 @@ class Outbox:
                 found += self.db.executemany("DELETE FROM message WHERE seq = ?", gone).rowcount
             for topic, m in newest.items():
                 if not m.payload:
-                    # An empty retained message cleared the topic (a retired
-                    # camera's): nothing of it is kept or re-sent on connect.
+                    # An empty retained message cleared the topic (one the
+                    # config no longer makes): nothing of it is kept or re-sent.
                     found += self.db.execute("DELETE FROM message WHERE seq = ?", (m.seq,)).rowcount
                     self._forget_retained(topic)
                     continue
@@ -632,7 +633,7 @@ class Outbox:
             " WHERE retain = 1 ORDER BY seq DESC"
         )
         states = self.db.execute("SELECT topic, 0 FROM retained WHERE seq IS NULL ORDER BY rowid")
-        for topic, is_clear in [*rows, *states]:
+        for topic, is_clear in itertools.chain(rows, states):
             if topic in seen:
                 continue
             seen.add(topic)

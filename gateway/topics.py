@@ -212,9 +212,9 @@ def retired_topic(
     discovery_prefix: str,
     discovery_on: bool,
 ) -> str | None:
-    """Why the gateway, as configured now, publishes the retained `topic` it
-    once did no more (None: it still does). The retained copy is the judge of
-    nothing else: it only holds what this gateway published.
+    """Why the gateway, as configured now, no longer publishes the retained
+    `topic` it once did (None: it still does). Asked only of topics this
+    gateway published (its outbox's retained copy), never of a broker's.
 
     Home Assistant's configs for cameras and names are the discovery's own to
     empty while discovery is on (it keeps the list of what it announced).
