@@ -6,8 +6,9 @@ fixture, and the session's private RabbitMQ node (`rabbitmq_mqtt`; it boots in
 10-15 s, so one node serves every test and its retained messages are cleared
 after each): events, images retained byte for byte, `last`, availability,
 bridge info, the will when the gateway dies, store-and-forward across a broker
-restart, the retained state published again to a broker that lost it, and Home
-Assistant discovery. The README's broker table says what was verified where.
+restart, the retained state published again to a broker that lost it, Home
+Assistant discovery, and a removed camera's retained topics emptied. The
+README's broker table says what was verified where.
 """
 
 from __future__ import annotations
@@ -311,3 +312,31 @@ async def test_rabbitmq_message_over_its_size_limit_is_set_aside_not_stalling(
             janitor.clear(also=CONTRACT_TOPICS)
     finally:
         node.eval("application:set_env(rabbit, max_message_size, 134217728).")
+
+
+async def test_a_camera_removed_from_the_config_leaves_nothing_retained(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """At the next start its retained topics are emptied (MQTT's empty retained
+    message), which every broker here takes as a deletion."""
+    old = [{"id": "old", "protocol": "http", "path": "/lpr/old"}]
+    old_topics = ("lpr/old/image/plate", "lpr/old/image/scene", "lpr/old/last")
+    both = gateway_config(broker.url, tmp_path, [*CAMERA, *old])
+    async with Gateway(both, broker_backoff=QUICK) as gw:
+        for n, camera in enumerate(("gate", "old")):
+            assert await gw.submit(plate_read(camera, n)) is Admission.ACCEPTED
+        await asyncio.to_thread(retained, broker, old_topics, len(old_topics), old_topics)
+    names = (*old_topics, "lpr/gate/last")
+    with MqttCollector(broker.host, broker.port, topics=names) as live:
+        async with Gateway(gateway_config(broker.url, tmp_path, CAMERA), broker_backoff=QUICK):
+            cleared = await live.until(
+                lambda ms: {m.topic for m in ms if not m.payload} >= set(old_topics), timeout=20
+            )
+    # Not re-sent on connect: what came with a payload came retained, on subscribing.
+    assert all(m.retain for m in cleared if m.topic.startswith("lpr/old/") and m.payload)
+    # Asked for by exact name (RabbitMQ serves retained messages no other way):
+    # the camera still configured has its own, the removed one none.
+    with MqttCollector(broker.host, broker.port, topics=names) as late:
+        late.wait_for(lambda ms: any(m.topic == "lpr/gate/last" and m.retain for m in ms), 20)
+        await asyncio.sleep(0.5)  # what else the broker holds comes with it
+        assert [m.topic for m in late.messages] == ["lpr/gate/last"]
