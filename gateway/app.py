@@ -169,11 +169,11 @@ class Gateway:
             await loop.run_in_executor(self._executor, self.outbox.open)
         except OutboxOpenError as exc:
             raise StartupError(str(exc)) from exc
+        disabled = await self._load_runtime_state()  # the names there are, for the next step
         await self._retire_topics_no_longer_published()
         self.metrics.outbox_depth.set(self.outbox.pending_events)
         self.metrics.outbox_bytes.set(self.outbox.pending_bytes)
         self.metrics.outbox_dead_letters.set(self.outbox.dead_letter_events)
-        disabled = await self._load_runtime_state()
         publisher_config = self.config
         if self.embedded_broker is not None:
             publisher_config = dataclasses.replace(
@@ -261,17 +261,19 @@ class Gateway:
         """What the gateway publishes no more leaves nothing behind on the broker:
         the retained topics of a camera gone from the config (images, `last`,
         availability...), of an earlier base topic, of Home Assistant discovery
-        switched off are emptied once what waits before them is delivered, and
-        no longer re-sent on every connect."""
+        switched off, of a known-plates name gone are emptied once what waits
+        before them is delivered, and no longer re-sent on every connect."""
         loop = asyncio.get_running_loop()
         cameras = {camera.id for camera in self.config.cameras}
         discovery = self.config.homeassistant
+        topics = Topics(self.config.mqtt.base_topic)
         stale = functools.partial(
             retired_topic,
-            topics=Topics(self.config.mqtt.base_topic),
+            topics=topics,
             cameras=cameras,
             discovery_prefix=discovery.discovery_prefix,
             discovery_on=discovery.enabled,
+            last_seen={topics.last_seen(name) for name in self.known_plates.names},
         )
         retired = await loop.run_in_executor(self._executor, self.outbox.retire_topics, stale)
         for reason, count in retired.items():

@@ -254,6 +254,10 @@ class Discovery:
         # only the topics are kept, to remove what is no longer there)
         self._name_configs: dict[str, bytes] = {}
         self._names_left_out = 0  # names past MAX_NAME_CONFIGS, said once per change
+        # The names' "last seen" state topics (every name's, within the bound or
+        # not: reads publish them): one of a name gone is emptied. Those of names
+        # gone while the gateway was stopped are the start's (`retired_topic`).
+        self._last_seen_topics = self.last_seen_topics()
         self._birth_task: asyncio.Task[None] | None = None
         self.published_count = 0  # whole discovery rounds sent (tests, logs)
         self._load_state()
@@ -366,7 +370,16 @@ class Discovery:
             log.info("removing Home Assistant discovery %s: its known-plates name is gone", topic)
             self.publisher.publish_state(topic, b"")
         self._name_configs = configs
+        last_seen = self.last_seen_topics()
+        for topic in sorted(self._last_seen_topics - last_seen):
+            self.publisher.publish_state(topic, b"")
+        self._last_seen_topics = last_seen
         self._save_state()
+
+    def last_seen_topics(self) -> set[str]:
+        if self.known_plates is None:
+            return set()
+        return {self.topics.last_seen(name) for name in self.known_plates.names}
 
     def name_cameras(self) -> dict[str, tuple[str, ...]]:
         """Known-plates name → the cameras (in config order) a read at which can be

@@ -211,10 +211,12 @@ def retired_topic(
     cameras: Collection[str],
     discovery_prefix: str,
     discovery_on: bool,
+    last_seen: Collection[str] = (),
 ) -> str | None:
     """Why the gateway, as configured now, no longer publishes the retained
     `topic` it once did (None: it still does). Asked only of topics this
     gateway published (its outbox's retained copy), never of a broker's.
+    `last_seen`: the "last seen" topics of the known-plates names there are.
 
     Home Assistant's configs for cameras and names are the discovery's own to
     empty while discovery is on (it keeps the list of what it announced).
@@ -226,9 +228,13 @@ def retired_topic(
         return "it is not under the base topic (mqtt.base_topic changed)"
     level, _, rest = topic[len(base) :].partition("/")
     if level == "bridge":
-        if not discovery_on and rest.startswith("last_seen/"):
+        if not rest.startswith("last_seen/"):
+            return None
+        if not discovery_on:
             return "Home Assistant discovery is off"
-        return None
+        # Names come and go (a visitor added for a day): kept, theirs would pile up.
+        return None if topic in last_seen else "its known-plates name is gone"
+
     if level not in cameras:
         return f"camera {level} is no longer configured"
     if not discovery_on and rest in ("presence", "enabled"):

@@ -422,10 +422,15 @@ async def test_names_removed_at_runtime_or_from_the_config_lose_their_entities(
             await api.ok("known_plates/add", {"name": "Temp", "plates": ["TT 1"]})
             await sub.until(lambda _: announced(temp_topics))
             assert await gw.submit(read("yard", "TT1")) is Admission.ACCEPTED
+            assert await gw.submit(read("gate", "AB1234")) is Admission.ACCEPTED
             await sub.until_count("lpr/yard/trigger/known/temp", 1)
+            await sub.until_count("lpr/bridge/last_seen/staff", 1)
             await api.ok("known_plates/remove", {"name": "Temp"})
-            await sub.until(lambda _: removed(temp_topics))
+            # Its entities go, and its "last seen" state with them (retained, it
+            # would be kept and re-sent on every connect for ever).
+            await sub.until(lambda _: removed([*temp_topics, "lpr/bridge/last_seen/temp"]))
             assert announced(staff_topics)  # the other name's entities stay
+            assert _last(sub, "lpr/bridge/last_seen/staff")
             assert last_doc(sub, topic("device_automation", "gate_unknown_plate")) is not None
 
         # The config no longer has Staff: its entities go at the next start.
@@ -437,6 +442,8 @@ async def test_names_removed_at_runtime_or_from_the_config_lose_their_entities(
             ]
             await sub.until(lambda _: announced(crew) and removed(staff_topics))
             assert removed(temp_topics)
+            # Staff's "last seen" too, emptied at the start (it left while stopped).
+            await sub.until(lambda _: removed(["lpr/bridge/last_seen/staff"]))
 
 
 def _last(sub: MqttCollector, on: str) -> bytes | None:

@@ -292,6 +292,7 @@ def stale_for(
         cameras=cameras,
         discovery_prefix="homeassistant",
         discovery_on=discovery_on,
+        last_seen={"lpr/bridge/last_seen/alice"},  # the one known-plates name
     )
 
 

@@ -160,6 +160,8 @@ MOVED = "it is not under the base topic (mqtt.base_topic changed)"
         ("lpr/bridge/state", True, None),
         ("lpr/bridge/last_seen/alice", True, None),  # a name's, whichever camera read it
         ("lpr/bridge/last_seen/alice", False, OFF),
+        ("lpr/bridge/last_seen/bob", True, "its known-plates name is gone"),
+        ("lpr/bridge/last_seen/bob", False, OFF),
         ("homeassistant/sensor/lpr/old_plate/config", True, None),  # the discovery's own
         ("homeassistant/sensor/lpr/gate_plate/config", False, OFF),
         ("lprx/gate/last", True, MOVED),
@@ -176,6 +178,7 @@ def test_what_the_gateway_publishes_no_more(
         cameras={"gate"},
         discovery_prefix="homeassistant",
         discovery_on=discovery_on,
+        last_seen={"lpr/bridge/last_seen/alice"},
     )
     assert judged == reason
 
