@@ -46,7 +46,7 @@ from gateway.pipeline import Admission, Pipeline
 from gateway.publisher import BrokerBackoff, MqttPublisher
 from gateway.runtime import RuntimeControl
 from gateway.runtime_store import RuntimeStore, store_path
-from gateway.topics import Topics, retired_topic
+from gateway.topics import retirement_judge
 
 if TYPE_CHECKING:
     from gateway.ui import WebUi
@@ -264,17 +264,7 @@ class Gateway:
         switched off, of a known-plates name gone are emptied once what waits
         before them is delivered, and no longer re-sent on every connect."""
         loop = asyncio.get_running_loop()
-        cameras = {camera.id for camera in self.config.cameras}
-        discovery = self.config.homeassistant
-        topics = Topics(self.config.mqtt.base_topic)
-        stale = functools.partial(
-            retired_topic,
-            topics=topics,
-            cameras=cameras,
-            discovery_prefix=discovery.discovery_prefix,
-            discovery_on=discovery.enabled,
-            last_seen={topics.last_seen(name) for name in self.known_plates.names},
-        )
+        stale = retirement_judge(self.config, self.known_plates.names)
         retired = await loop.run_in_executor(self._executor, self.outbox.retire_topics, stale)
         for reason, count in retired.items():
             log.info(

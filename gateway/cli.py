@@ -71,6 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     dead.add_argument("--event", action="append", default=[], help="an event id (repeatable)")
     dead.add_argument("--all", action="store_true", help="replay or drop every dead letter")
     dead.add_argument("--json", action="store_true", help="list as JSON lines")
+    kept = outbox_commands.add_parser(
+        "retained",
+        help="the retained copy re-sent to a broker that lost it, and what the next start"
+        " clears (what the config no longer makes)",
+    )
+    kept.add_argument("action", choices=("list",))
+    kept.add_argument("-c", "--config", required=True, type=Path)
+    kept.add_argument("--json", action="store_true", help="list as JSON lines")
     history = commands.add_parser("history", help="search the read history: history search --help")
     history_commands = history.add_subparsers(dest="history_command", required=True)
     search = history_commands.add_parser("search", help="reads newest first, as text or CSV")
@@ -90,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _run(args.config, args.log_level)
     if args.command == "outbox":
+        if args.outbox_command == "retained":
+            return _retained(args)
         return _dead_letters(args)
     if args.command == "history":
         return _history_search(args)
@@ -262,6 +272,56 @@ def _dead_letters(args: argparse.Namespace) -> int:
                 print(f"{len(letters)} dead-lettered events in {config.outbox.path}")
     finally:
         outbox.close()
+    return EXIT_OK
+
+
+def _retained(args: argparse.Namespace) -> int:
+    """The retained copy topic by topic, each with what the next start does to it
+    under this config: keep it, or clear it and why. Reads only: any time."""
+    import dataclasses
+    import json
+    import time
+
+    from gateway.outbox import Outbox, OutboxOpenError
+    from gateway.runtime_store import RuntimeStore, store_path
+    from gateway.topics import retirement_judge
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    if not config.outbox.path.exists():
+        print(f"lpr-gateway: no outbox at {config.outbox.path}", file=sys.stderr)
+        return EXIT_CONFIG
+    names = set(config.known_plates) | RuntimeStore.names_in(
+        store_path(config.outbox.path), time.time()
+    )
+    stale = retirement_judge(config, names)
+    outbox = Outbox(config.outbox.path, config.outbox.max_bytes, config.outbox.sync)
+    try:
+        outbox.open(exclusive=False)
+    except OutboxOpenError as exc:
+        print(f"lpr-gateway: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        kept, waiting = outbox.kept_topics(), outbox.clears_waiting()
+    finally:
+        outbox.close()
+    to_clear = 0
+    for topic in kept:
+        reason = stale(topic.topic)
+        to_clear += reason is not None
+        if args.json:
+            print(json.dumps({**dataclasses.asdict(topic), "clear": reason}, ensure_ascii=False))
+        else:
+            shown = ascii(topic.topic)[1:-1][:120]
+            fate = f"  CLEARED at the next start: {reason}" if reason else ""
+            print(f"{shown}  {topic.bytes} bytes{fate}")
+    if not args.json:
+        print(
+            f"{len(kept)} retained topics kept in {config.outbox.path}, {to_clear} of them"
+            f" cleared at the next start under this config; {waiting} clears waiting for the"
+            " broker"
+        )
     return EXIT_OK
 
 

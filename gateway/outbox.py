@@ -214,6 +214,17 @@ class DeadLetter:
     topics: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class KeptTopic:
+    """One topic of the retained copy: its last payload's size, and whether a
+    read's row keeps it (images, `last`) or a state message (availability,
+    bridge info, discovery)."""
+
+    topic: str
+    bytes: int
+    kept_as: str  # "row" or "state"
+
+
 class OutboxOpenError(Exception):
     """The outbox file cannot be opened or created; nothing in it was touched."""
 
@@ -651,6 +662,23 @@ class Outbox:
                         (f"retired: {reason}", topic, now),
                     )
         return {reason: len(topics) for reason, topics in retired.items()}
+
+    def kept_topics(self) -> list[KeptTopic]:
+        """The retained copy, topic by topic, in topic order."""
+        cursor = self.db.execute(
+            "SELECT r.topic, COALESCE(length(r.payload), m.blob_size, length(m.payload)),"
+            " CASE WHEN r.seq IS NULL THEN 'state' ELSE 'row' END"
+            " FROM retained r LEFT JOIN message m ON m.seq = r.seq ORDER BY r.topic"
+        )
+        return [KeptTopic(topic, int(size or 0), kind) for topic, size, kind in cursor]
+
+    def clears_waiting(self) -> int:
+        """Empty retained messages queued and not yet taken by the broker."""
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM message WHERE retain = 1 AND length(payload) = 0"
+            f" AND blob_size IS NULL AND {_PENDING}"
+        ).fetchone()
+        return int(row[0])
 
     # -- retained state -------------------------------------------------------
 

@@ -122,6 +122,23 @@ class RuntimeStore:
         with self._transaction() as db:
             db.executemany("DELETE FROM known_plate WHERE name = ? AND entry_key = ?", list(keys))
 
+    @staticmethod
+    def names_in(path: Path, now: float) -> set[str]:
+        """The known-plates names of the runtime entries still valid at `now`,
+        read without writing (beside a running gateway); none without a file."""
+        if not path.exists():
+            return set()
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = db.execute(
+                "SELECT DISTINCT name FROM known_plate"
+                " WHERE valid_until IS NULL OR valid_until > ?",
+                (now,),
+            )
+            return {name for (name,) in rows}
+        finally:
+            db.close()
+
     # -- cameras switched off ----------------------------------------------------
 
     def disabled_cameras(self) -> set[str]:

@@ -14,11 +14,12 @@ import functools
 import hashlib
 import re
 import unicodedata
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from gateway.config import Config
     from gateway.event import ImageKind
 
 SLUG_MAX_CHARS = 64
@@ -240,6 +241,21 @@ def retired_topic(
     if not discovery_on and rest in ("presence", "enabled"):
         return "Home Assistant discovery is off"
     return None
+
+
+def retirement_judge(config: Config, names: Iterable[str]) -> Callable[[str], str | None]:
+    """`retired_topic` for this config and these known-plates names (the
+    config's and the runtime ones): what the start clears, and what
+    `lpr-gateway outbox retained list` says it will."""
+    topics = Topics(config.mqtt.base_topic)
+    return functools.partial(
+        retired_topic,
+        topics=topics,
+        cameras={camera.id for camera in config.cameras},
+        discovery_prefix=config.homeassistant.discovery_prefix,
+        discovery_on=config.homeassistant.enabled,
+        last_seen={topics.last_seen(name) for name in names},
+    )
 
 
 def known_name_slug(name: str) -> str:

@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
+
+import yaml
 
 from gateway.app import Gateway
 from gateway.broker import MosquittoProcess
 from gateway.event import Image, PlateEvent, Source, utc_now
-from gateway.outbox import Outbox
+from gateway.known_plates import RuntimeEntry
+from gateway.outbox import EventDraft, MessageDraft, Outbox
+from gateway.runtime_store import RuntimeStore, store_path
 from gateway.simulate.common import PlateGenerator
 from tests.helpers import MqttCollector, Received, free_port, gateway_config, sample
 
@@ -255,3 +261,86 @@ async def test_home_assistant_switched_off_loses_its_entities(
     ) as late:
         late.wait_for(lambda msgs: "lpr/gate/availability" in {m.topic for m in msgs if m.retain})
         assert not [m.topic for m in late.messages if m.topic.startswith("homeassistant/")]
+
+
+def test_the_command_line_lists_the_copy_and_what_the_next_start_clears(tmp_path: Path) -> None:
+    """`lpr-gateway outbox retained list`, beside a running gateway (the outbox
+    locked): every kept topic, and for this config which the start will clear
+    and why; it changes nothing."""
+    path = tmp_path / "outbox.sqlite3"
+    running = Outbox(path, max_bytes=10_000_000)
+    running.open()  # holds the lock, as a gateway does
+    runtime = RuntimeStore(store_path(path))
+    runtime.open()
+    try:
+        now = time.time()
+        runtime.put_known_plates(
+            [
+                RuntimeEntry("Visitor", "VI 1", None, now + 3600, now),
+                RuntimeEntry("Gone", "GO 1", None, now - 1, now - 7200),  # expired
+            ]
+        )
+        drafts = [
+            EventDraft(
+                f"{camera}-1",
+                camera,
+                (
+                    MessageDraft(f"lpr/{camera}/image/scene", b"\xff\xd8" * 10_000, True),
+                    MessageDraft(f"lpr/{camera}/last", b"{}", True),
+                    MessageDraft(f"lpr/bridge/last_seen/{name}", b"{}", True),
+                ),
+                now,
+            )
+            for camera, name in (("gate", "staff"), ("old", "visitor"), ("gate", "gone"))
+        ]
+        _, stored = running.append_batch(drafts)
+        running.acknowledge(stored)
+        running.save_retained_state("lpr/old/availability", b"online")
+        config = tmp_path / "c.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "outbox": {"path": str(path)},
+                    "homeassistant": {"enabled": True},
+                    "known_plates": {"Staff": ["ST 1"]},
+                    "cameras": [{"id": "gate", "protocol": "http"}],
+                }
+            ),
+            encoding="utf-8",
+        )
+
+        def listed(*extra: str) -> str:
+            command = ["outbox", "retained", "list", "-c", str(config), *extra]
+            done = subprocess.run(
+                [sys.executable, "-m", "gateway", *command],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        documents = [json.loads(line) for line in listed("--json").splitlines()]
+        text = listed()
+        left = running.clears_waiting()
+    finally:
+        runtime.close()
+        running.close()
+    fates = {d["topic"]: d["clear"] for d in documents}
+    assert fates == {
+        "lpr/bridge/last_seen/gone": "its known-plates name is gone",
+        "lpr/bridge/last_seen/staff": None,
+        "lpr/bridge/last_seen/visitor": None,  # a runtime name, still valid
+        "lpr/gate/image/scene": None,
+        "lpr/gate/last": None,
+        "lpr/old/availability": "camera old is no longer configured",
+        "lpr/old/image/scene": "camera old is no longer configured",
+        "lpr/old/last": "camera old is no longer configured",
+    }
+    sizes = {d["topic"]: (d["bytes"], d["kept_as"]) for d in documents}
+    assert sizes["lpr/old/image/scene"] == (20_000, "row")  # in the blob log
+    assert sizes["lpr/old/availability"] == (6, "state")
+    assert "lpr/old/last  2 bytes  CLEARED at the next start: camera old is no longer" in text
+    assert text.splitlines()[-1].startswith(f"8 retained topics kept in {path}, 4 of them cleared")
+    assert left == 0  # a listing clears nothing
