@@ -201,6 +201,8 @@ class Gateway:
         self.pipeline = Pipeline(
             self.config, self.metrics, self._writer, self._on_stored, known_plates=self.known_plates
         )
+        kept = await loop.run_in_executor(self._executor, self.outbox.kept_topics)
+        self.pipeline.remember_event_pictures(topic.topic for topic in kept)
         events = self._wire_runtime_control(disabled)
         if self.config.history.enabled:
             await self._start_history(self.pipeline)

@@ -190,6 +190,13 @@ class Metrics:
             ["request", "status"],
             registry=r,
         )
+        self.event_pictures_not_retained = Counter(
+            "lpr_event_pictures_not_retained",
+            "Camera-event pictures published without retain: the camera has more picture"
+            " topics than the bound",
+            ["camera"],
+            registry=r,
+        )
         self.retained_republished = Counter(
             "lpr_retained_republished",
             "Retained messages re-sent from the gateway's own copy after a reconnect",

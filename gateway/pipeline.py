@@ -19,7 +19,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from gateway.config import Config, ImagesConfig
@@ -292,6 +292,14 @@ class _FillDigests:
         return self._filled
 
 
+# Retained picture topics of camera events per camera. Their level is the
+# event's kind, which is the camera's own text: a camera sending ever new kinds
+# with pictures (a counter or a time in it) would add retained topics without
+# end, each kept in the outbox and re-sent on every connect. Real cameras send
+# a handful; past the bound a new topic's pictures still go out, not retained.
+MAX_EVENT_PICTURE_TOPICS = 64
+
+
 class Pipeline:
     def __init__(
         self,
@@ -350,6 +358,41 @@ class Pipeline:
         # since its timer was set (checked under the camera's order lock)
         self._presence_generation: defaultdict[str, int] = defaultdict(int)
         self._presence_tasks: set[asyncio.Task[None]] = set()
+        # camera → its camera-event picture topics retained (MAX_EVENT_PICTURE_TOPICS)
+        self._event_pictures: defaultdict[str, set[str]] = defaultdict(set)
+
+    def remember_event_pictures(self, topics: Iterable[str]) -> None:
+        """The camera-event picture topics retained before (the outbox's retained
+        copy, at start): they count towards each camera's bound."""
+        for topic in topics:
+            camera = self.topics.event_picture_camera(topic)
+            if camera is not None:
+                self._event_pictures[camera].add(topic)
+
+    def _bound_event_pictures(
+        self, camera: str, messages: tuple[MessageDraft, ...]
+    ) -> tuple[MessageDraft, ...]:
+        """The event's messages, with the pictures on topics past the camera's
+        bound not retained."""
+        known = self._event_pictures[camera]
+        bounded: list[MessageDraft] = []
+        for message in messages:
+            if message.retain and message.topic not in known:
+                if len(known) < MAX_EVENT_PICTURE_TOPICS:
+                    known.add(message.topic)
+                else:
+                    message = MessageDraft(message.topic, message.payload, retain=False)
+                    self.metrics.event_pictures_not_retained.labels(camera=camera).inc()
+                    self._complaints.warning(
+                        (camera, "event_pictures_bound"),
+                        "camera %s: %s not retained: the camera has %d retained picture topics"
+                        " of camera events already (the bound; kinds that change every time?)",
+                        camera,
+                        message.topic[:200],
+                        MAX_EVENT_PICTURE_TOPICS,
+                    )
+            bounded.append(message)
+        return tuple(bounded)
 
     def close(self) -> None:
         """Stop intake: every later submit is refused as SHUTTING_DOWN.
@@ -529,6 +572,8 @@ class Pipeline:
                 self._presence_generation[event.camera] += 1
         digests = DeferredDigests()
         messages = render_messages(event, self.topics, ha_event=ha_event, digests=digests)
+        if isinstance(event, CameraEvent) and event.images:
+            messages = self._bound_event_pictures(event.camera, messages)
         finish = None
         if digests.pending:
             document = self._event_document(event, messages)

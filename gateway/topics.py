@@ -154,6 +154,18 @@ class Topics:
             level = f"event-{level}"
         return f"{self.base}/{camera}/image/{level}"
 
+    def event_picture_camera(self, topic: str) -> str | None:
+        """The camera whose camera-event picture `topic` is (`camera_event_image`),
+        or None: a read's picture or any other topic."""
+        prefix = f"{self.base}/"
+        if not topic.startswith(prefix):
+            return None
+        camera, _, rest = topic[len(prefix) :].partition("/")
+        kind, level = rest.partition("/")[0], rest.partition("/")[2]
+        if kind != "image" or not level or "/" in level or level in READ_IMAGE_LEVELS:
+            return None
+        return camera
+
     def event(self, camera: str) -> str:
         return f"{self.base}/{camera}/event"
 

@@ -251,3 +251,44 @@ async def test_large_pictures_are_hashed_beside_the_loop_and_published_filled_in
         len(scene),
     ]
     assert [size for thread, size in hashed_on if thread == loop_thread] == [len(plate)]
+
+
+async def test_a_camera_whose_event_kinds_never_repeat_cannot_pile_up_retained_pictures(
+    mqtt_broker: MosquittoProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the bound, a camera event's picture on a new topic still goes out,
+    not retained, counted; the bound counts the topics kept from before a restart."""
+    monkeypatch.setattr(pipeline_module, "MAX_EVENT_PICTURE_TOPICS", 3)
+    config = gateway_config(mqtt_broker.url, tmp_path, [{"id": "c", "protocol": "http"}])
+
+    def event(kind: str) -> CameraEvent:
+        picture = Image(b"\xff\xd8" + kind.encode())
+        return CameraEvent(
+            camera="c", source=Source.HTTP, kind=kind, received=utc_now(), images={"snap": picture}
+        )
+
+    def not_retained(gw: Gateway) -> float:
+        return sample(gw.metrics, "lpr_event_pictures_not_retained_total", camera="c")
+
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=("lpr/c/image/#",)) as live:
+        async with Gateway(config) as gw:
+            for kind in ("k0", "k1", "k2", "k3", "k4", "k0"):
+                assert await gw.submit(event(kind)) is Admission.ACCEPTED
+            await live.until(lambda msgs: len(msgs) >= 6)
+            assert not_retained(gw) == 2
+        async with Gateway(config) as gw:
+            assert await gw.submit(event("k5")) is Admission.ACCEPTED
+            await live.until(lambda msgs: any(m.topic == "lpr/c/image/k5" for m in msgs))
+            assert not_retained(gw) == 1  # the three kept from before fill the bound
+    # Every picture went out, byte for byte (the restart re-sent the three kept).
+    sent = [m.payload[2:] for m in live.messages]
+    assert sent[:6] == [b"k0", b"k1", b"k2", b"k3", b"k4", b"k0"]
+    assert sent[-1] == b"k5"
+    with MqttCollector(mqtt_broker.host, mqtt_broker.port, topics=("lpr/c/image/#",)) as late:
+        await late.until(lambda msgs: len(msgs) >= 3)
+        await asyncio.sleep(0.3)  # the broker sends what it retains at once
+    assert sorted(m.topic for m in late.messages if m.retain) == [
+        "lpr/c/image/k0",
+        "lpr/c/image/k1",
+        "lpr/c/image/k2",
+    ]

@@ -187,3 +187,17 @@ def test_a_discovery_prefix_under_the_base_topic_is_not_taken_for_a_camera() -> 
     config = "lpr/ha/sensor/lpr/gate_plate/config"
     assert retired_topic(config, Topics("lpr"), {"gate"}, "lpr/ha", discovery_on=True) is None
     assert retired_topic("lpr/site/gate/last", Topics("lpr/site"), {"gate"}, "lpr/ha", True) is None
+
+
+def test_a_camera_event_picture_topic_names_its_camera() -> None:
+    topics = Topics("site/lpr")
+    event_picture = topics.camera_event_image("gate", "Vehicle Counting", "snapshot")
+    second = topics.camera_event_image("gate", "counting", "full_image", primary=False)
+    renamed = topics.camera_event_image("gate", "plate", "snapshot")  # event-plate
+    assert topics.event_picture_camera(event_picture) == "gate"
+    assert topics.event_picture_camera(second) == "gate"
+    assert topics.event_picture_camera(renamed) == "gate"
+    for kind in ImageKind:  # a read's pictures are bounded by the kinds there are
+        assert topics.event_picture_camera(topics.image("gate", kind)) is None
+    assert topics.event_picture_camera("site/lpr/gate/last") is None
+    assert topics.event_picture_camera("lpr/gate/image/snapshot") is None  # another base
