@@ -161,8 +161,8 @@ class Topics:
         if not topic.startswith(prefix):
             return None
         camera, _, rest = topic[len(prefix) :].partition("/")
-        kind, level = rest.partition("/")[0], rest.partition("/")[2]
-        if kind != "image" or not level or "/" in level or level in READ_IMAGE_LEVELS:
+        section, _, level = rest.partition("/")
+        if section != "image" or not level or "/" in level or level in READ_IMAGE_LEVELS:
             return None
         return camera
 
@@ -247,7 +247,6 @@ def retired_topic(
             return "Home Assistant discovery is off"
         # Names come and go (a visitor added for a day): kept, theirs would pile up.
         return None if topic in last_seen else "its known-plates name is gone"
-
     if level not in cameras:
         return f"camera {level} is no longer configured"
     if not discovery_on and rest in ("presence", "enabled"):
