@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -19,6 +20,9 @@ from gateway import __version__
 from gateway.config import Config, config_warnings, load_config
 from gateway.errors import ConfigError, GatewayError, StartupError
 from gateway.limits import raise_open_file_limit
+
+if TYPE_CHECKING:
+    from gateway.outbox import Outbox
 
 log = logging.getLogger("gateway")
 
@@ -228,22 +232,14 @@ def _dead_letters(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from gateway.outbox import Outbox, OutboxOpenError
-
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
     if args.action != "list" and not args.event and not args.all:
         print(f"lpr-gateway: {args.action} needs --event ID (repeatable) or --all", file=sys.stderr)
         return EXIT_CONFIG
-    if not config.outbox.path.exists():
-        print(f"lpr-gateway: no outbox at {config.outbox.path}", file=sys.stderr)
-        return EXIT_CONFIG
-    outbox = Outbox(config.outbox.path, config.outbox.max_bytes, config.outbox.sync)
-    try:
-        outbox.open(exclusive=args.action != "list")
-    except OutboxOpenError as exc:
-        print(f"lpr-gateway: {exc}", file=sys.stderr)
+    outbox = _open_outbox(config, exclusive=args.action != "list")
+    if outbox is None:
         return EXIT_CONFIG
     try:
         event_ids = None if args.all else args.event
@@ -275,6 +271,23 @@ def _dead_letters(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _open_outbox(config: Config, exclusive: bool) -> Outbox | None:
+    """The config's outbox opened (`exclusive`: with its lock), or None after
+    saying on stderr why not."""
+    from gateway.outbox import Outbox, OutboxOpenError
+
+    if not config.outbox.path.exists():
+        print(f"lpr-gateway: no outbox at {config.outbox.path}", file=sys.stderr)
+        return None
+    outbox = Outbox(config.outbox.path, config.outbox.max_bytes, config.outbox.sync)
+    try:
+        outbox.open(exclusive=exclusive)
+    except OutboxOpenError as exc:
+        print(f"lpr-gateway: {exc}", file=sys.stderr)
+        return None
+    return outbox
+
+
 def _retained(args: argparse.Namespace) -> int:
     """The retained copy topic by topic, each with what the next start does to it
     under this config: keep it, or clear it and why. Reads only: any time."""
@@ -282,25 +295,18 @@ def _retained(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from gateway.outbox import Outbox, OutboxOpenError
     from gateway.runtime_store import RuntimeStore, store_path
     from gateway.topics import retirement_judge
 
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
-    if not config.outbox.path.exists():
-        print(f"lpr-gateway: no outbox at {config.outbox.path}", file=sys.stderr)
-        return EXIT_CONFIG
     names = set(config.known_plates) | RuntimeStore.names_in(
         store_path(config.outbox.path), time.time()
     )
     stale = retirement_judge(config, names)
-    outbox = Outbox(config.outbox.path, config.outbox.max_bytes, config.outbox.sync)
-    try:
-        outbox.open(exclusive=False)
-    except OutboxOpenError as exc:
-        print(f"lpr-gateway: {exc}", file=sys.stderr)
+    outbox = _open_outbox(config, exclusive=False)
+    if outbox is None:
         return EXIT_CONFIG
     try:
         kept, waiting = outbox.kept_topics(), outbox.clears_waiting()
