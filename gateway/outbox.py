@@ -141,6 +141,8 @@ _BLOB_COLUMNS = (("blob_segment", "INTEGER"), ("blob_offset", "INTEGER"), ("blob
 _SIZE = "COALESCE(blob_size, length(payload))"
 # Rows of `message` still waiting for the broker: not the kept retained ones.
 _PENDING = "seq NOT IN (SELECT seq FROM retained WHERE seq IS NOT NULL)"
+# A row of `message` that empties its retained topic (`retire_topics`).
+_IS_CLEAR = "retain = 1 AND length(payload) = 0 AND blob_size IS NULL"
 # A row of `message` as inserted (without its seq), and of `dead_letter`.
 _Row = tuple[str, str, str, bytes, int, int, float, int | None, int | None, int | None]
 _DeadRow = tuple[
@@ -640,8 +642,7 @@ class Outbox:
         retired: dict[str, list[str]] = {}
         seen: set[str] = set()
         rows = self.db.execute(
-            "SELECT topic, length(payload) = 0 AND blob_size IS NULL FROM message"
-            " WHERE retain = 1 ORDER BY seq DESC"
+            f"SELECT topic, {_IS_CLEAR} FROM message WHERE retain = 1 ORDER BY seq DESC"
         )
         states = self.db.execute("SELECT topic, 0 FROM retained WHERE seq IS NULL ORDER BY rowid")
         for topic, is_clear in itertools.chain(rows, states):
@@ -675,8 +676,7 @@ class Outbox:
     def clears_waiting(self) -> int:
         """Empty retained messages queued and not yet taken by the broker."""
         row = self.db.execute(
-            "SELECT COUNT(*) FROM message WHERE retain = 1 AND length(payload) = 0"
-            f" AND blob_size IS NULL AND {_PENDING}"
+            f"SELECT COUNT(*) FROM message WHERE {_IS_CLEAR} AND {_PENDING}"
         ).fetchone()
         return int(row[0])
 

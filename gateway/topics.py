@@ -154,13 +154,22 @@ class Topics:
             level = f"event-{level}"
         return f"{self.base}/{camera}/image/{level}"
 
-    def event_picture_camera(self, topic: str) -> str | None:
-        """The camera whose camera-event picture `topic` is (`camera_event_image`),
-        or None: a read's picture or any other topic."""
+    def split(self, topic: str) -> tuple[str, str] | None:
+        """A topic under the base as (its first level: a camera or `bridge`, the
+        rest), or None for a topic outside it."""
         prefix = f"{self.base}/"
         if not topic.startswith(prefix):
             return None
-        camera, _, rest = topic[len(prefix) :].partition("/")
+        first, _, rest = topic[len(prefix) :].partition("/")
+        return first, rest
+
+    def event_picture_camera(self, topic: str) -> str | None:
+        """The camera whose camera-event picture `topic` is (`camera_event_image`),
+        or None: a read's picture or any other topic."""
+        levels = self.split(topic)
+        if levels is None:
+            return None
+        camera, rest = levels
         section, _, level = rest.partition("/")
         if section != "image" or not level or "/" in level or level in READ_IMAGE_LEVELS:
             return None
@@ -236,10 +245,10 @@ def retired_topic(
     """
     if topic.startswith(f"{discovery_prefix}/"):
         return None if discovery_on else "Home Assistant discovery is off"
-    base = f"{topics.base}/"
-    if not topic.startswith(base):
+    levels = topics.split(topic)
+    if levels is None:
         return "it is not under the base topic (mqtt.base_topic changed)"
-    level, _, rest = topic[len(base) :].partition("/")
+    level, rest = levels
     if level == "bridge":
         if not rest.startswith("last_seen/"):
             return None
@@ -249,7 +258,7 @@ def retired_topic(
         return None if topic in last_seen else "its known-plates name is gone"
     if level not in cameras:
         return f"camera {level} is no longer configured"
-    if not discovery_on and rest in ("presence", "enabled"):
+    if not discovery_on and topic in (topics.presence(level), topics.enabled(level)):
         return "Home Assistant discovery is off"
     return None
 
